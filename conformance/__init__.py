@@ -1,0 +1,1 @@
+"""kvm-conformance: checks that a VMM drives /dev/kvm the way QEMU does."""
