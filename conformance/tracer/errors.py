@@ -1,0 +1,42 @@
+"""Errors the tracer raises; every one is a ConformanceError so the CLI prints one line."""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import os
+
+from conformance.errors import ConformanceError
+
+
+class TracerError(ConformanceError):
+    """Base of the tracer's errors."""
+
+
+class SpawnError(TracerError):
+    """The command to trace could not be started (not found, not executable, exec failed)."""
+
+
+class PtraceCallError(TracerError):
+    """A ptrace-family call failed; carries the operation, the task and the errno."""
+
+    def __init__(self, operation: str, tid: int, errno: int) -> None:
+        self.operation = operation
+        self.tid = tid
+        self.errno = errno
+        name = errno_codes.errorcode.get(errno, str(errno))
+        super().__init__(f"{operation} on task {tid} failed: {name} ({os.strerror(errno)})")
+
+
+class TaskGoneError(PtraceCallError):
+    """ESRCH: the task died (or is no longer stopped) between its stop and our request.
+
+    The wait loop expects this race: a SIGKILL can end a tracee at any moment.
+    """
+
+
+class PtracePermissionError(PtraceCallError):
+    """EPERM: the kernel (Yama, capabilities, an existing tracer) refused to let us trace."""
+
+
+class MemoryReadError(TracerError):
+    """A tracee memory read returned fewer bytes than asked (unmapped or vanished address)."""

@@ -1,0 +1,190 @@
+"""The in-kernel filter that stops a tracee only at the system calls the tracer decodes.
+
+A classic-BPF seccomp program returns SECCOMP_RET_TRACE (a ptrace stop) for the syscalls of
+interest and SECCOMP_RET_ALLOW for everything else, including ioctls whose request is in an
+"unstopped" list: KVM_RUN runs at native speed while every other KVM ioctl is still seen.
+
+Not traced on purpose: execve/execveat, because PTRACE_O_TRACEEXEC reports every successful
+exec as PTRACE_EVENT_EXEC whether or not it is filtered; clone/clone3/fork/vfork, because
+PTRACE_O_TRACECLONE/FORK/VFORK report every new task as an event. Stopping on them too would
+cost a stop each and tell us nothing new.
+
+This module takes syscall numbers as arguments (the tracer resolves names through its ptrace
+backend) and ioctl numbers as arguments (the caller reads KVM_RUN's from the ABI table), so it
+imports neither. The constants below are the kernel's ABI, from the headers named beside them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# <linux/filter.h> / <linux/bpf_common.h>
+_BPF_LD_W_ABS = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
+_BPF_JEQ_K = 0x05 | 0x10 | 0x00  # BPF_JMP | BPF_JEQ | BPF_K
+_BPF_RET_K = 0x06 | 0x00  # BPF_RET | BPF_K
+# <linux/seccomp.h>
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_TRACE = 0x7FF00000
+_SECCOMP_MODE_FILTER = 2
+# <linux/audit.h>: EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
+AUDIT_ARCH_X86_64 = 0xC000003E
+# <linux/prctl.h>
+_PR_SET_SECCOMP = 22
+_PR_SET_NO_NEW_PRIVS = 38
+# Offsets in struct seccomp_data {int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];}
+_OFFSET_NR = 0
+_OFFSET_ARCH = 4
+_OFFSET_ARG1_LOW = 16 + 8  # args[1], low 32 bits on little-endian x86-64
+
+# Every syscall that creates, duplicates, closes or maps a file descriptor or memory a KVM
+# decoder must follow, plus ioctl itself. fcntl is refined below to its duplicating commands.
+TRACED_SYSCALL_NAMES: tuple[str, ...] = (
+    "open",
+    "openat",
+    "openat2",
+    "ioctl",
+    "mmap",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "madvise",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "close",
+    "eventfd",
+    "eventfd2",
+)
+# The only fcntl commands that create a file descriptor.
+_FCNTL_DUPLICATING_COMMANDS = (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC)
+# A jump offset in classic BPF is one byte.
+_MAX_JUMP = 255
+
+
+@dataclass(frozen=True)
+class SyscallSelection:
+    """Which syscalls stop the tracee: the same rule for the BPF filter and for plain stepping."""
+
+    traced_numbers: frozenset[int]
+    ioctl_number: int
+    fcntl_number: int
+    unstopped_ioctl_requests: frozenset[int]
+
+    @classmethod
+    def from_names(
+        cls, syscall_number: Callable[[str], int], unstopped_ioctl_requests: Sequence[int]
+    ) -> SyscallSelection:
+        return cls(
+            traced_numbers=frozenset(syscall_number(name) for name in TRACED_SYSCALL_NAMES),
+            ioctl_number=syscall_number("ioctl"),
+            fcntl_number=syscall_number("fcntl"),
+            unstopped_ioctl_requests=frozenset(
+                request & 0xFFFFFFFF for request in unstopped_ioctl_requests
+            ),
+        )
+
+    def wants(self, nr: int, second_argument: int) -> bool:
+        """What the BPF program decides, for a tracer that steps through every syscall."""
+        if nr == self.ioctl_number:
+            return (second_argument & 0xFFFFFFFF) not in self.unstopped_ioctl_requests
+        if nr == self.fcntl_number:
+            return (second_argument & 0xFFFFFFFF) in _FCNTL_DUPLICATING_COMMANDS
+        return nr in self.traced_numbers
+
+    def bpf_program(self) -> bytes:
+        """The filter as an array of struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}."""
+        program = _Assembler()
+        program.load(_OFFSET_ARCH)
+        # Another ABI (i386 via int 0x80) is not decoded: let it run.
+        program.jump_if_equal(AUDIT_ARCH_X86_64, if_true=None, if_false="allow")
+        program.load(_OFFSET_NR)
+        program.jump_if_equal(self.ioctl_number, if_true="ioctl", if_false=None)
+        program.jump_if_equal(self.fcntl_number, if_true="fcntl", if_false=None)
+        for nr in sorted(self.traced_numbers - {self.ioctl_number, self.fcntl_number}):
+            program.jump_if_equal(nr, if_true="trace", if_false=None)
+        program.label("allow")
+        program.ret(SECCOMP_RET_ALLOW)
+        program.label("trace")
+        program.ret(SECCOMP_RET_TRACE)
+        program.label("ioctl")
+        program.load(_OFFSET_ARG1_LOW)
+        for request in sorted(self.unstopped_ioctl_requests):
+            program.jump_if_equal(request, if_true="ioctl-unstopped", if_false=None)
+        program.ret(SECCOMP_RET_TRACE)
+        program.label("ioctl-unstopped")
+        program.ret(SECCOMP_RET_ALLOW)
+        program.label("fcntl")
+        program.load(_OFFSET_ARG1_LOW)
+        for command in _FCNTL_DUPLICATING_COMMANDS:
+            program.jump_if_equal(command, if_true="fcntl-duplicating", if_false=None)
+        program.ret(SECCOMP_RET_ALLOW)
+        program.label("fcntl-duplicating")
+        program.ret(SECCOMP_RET_TRACE)
+        return program.assemble()
+
+
+class _Assembler:
+    """Classic BPF with forward jumps to named labels (BPF forbids backward jumps)."""
+
+    def __init__(self) -> None:
+        self._instructions: list[tuple[int, str | None, str | None, int]] = []
+        self._labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        self._labels[name] = len(self._instructions)
+
+    def load(self, offset: int) -> None:
+        self._instructions.append((_BPF_LD_W_ABS, None, None, offset))
+
+    def jump_if_equal(self, value: int, *, if_true: str | None, if_false: str | None) -> None:
+        """Compare the accumulator with `value`; None means fall through to the next one."""
+        self._instructions.append((_BPF_JEQ_K, if_true, if_false, value))
+
+    def ret(self, value: int) -> None:
+        self._instructions.append((_BPF_RET_K, None, None, value))
+
+    def _offset(self, index: int, target: str | None) -> int:
+        if target is None:
+            return 0
+        offset = self._labels[target] - index - 1
+        if not 0 <= offset <= _MAX_JUMP:
+            raise ValueError(f"seccomp jump to {target!r} out of range: {offset}")
+        return offset
+
+    def assemble(self) -> bytes:
+        return b"".join(
+            struct.pack("<HBBI", code, self._offset(i, jt), self._offset(i, jf), k)
+            for i, (code, jt, jf, k) in enumerate(self._instructions)
+        )
+
+
+# Loaded at import, in the tracer: the forked child must not run find_library's subprocesses.
+# dlopen(NULL) finds the C library already linked into the interpreter.
+_libc = ctypes.CDLL(None, use_errno=True)
+# prctl is variadic, but NO_NEW_PRIVS demands that arguments 3-5 be zero: pass all five.
+_libc.prctl.argtypes = (ctypes.c_int, *(ctypes.c_ulong,) * 4)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def install_filter(program: bytes) -> None:
+    """Install `program` for the calling thread and its future children; it survives exec.
+
+    Meant for a freshly forked child that a tracer has already seized: SECCOMP_RET_TRACE with
+    no tracer fails the syscall with ENOSYS. NO_NEW_PRIVS lets an unprivileged process install
+    a filter. prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) is seccomp(SECCOMP_SET_MODE_FILTER, 0)
+    without needing a syscall number. Raises OSError.
+    """
+    filter_array = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(filter_array))
+    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")

@@ -1,0 +1,467 @@
+"""Run a program under ptrace and hand its syscalls of interest to a handler.
+
+One thread, one `waitpid(-1, __WALL)` loop, every thread and child process followed. Signals
+reach the tracees as they would untraced: signal-delivery-stops re-inject the signal, and
+group-stops (SIGSTOP, SIGTSTP, ...) are left in place with PTRACE_LISTEN (hence PTRACE_SEIZE).
+
+Two ways to stop at syscalls, giving the handler the same stream:
+- seccomp fast path (spawn only): a BPF filter installed just before exec stops the tracee at
+  the selected syscalls only (PTRACE_EVENT_SECCOMP); the task then runs with PTRACE_CONT, or with
+  PTRACE_SYSCALL once when the handler asks for the exit. Since Linux 4.8 the seccomp stop comes
+  after the syscall-entry point, so that PTRACE_SYSCALL leads straight to the syscall-exit stop.
+- plain stepping: PTRACE_SYSCALL at every syscall; the same selection applied here in Python.
+Entry and exit are told apart by PTRACE_GET_SYSCALL_INFO, not by counting stops per thread.
+
+Kill safety: the spawned child asks for SIGKILL when its parent thread dies (PR_SET_PDEATHSIG)
+before it stops itself for the tracer; once seized, PTRACE_O_EXITKILL kills every tracee if the
+tracer dies. The window between fork() and prctl() is closed by the child checking getppid().
+SIGINT/SIGTERM to the tracer SIGKILL the spawned tracees (or detach from an attached process)
+and run() returns normally, so the caller can flush what it captured.
+
+waitpid(-1) reaps any child of this process: run a session where no other child is awaited.
+All calls must come from the thread that called spawn()/attach(): ptrace binds a tracee to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Literal, Protocol
+
+from conformance.tracer import ptrace_backend as backend
+from conformance.tracer import seccomp
+from conformance.tracer.errors import SpawnError, TaskGoneError
+
+TaskKind = Literal["thread", "process"]
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+_SYSCALL_STOP = signal.SIGTRAP | 0x80  # PTRACE_O_TRACESYSGOOD marks syscall stops
+_GROUP_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+_FOLLOW_OPTIONS = (
+    backend.PTRACE_O_TRACESYSGOOD
+    | backend.PTRACE_O_TRACEFORK
+    | backend.PTRACE_O_TRACEVFORK
+    | backend.PTRACE_O_TRACECLONE
+    | backend.PTRACE_O_TRACEEXEC
+)
+_TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(slots=True)
+class SyscallStop:
+    """One selected syscall of one task; `return_value` is set at its exit stop."""
+
+    tid: int
+    tgid: int
+    nr: int
+    args: tuple[int, ...]
+    return_value: int | None = None
+
+    def read(self, address: int, size: int) -> bytes:
+        """`size` bytes of the task's memory (one process_vm_readv)."""
+        return backend.read_memory(self.tid, address, size)
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return backend.read_many(self.tid, ranges)
+
+
+class TraceHandler(Protocol):
+    """What the session calls, in each task's own order. Calls run while the task is stopped."""
+
+    def on_syscall_entry(self, stop: SyscallStop) -> bool:
+        """A selected syscall is about to run; return True to get its exit too."""
+        ...
+
+    def on_syscall_exit(self, stop: SyscallStop) -> None: ...
+
+    def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
+        """Called before any syscall of the child is reported."""
+        ...
+
+    def on_exec(self, tid: int) -> None:
+        """`tid` (its group's leader) now runs a new program."""
+        ...
+
+    def on_task_exit(self, tid: int, status: int) -> None:
+        """A task ended; `status` is the raw wait status."""
+        ...
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """How the traced program ended, as its own parent would have seen it."""
+
+    pid: int
+    wait_status: int | None  # None when we detached from an attached process before its end
+    interrupted_by: int | None  # SIGINT/SIGTERM that made the tracer end the trace early
+
+    @property
+    def exit_code(self) -> int | None:
+        if self.wait_status is not None and os.WIFEXITED(self.wait_status):
+            return os.WEXITSTATUS(self.wait_status)
+        return None
+
+    @property
+    def exit_signal(self) -> int | None:
+        if self.wait_status is not None and os.WIFSIGNALED(self.wait_status):
+            return os.WTERMSIG(self.wait_status)
+        return None
+
+    @property
+    def shell_status(self) -> int:
+        """The exit code, or 128 + the signal number as a shell reports a killed command."""
+        if self.exit_signal is not None:
+            return 128 + self.exit_signal
+        return self.exit_code if self.exit_code is not None else 0
+
+
+@dataclass(slots=True)
+class _Task:
+    tgid: int
+    before_exec: bool = False  # spawned child still in our pre-exec code: report nothing
+    awaiting_exit: SyscallStop | None = None
+
+
+class TraceSession:
+    """Spawn or attach to one program, then run() until every traced task has ended."""
+
+    def __init__(self, handler: TraceHandler) -> None:
+        self._handler = handler
+        self._tasks: dict[int, _Task] = {}
+        # New tasks whose first stop came before their parent's fork/clone event.
+        self._unannounced: set[int] = set()
+        self._selection: seccomp.SyscallSelection | None = None
+        self._main_pid = 0
+        self._main_status: int | None = None
+        self._exec_error_pipe: int | None = None
+        self._attached = False
+        self._interrupted_by: int | None = None
+        self.seccomp_fast_path = False
+        """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        seccomp_fast_path: bool,
+        unstopped_ioctls: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> int:
+        """Start `argv` traced from its first instruction; returns its pid.
+
+        `unstopped_ioctls`: ioctl requests (e.g. KVM_RUN's number) never reported, in both modes.
+        stdin/stdout/stderr: file descriptors to give the program; None passes ours through.
+        """
+        environment = dict(os.environ if env is None else env)
+        executable = _resolve(argv, environment.get("PATH", os.defpath), cwd)
+        self._selection = seccomp.SyscallSelection.from_names(
+            backend.syscall_number, unstopped_ioctls
+        )
+        program = self._selection.bpf_program() if seccomp_fast_path else None
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(
+                parent=parent,
+                executable=executable,
+                argv=argv,
+                env=environment,
+                cwd=cwd,
+                stdio=(stdin, stdout, stderr),
+                seccomp_program=program,
+                error_pipe=write_end,
+            )
+        os.close(write_end)
+        self._exec_error_pipe = read_end
+        status = backend.wait_for_stop(pid)
+        if not os.WIFSTOPPED(status):
+            raise SpawnError(f"{argv[0]}: the child ended before exec (wait status {status:#x})")
+        options = _FOLLOW_OPTIONS | backend.PTRACE_O_EXITKILL
+        if seccomp_fast_path:
+            options |= backend.PTRACE_O_TRACESECCOMP
+        backend.seize(pid, options)
+        os.kill(pid, signal.SIGCONT)
+        self.seccomp_fast_path = seccomp_fast_path
+        self._main_pid = pid
+        self._tasks[pid] = _Task(tgid=pid, before_exec=True)
+        return pid
+
+    def attach(
+        self, pid: int, *, seccomp_fast_path: bool = False, unstopped_ioctls: Sequence[int] = ()
+    ) -> None:
+        """Trace a running process and all its threads. Never kills it: SIGINT detaches.
+
+        A filter cannot be installed from outside, so this always steps through every syscall.
+        """
+        if seccomp_fast_path:
+            warnings.warn(
+                "attach cannot install a seccomp filter; stepping through every syscall",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._selection = seccomp.SyscallSelection.from_names(
+            backend.syscall_number, unstopped_ioctls
+        )
+        self._attached = True
+        self._main_pid = pid
+        seen: set[int] = set()
+        while new := set(backend.thread_ids(pid)) - seen:
+            for tid in sorted(new):
+                try:
+                    backend.seize(tid, _FOLLOW_OPTIONS)
+                    backend.interrupt(tid)
+                except TaskGoneError:
+                    continue
+                self._tasks[tid] = _Task(tgid=pid)
+                if tid != pid:
+                    self._handler.on_new_task(pid, tid, "thread")
+            seen |= new
+
+    def run(self) -> TraceResult:
+        """Deliver stops to the handler until every tracee has ended (or we were told to stop)."""
+        previous = self._install_termination_handlers()
+        try:
+            while self._tasks or self._unannounced:
+                if not self._tasks:
+                    self._adopt_unannounced()
+                waited = backend.wait_any()
+                if waited is None:
+                    break
+                tid, status = waited
+                if os.WIFSTOPPED(status):
+                    self._on_stop(tid, status)
+                else:
+                    self._on_end(tid, status)
+        except BaseException:
+            if not self._attached:
+                self._kill_all()  # a failing handler must not leave tracees stopped forever
+            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        self._raise_if_exec_failed()
+        return TraceResult(self._main_pid, self._main_status, self._interrupted_by)
+
+    def _on_stop(self, tid: int, status: int) -> None:
+        task = self._tasks.get(tid)
+        if task is None:
+            self._on_unknown_stop(tid)
+            return
+        stop_signal = os.WSTOPSIG(status)
+        event = status >> 16
+        try:
+            if stop_signal == _SYSCALL_STOP:
+                self._on_syscall_stop(tid, task)
+            elif self._interrupted_by is not None and self._attached:
+                backend.detach(tid, stop_signal if event == 0 else 0)
+                del self._tasks[tid]
+            elif event == 0:  # signal-delivery-stop: deliver the signal as if untraced
+                self._resume(tid, task, stop_signal)
+            elif event == backend.PTRACE_EVENT_SECCOMP:
+                self._on_seccomp_stop(tid, task)
+            elif event in (
+                backend.PTRACE_EVENT_FORK,
+                backend.PTRACE_EVENT_VFORK,
+                backend.PTRACE_EVENT_CLONE,
+            ):
+                self._on_new_task_event(tid, task, event)
+            elif event == backend.PTRACE_EVENT_EXEC:
+                self._on_exec_event(tid, task)
+            elif event == backend.PTRACE_EVENT_STOP and stop_signal in _GROUP_STOP_SIGNALS:
+                backend.listen(tid)  # stay stopped like an untraced task; SIGCONT wakes it
+            else:  # PTRACE_EVENT_STOP after seize, interrupt, or a group-stop's end
+                self._resume(tid, task)
+        except TaskGoneError:
+            pass  # SIGKILLed meanwhile; its end arrives from waitpid
+
+    def _on_syscall_stop(self, tid: int, task: _Task) -> None:
+        info = backend.syscall_info(tid)
+        if info.op == backend.SYSCALL_INFO_EXIT:
+            stop = task.awaiting_exit
+            if stop is not None:
+                task.awaiting_exit = None
+                stop.return_value = info.return_value
+                self._handler.on_syscall_exit(stop)
+        elif (
+            info.op == backend.SYSCALL_INFO_ENTRY
+            and not self.seccomp_fast_path
+            and not task.before_exec
+            and self._selection is not None
+            and self._selection.wants(info.nr, info.args[1])
+        ):
+            self._deliver_entry(tid, task, info)
+        self._resume(tid, task)
+
+    def _on_seccomp_stop(self, tid: int, task: _Task) -> None:
+        if not task.before_exec:
+            self._deliver_entry(tid, task, backend.syscall_info(tid))
+        self._resume(tid, task)
+
+    def _deliver_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
+        stop = SyscallStop(tid, task.tgid, info.nr, info.args)
+        if self._handler.on_syscall_entry(stop):
+            task.awaiting_exit = stop
+
+    def _resume(self, tid: int, task: _Task, deliver_signal: int = 0) -> None:
+        if self.seccomp_fast_path and task.awaiting_exit is None:
+            backend.resume(tid, deliver_signal)
+        else:
+            backend.resume_to_syscall(tid, deliver_signal)
+
+    def _on_new_task_event(self, tid: int, task: _Task, event: int) -> None:
+        child = backend.event_message(tid)
+        if child not in self._tasks:
+            if event == backend.PTRACE_EVENT_CLONE:
+                child_tgid, _parent = backend.thread_group_and_parent(child)
+            else:
+                child_tgid = child
+            self._announce(tid, child, child_tgid)
+        self._resume(tid, task)
+
+    def _announce(self, parent_tid: int, child: int, child_tgid: int) -> None:
+        kind: TaskKind = "process" if child_tgid == child else "thread"
+        self._tasks[child] = _Task(tgid=child_tgid)
+        self._handler.on_new_task(parent_tid, child, kind)
+        if child in self._unannounced:
+            self._unannounced.discard(child)
+            self._resume(child, self._tasks[child])
+
+    def _on_unknown_stop(self, tid: int) -> None:
+        """A new tracee's first stop, ahead of its parent's event: hold it until then."""
+        if self._interrupted_by is not None:
+            _kill(tid)
+        else:
+            self._unannounced.add(tid)
+
+    def _adopt_unannounced(self) -> None:
+        """Announce held tasks whose parent ended before reporting them (killed mid-fork)."""
+        for tid in sorted(self._unannounced):
+            try:
+                tgid, parent = backend.thread_group_and_parent(tid)
+            except FileNotFoundError:
+                self._unannounced.discard(tid)
+                continue
+            self._announce(parent, tid, tgid)
+
+    def _on_exec_event(self, tid: int, task: _Task) -> None:
+        former_tid = backend.event_message(tid)
+        if former_tid != tid:
+            # A non-leader thread exec'd and took the leader's tid; the kernel reports no end
+            # for its old tid, so report one here (status 0, as for the group's other threads).
+            self._tasks[tid] = self._tasks.pop(former_tid, task)
+            self._handler.on_task_exit(former_tid, 0)
+        self._tasks[tid].before_exec = False
+        self._handler.on_exec(tid)
+        self._resume(tid, self._tasks[tid])
+
+    def _on_end(self, tid: int, status: int) -> None:
+        self._unannounced.discard(tid)
+        if self._tasks.pop(tid, None) is None:
+            return  # not a tracee (another child of this process) or already forgotten
+        if tid == self._main_pid:
+            self._main_status = status
+        self._handler.on_task_exit(tid, status)
+
+    def _raise_if_exec_failed(self) -> None:
+        if self._exec_error_pipe is None:
+            return
+        report = os.read(self._exec_error_pipe, 64)
+        os.close(self._exec_error_pipe)
+        self._exec_error_pipe = None
+        if report:
+            errno = int(report)
+            raise SpawnError(f"exec failed: {os.strerror(errno)} (errno {errno})")
+
+    def _install_termination_handlers(self) -> dict[int, _SignalHandler]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # Python delivers signals to the main thread only
+        previous: dict[int, _SignalHandler] = {}
+        for signum in _TERMINATION_SIGNALS:
+            previous[signum] = signal.signal(signum, self._on_termination_signal)
+        return previous
+
+    def _on_termination_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """End the trace: waitpid() is retried after this returns, so act on the tracees here.
+
+        Spawned tracees get SIGKILL and their ends end the loop; an attached process is
+        interrupted so that each of its tasks can be detached at its next stop.
+        """
+        self._interrupted_by = signum
+        if not self._attached:
+            self._kill_all()
+            return
+        for tid in list(self._tasks):
+            try:
+                backend.interrupt(tid)
+            except TaskGoneError:
+                continue
+
+    def _kill_all(self) -> None:
+        for tid in [*self._tasks, *self._unannounced]:
+            _kill(tid)
+
+
+def _kill(tid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.kill(tid, signal.SIGKILL)
+
+
+def _resolve(argv: Sequence[str], search_path: str, cwd: str | None) -> str:
+    if not argv:
+        raise SpawnError("nothing to run: empty argv")
+    command = argv[0]
+    if "/" in command:
+        candidate = command if cwd is None else os.path.join(cwd, command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return command
+        raise SpawnError(f"{command}: not found or not executable")
+    found = shutil.which(command, path=search_path)
+    if found is None:
+        raise SpawnError(f"{command}: command not found in PATH")
+    return found
+
+
+def _exec_child(
+    *,
+    parent: int,
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    stdio: tuple[int | None, int | None, int | None],
+    seccomp_program: bytes | None,
+    error_pipe: int,
+) -> None:
+    """Runs in the forked child: never returns, execs or _exits."""
+    try:
+        backend.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(126)  # the tracer died before prctl() took effect
+        for target, source in enumerate(stdio):
+            if source is not None:
+                os.dup2(source, target)
+        if cwd is not None:
+            os.chdir(cwd)
+        # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGSTOP)  # wait here until the tracer has seized us
+        if seccomp_program is not None:
+            seccomp.install_filter(seccomp_program)
+        os.execve(executable, list(argv), dict(env))
+    except OSError as error:
+        os.write(error_pipe, str(error.errno or 0).encode())
+    finally:
+        os._exit(127)  # whatever happened, never return into the parent's code
