@@ -1,0 +1,109 @@
+"""The one place the VMM core touches the kernel: /dev/kvm, ioctl, mmap and munmap.
+
+Everything above this module sees typed results and ConformanceErrors; OSError never leaves it.
+
+Why ctypes and not fcntl.ioctl: fcntl.ioctl retries a call interrupted by a signal (PEP 475)
+unless the Python signal handler raises. A run timeout needs KVM_RUN to come back with EINTR so
+the run loop can look at its deadline; a retried KVM_RUN with kvm_run.immediate_exit set would
+spin forever. libc's ioctl through ctypes returns -1/EINTR as the kernel reported it (and on
+this host costs less per call than fcntl.ioctl). mmap goes through libc too, because Python's
+mmap module cannot map at a fixed address (MAP_FIXED) and does not expose the address KVM needs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+
+from conformance.abi.ioctls import IoctlSpec
+from conformance.errors import GuestMemoryError, KvmError, KvmUnavailableError
+
+KVM_DEVICE = "/dev/kvm"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_ioctl = _libc.ioctl
+# Every KVM ioctl argument is an integer or a pointer; both travel in one 64-bit register.
+_ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
+_ioctl.restype = ctypes.c_int
+
+_mmap = _libc.mmap
+_mmap.argtypes = (
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+)
+_mmap.restype = ctypes.c_void_p
+
+_munmap = _libc.munmap
+_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_munmap.restype = ctypes.c_int
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+PAGE_SIZE = mmap.PAGESIZE
+# The mmap module lacks PROT_NONE, and MAP_FIXED before Python 3.12; these are the kernel's values.
+PROT_NONE = 0x0
+MAP_FIXED = 0x10
+
+
+def open_kvm() -> int:
+    """Open /dev/kvm read-write; a missing or forbidden device is KvmUnavailableError."""
+    try:
+        return os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise KvmUnavailableError(f"{KVM_DEVICE} does not exist: KVM is not available") from None
+    except PermissionError:
+        raise KvmUnavailableError(
+            f"{KVM_DEVICE} cannot be opened read-write: add this user to the kvm group"
+        ) from None
+
+
+def close(fd: int) -> None:
+    os.close(fd)
+
+
+def ioctl(
+    fd: int, spec: IoctlSpec, arg: int | ctypes.Structure | ctypes.c_uint64 = 0
+) -> int:
+    """Issue one ioctl; the kernel's failure becomes KvmError(spec.name, errno)."""
+    raw = arg if isinstance(arg, int) else ctypes.addressof(arg)
+    result: int = _ioctl(fd, spec.number, raw)
+    if result == -1:
+        raise KvmError(spec.name, ctypes.get_errno())
+    return result
+
+
+def map_anonymous(size: int, *, readable_writable: bool = True, at: int | None = None) -> int:
+    """A private anonymous mapping; PROT_NONE when only reserving, MAP_FIXED when `at` is given."""
+    prot = mmap.PROT_READ | mmap.PROT_WRITE if readable_writable else PROT_NONE
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    if at is not None:
+        flags |= MAP_FIXED
+    return _checked_mmap(at, size, prot, flags, -1, "anonymous mapping")
+
+
+def map_shared(fd: int, size: int) -> int:
+    """A shared read-write mapping of an fd's first `size` bytes (the vCPU's kvm_run page)."""
+    flags = mmap.MAP_SHARED
+    return _checked_mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, "kvm_run mapping")
+
+
+def unmap(address: int, size: int) -> None:
+    if _munmap(address, size) == -1:
+        error = ctypes.get_errno()
+        raise GuestMemoryError(f"munmap({address:#x}, {size:#x}) failed: {os.strerror(error)}")
+
+
+def _checked_mmap(at: int | None, size: int, prot: int, flags: int, fd: int, what: str) -> int:
+    address = _mmap(at, size, prot, flags, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        error = ctypes.get_errno()
+        raise GuestMemoryError(f"{what} of {size:#x} bytes failed: {errno.errorcode.get(error)}")
+    return int(address)
+

@@ -1,0 +1,283 @@
+"""Scenarios and the runner: build a VM for a scenario, run it to completion, report the result.
+
+A run is always bounded, by a number of exits and by wall-clock time, so that no guest (random
+bytes included) can hang the caller. The time limit uses KVM's own mechanism: SIGALRM's handler
+sets kvm_run.immediate_exit, so KVM_RUN returns EINTR whether the signal lands inside the guest
+or between two runs, and the loop then sees the deadline. The timer needs the main thread, where
+Python runs signal handlers.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType, MappingProxyType
+
+from conformance.abi import _generated as abi
+from conformance.errors import (
+    ConformanceError,
+    GuestFault,
+    KvmUnavailableError,
+    UnknownScenarioError,
+)
+from conformance.vmm import entry
+from conformance.vmm.devices import IoBus, MmioBus
+from conformance.vmm.devices.debug_exit import (
+    DEBUG_EXIT_PORT,
+    DEBUG_EXIT_PORT_COUNT,
+    DebugExitPort,
+    DebugExitRequested,
+)
+from conformance.vmm.devices.serial import COM1_PORT, REGISTER_COUNT, Serial16550
+from conformance.vmm.devices.vga_text import TEXT_SCREEN_BASE, TEXT_SCREEN_SIZE, TextScreen
+from conformance.vmm.exits import (
+    Exit,
+    FailEntryExit,
+    HltExit,
+    InternalErrorExit,
+    IntrExit,
+    IoDirection,
+    IoExit,
+    MmioExit,
+    ShutdownExit,
+)
+from conformance.vmm.guests import GuestImage, guest
+from conformance.vmm.kvm import Kvm
+from conformance.vmm.memory import GuestMemory, MemoryLayout
+from conformance.vmm.registers import format_registers
+from conformance.vmm.vcpu import Vcpu
+from conformance.vmm.vm import Vm
+
+EXPECTED_API_VERSION = 12
+RAM_SIZE = 256 * 1024  # what the article's program maps, and what the small guests need
+QEMU_LAYOUT_RAM_SIZE = 1 << 30
+# QEMU's choices on x86 (target/i386/kvm/kvm.c): the identity-map page, with the three TSS
+# pages right above it, just below the 4 GiB PCI hole's BIOS area.
+IDENTITY_MAP_GPA = 0xFEFFC000
+TSS_GPA = IDENTITY_MAP_GPA + 0x1000
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Bounds of one run; exits_100k needs just over 100,000 exits."""
+
+    max_exits: int = 1_000_000
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run produced. `status` is the debug-exit status, or 0 after HLT."""
+
+    scenario: str
+    serial_output: bytes = b""
+    status: int = 0
+    exit_counts: Mapping[str, int] = field(default_factory=dict)
+    final_exit: Exit | None = None
+    screen_text: str = ""
+
+
+class RunLimitExceeded(ConformanceError):
+    """The guest used up the run's exit budget or wall-clock time without finishing."""
+
+
+class UnhandledExitError(ConformanceError):
+    """KVM_RUN exited for a reason this machine has no device or policy for."""
+
+    def __init__(self, exit_value: Exit) -> None:
+        super().__init__(f"no handler for {exit_value}")
+        self.exit = exit_value
+
+
+class VcpuFault(GuestFault):
+    """A GuestFault with the exit that ended the run and the vCPU's registers at that moment."""
+
+    def __init__(self, exit_value: Exit, registers: str) -> None:
+        super().__init__(f"the guest stopped with {exit_value}\n{registers}")
+        self.exit = exit_value
+        self.registers = registers
+
+
+_FAULTS = (ShutdownExit, FailEntryExit, InternalErrorExit)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    run: Callable[[RunLimits], RunResult]
+
+
+def run_scenario(name: str, limits: RunLimits | None = None) -> RunResult:
+    """Run the scenario called `name` to completion; UnknownScenarioError lists the known ones."""
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        raise UnknownScenarioError(
+            f"no scenario named {name!r} (known: {', '.join(sorted(SCENARIOS))})"
+        )
+    return scenario.run(limits or RunLimits())
+
+
+def run_guest(image: GuestImage, limits: RunLimits | None = None, scenario: str = "") -> RunResult:
+    """Run one guest image on a fresh VM with a UART, the debug-exit port and a text screen."""
+    limits = limits or RunLimits()
+    with _open_kvm() as kvm, kvm.create_vm() as vm, GuestMemory(vm) as memory:
+        vm.set_identity_map_addr(IDENTITY_MAP_GPA)
+        vm.set_tss_addr(TSS_GPA)
+        _load(vm, memory, image)
+        with vm.create_vcpu(0) as vcpu:
+            vcpu.set_cpuid2(kvm.supported_cpuid())
+            entry.enter(vcpu, memory, image)
+            serial, screen = Serial16550(), TextScreen()
+            io_bus, mmio_bus = IoBus(), MmioBus()
+            io_bus.register(COM1_PORT, REGISTER_COUNT, serial)
+            io_bus.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, DebugExitPort())
+            mmio_bus.register(TEXT_SCREEN_BASE, TEXT_SCREEN_SIZE, screen)
+            counts: dict[type, int] = {}
+            status, final_exit = _run_loop(vcpu, io_bus, mmio_bus, limits, counts)
+    return RunResult(
+        scenario=scenario or image.name,
+        serial_output=serial.output,
+        status=status,
+        exit_counts={kind.__name__: count for kind, count in counts.items()},
+        final_exit=final_exit,
+        screen_text=screen.text(),
+    )
+
+
+def _open_kvm() -> Kvm:
+    kvm = Kvm()
+    version = kvm.api_version()
+    if version != EXPECTED_API_VERSION:
+        kvm.close()
+        raise KvmUnavailableError(f"KVM API version {version}; this VMM speaks version 12")
+    return kvm
+
+
+def _load(vm: Vm, memory: GuestMemory, image: GuestImage) -> None:
+    """RAM at gpa 0 (slot 0), then the image: into RAM, or as ROM in slots of its own."""
+    memory.register(0, 0, RAM_SIZE)
+    if image.load_gpa + len(image.image) <= RAM_SIZE:
+        memory.write(image.load_gpa, image.image)
+        return
+    # Firmware: read-only where KVM can enforce it, so guest writes become MMIO as on ROM.
+    read_only = bool(vm.check_extension(abi.KVM_CAP_READONLY_MEM))
+    rom_size = len(image.image)
+    for slot, gpa in enumerate((image.load_gpa, *image.alias_gpas), start=1):
+        memory.register(slot, gpa, rom_size, read_only=read_only)
+        memory.write(gpa, image.image)
+
+
+def _run_loop(
+    vcpu: Vcpu, io_bus: IoBus, mmio_bus: MmioBus, limits: RunLimits, counts: dict[type, int]
+) -> tuple[int, Exit]:
+    """KVM_RUN until the guest ends the run; (status, the last exit). Counts exits by type."""
+    with _wall_clock_limit(vcpu, limits.timeout_seconds) as timed_out:
+        for _ in range(limits.max_exits):
+            exit_value = vcpu.run()
+            kind = type(exit_value)
+            counts[kind] = counts.get(kind, 0) + 1
+            if isinstance(exit_value, IoExit):
+                if exit_value.direction is IoDirection.OUT:
+                    try:
+                        io_bus.write(exit_value.port, exit_value.size, exit_value.data)
+                    except DebugExitRequested as request:
+                        return request.status, exit_value
+                else:
+                    data = io_bus.read(exit_value.port, exit_value.size, exit_value.count)
+                    vcpu.answer_io_in(data)
+            elif isinstance(exit_value, MmioExit):
+                if exit_value.is_write:
+                    mmio_bus.write(exit_value.phys_addr, exit_value.data)
+                else:
+                    vcpu.answer_mmio_read(mmio_bus.read(exit_value.phys_addr, exit_value.len))
+            elif isinstance(exit_value, HltExit):
+                return 0, exit_value
+            elif isinstance(exit_value, IntrExit):
+                if timed_out():
+                    raise RunLimitExceeded(
+                        f"the guest was still running after {limits.timeout_seconds} s"
+                    )
+            elif isinstance(exit_value, _FAULTS):
+                registers = format_registers(vcpu.get_regs(), vcpu.get_sregs())
+                raise VcpuFault(exit_value, registers)
+            else:
+                raise UnhandledExitError(exit_value)
+    raise RunLimitExceeded(f"the guest made {limits.max_exits} exits without finishing")
+
+
+@contextmanager
+def _wall_clock_limit(vcpu: Vcpu, seconds: float) -> Iterator[Callable[[], bool]]:
+    """SIGALRM after `seconds` makes KVM_RUN return; yields "has the time run out?"."""
+    expired = False
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        nonlocal expired
+        expired = True
+        vcpu.request_immediate_exit()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield lambda: expired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _memory_setup(limits: RunLimits) -> RunResult:
+    """The article's first program: a VM with 256 KiB of RAM in slot 0 and no vCPU."""
+    with _open_kvm() as kvm, kvm.create_vm() as vm, GuestMemory(vm) as memory:
+        memory.register(0, 0, RAM_SIZE)
+    return RunResult(scenario="memory-setup")
+
+
+def _qemu_memory_layout(limits: RunLimits) -> RunResult:
+    """1 GiB of RAM mapped inside QEMU's PROT_NONE reservation, slot 0 at gpa 0."""
+    with _open_kvm() as kvm, kvm.create_vm() as vm, GuestMemory(vm) as memory:
+        memory.register(0, 0, QEMU_LAYOUT_RAM_SIZE, layout=MemoryLayout.QEMU)
+    return RunResult(scenario="qemu-memory-layout")
+
+
+def _guest_scenario(scenario: str, guest_name: str) -> Callable[[RunLimits], RunResult]:
+    return lambda limits: run_guest(guest(guest_name), limits, scenario)
+
+
+SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
+    {
+        scenario.name: scenario
+        for scenario in (
+            Scenario(
+                "memory-setup",
+                "GET_API_VERSION, CREATE_VM, 256 KiB anonymous RAM in slot 0 at gpa 0; no vCPU",
+                _memory_setup,
+            ),
+            Scenario(
+                "qemu-memory-layout",
+                "1 GiB RAM MAP_FIXED inside a PROT_NONE reservation 2 MiB larger, as QEMU maps it",
+                _qemu_memory_layout,
+            ),
+            Scenario(
+                "hello",
+                "real-mode guest prints over the 16550 and to the text screen (MMIO), then HLT",
+                _guest_scenario("hello", "hello"),
+            ),
+            Scenario(
+                "hello-long",
+                "the hello guest from 64-bit long mode on VMM-built page tables and GDT",
+                _guest_scenario("hello-long", "hello_long"),
+            ),
+            Scenario(
+                "tiny-bios",
+                "64 KiB firmware from the reset vector: serial output, then status 0x10 to 0xf4",
+                _guest_scenario("tiny-bios", "tiny_bios"),
+            ),
+            Scenario(
+                "exits-100k",
+                "100,000 port-IO exits to 0x80, then status 0 to the debug-exit port",
+                _guest_scenario("exits-100k", "exits_100k"),
+            ),
+        )
+    }
+)
