@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import threading
 import warnings
@@ -37,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
+from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import SpawnError, TaskGoneError
 
 TaskKind = Literal["thread", "process"]
@@ -164,7 +164,7 @@ class TraceSession:
         stdin/stdout/stderr: file descriptors to give the program; None passes ours through.
         """
         environment = dict(os.environ if env is None else env)
-        executable = _resolve(argv, environment.get("PATH", os.defpath), cwd)
+        executable = spawning.resolve_executable(argv, environment.get("PATH", os.defpath), cwd)
         self._selection = seccomp.SyscallSelection.from_names(
             backend.syscall_number, unstopped_ioctls
         )
@@ -173,7 +173,7 @@ class TraceSession:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _exec_child(
+            spawning.exec_child(
                 parent=parent,
                 executable=executable,
                 argv=argv,
@@ -416,52 +416,3 @@ class TraceSession:
 def _kill(tid: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.kill(tid, signal.SIGKILL)
-
-
-def _resolve(argv: Sequence[str], search_path: str, cwd: str | None) -> str:
-    if not argv:
-        raise SpawnError("nothing to run: empty argv")
-    command = argv[0]
-    if "/" in command:
-        candidate = command if cwd is None else os.path.join(cwd, command)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return command
-        raise SpawnError(f"{command}: not found or not executable")
-    found = shutil.which(command, path=search_path)
-    if found is None:
-        raise SpawnError(f"{command}: command not found in PATH")
-    return found
-
-
-def _exec_child(
-    *,
-    parent: int,
-    executable: str,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    cwd: str | None,
-    stdio: tuple[int | None, int | None, int | None],
-    seccomp_program: bytes | None,
-    error_pipe: int,
-) -> None:
-    """Runs in the forked child: never returns, execs or _exits."""
-    try:
-        backend.set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(126)  # the tracer died before prctl() took effect
-        for target, source in enumerate(stdio):
-            if source is not None:
-                os.dup2(source, target)
-        if cwd is not None:
-            os.chdir(cwd)
-        # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGSTOP)  # wait here until the tracer has seized us
-        if seccomp_program is not None:
-            seccomp.install_filter(seccomp_program)
-        os.execve(executable, list(argv), dict(env))
-    except OSError as error:
-        os.write(error_pipe, str(error.errno or 0).encode())
-    finally:
-        os._exit(127)  # whatever happened, never return into the parent's code

@@ -1,0 +1,71 @@
+"""Start a program stopped, ready for the tracer to seize it, then let it exec.
+
+The child side of TraceSession.spawn: everything between fork() and execve(). It runs in the
+forked copy of the tracer, so it calls only what is already loaded (no imports, no
+subprocesses) and never returns into the parent's code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+
+from conformance.tracer import ptrace_backend as backend
+from conformance.tracer import seccomp
+from conformance.tracer.errors import SpawnError
+
+
+def resolve_executable(argv: Sequence[str], search_path: str, cwd: str | None) -> str:
+    """The file to exec for argv[0], found the way a shell would; a clear error if none."""
+    if not argv:
+        raise SpawnError("nothing to run: empty argv")
+    command = argv[0]
+    if "/" in command:
+        candidate = command if cwd is None else os.path.join(cwd, command)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return command
+        raise SpawnError(f"{command}: not found or not executable")
+    found = shutil.which(command, path=search_path)
+    if found is None:
+        raise SpawnError(f"{command}: command not found in PATH")
+    return found
+
+
+def exec_child(
+    *,
+    parent: int,
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | None,
+    stdio: tuple[int | None, int | None, int | None],
+    seccomp_program: bytes | None,
+    error_pipe: int,
+) -> None:
+    """Runs in the forked child: stop for the tracer, install the filter, exec; never returns.
+
+    An exec failure is reported as its errno on `error_pipe` (close-on-exec, so a successful
+    exec closes it empty) and the child exits 127 as a shell does for a command it cannot run.
+    """
+    try:
+        backend.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(126)  # the tracer died before prctl() took effect
+        for target, source in enumerate(stdio):
+            if source is not None:
+                os.dup2(source, target)
+        if cwd is not None:
+            os.chdir(cwd)
+        # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGSTOP)  # wait here until the tracer has seized us
+        if seccomp_program is not None:
+            seccomp.install_filter(seccomp_program)
+        os.execve(executable, list(argv), dict(env))
+    except OSError as error:
+        os.write(error_pipe, str(error.errno or 0).encode())
+    finally:
+        os._exit(127)  # whatever happened, never return into the parent's code

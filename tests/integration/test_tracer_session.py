@@ -1,0 +1,270 @@
+"""The tracer's process control against the real kernel: a C workload, traced and untraced."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conformance.errors import ConformanceError
+from conformance.tracer import SyscallStop, TaskKind, TraceResult, TraceSession
+from conformance.tracer import ptrace_backend as backend
+from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES
+
+pytestmark = [pytest.mark.needs_ptrace, pytest.mark.needs_gcc]
+
+TRACEES = Path(__file__).parent.parent / "fixtures" / "tracees"
+REPOSITORY = Path(__file__).parent.parent.parent
+FAKE_KVM_RUN = 0xAE80  # KVM_RUN's request number, issued on /dev/null by the workload
+PAGE_SIZE = 4096
+MODES = ["plain", "seccomp"]
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> str:
+    executable = tmp_path_factory.mktemp("tracees") / "workload"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(executable), str(TRACEES / "workload.c")],
+        check=True,
+    )
+    return str(executable)
+
+
+class Recorder:
+    """Keeps what a decoder would look at: opened paths, ioctl requests, mmap shapes."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[object, ...]] = Counter()
+        self.exits: Counter[str] = Counter()
+        self.new_tasks: Counter[TaskKind] = Counter()
+        self.execs = 0
+        self.ended: list[int] = []
+        self.open_tasks: set[int] = set()
+
+    def on_syscall_entry(self, stop: SyscallStop) -> bool:
+        assert stop.tid in self.open_tasks, "a syscall of a task we were not told about"
+        name = SYSCALL_NAMES[stop.nr]
+        if name == "openat":
+            self.calls[name, read_c_string(stop, stop.args[1])] += 1
+        elif name == "ioctl":
+            self.calls[name, stop.args[1]] += 1
+        elif name == "mmap":
+            self.calls[name, stop.args[1], stop.args[2], stop.args[3]] += 1
+        return name in ("openat", "ioctl")
+
+    def on_syscall_exit(self, stop: SyscallStop) -> None:
+        assert stop.return_value is not None
+        self.exits[SYSCALL_NAMES[stop.nr]] += 1
+
+    def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
+        self.new_tasks[kind] += 1
+        self.open_tasks.add(child_tid)
+
+    def on_exec(self, tid: int) -> None:
+        self.execs += 1
+        self.open_tasks.add(tid)
+
+    def on_task_exit(self, tid: int, status: int) -> None:
+        self.ended.append(tid)
+
+
+SYSCALL_NAMES = {backend.syscall_number(name): name for name in TRACED_SYSCALL_NAMES}
+
+
+def read_c_string(stop: SyscallStop, address: int) -> str:
+    # Never read across a page end: the next page may be unmapped.
+    data = stop.read(address, min(256, PAGE_SIZE - address % PAGE_SIZE))
+    return data.split(b"\0", 1)[0].decode()
+
+
+def trace(argv: list[str], mode: str, **spawn_options: object) -> tuple[Recorder, TraceResult]:
+    recorder = Recorder()
+    session = TraceSession(recorder)
+    session.spawn(
+        argv,
+        seccomp_fast_path=mode == "seccomp",
+        unstopped_ioctls=[FAKE_KVM_RUN],
+        **spawn_options,  # type: ignore[arg-type]
+    )
+    return recorder, session.run()
+
+
+def run_traced_capturing(
+    argv: list[str], mode: str, tmp_path: Path
+) -> tuple[str, TraceResult, Recorder]:
+    output = tmp_path / f"stdout-{mode}"
+    with output.open("wb") as stdout:
+        recorder, result = trace(argv, mode, stdout=stdout.fileno())
+    return output.read_text(), result, recorder
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("arguments", "shell_status"), [(["exit", "5"], 5), (["signal"], 128 + signal.SIGTERM)]
+)
+def test_traced_program_prints_and_ends_as_untraced(
+    workload: str, mode: str, arguments: list[str], shell_status: int, tmp_path: Path
+) -> None:
+    untraced = subprocess.run([workload, *arguments], check=False, capture_output=True, text=True)
+    stdout, result, recorder = run_traced_capturing([workload, *arguments], mode, tmp_path)
+    assert stdout == untraced.stdout
+    assert result.shell_status == shell_status
+    assert -untraced.returncode == result.exit_signal or untraced.returncode == result.exit_code
+    assert recorder.new_tasks == {"thread": 3, "process": 2}
+    assert recorder.execs == 1
+    assert result.pid in recorder.ended
+
+
+def test_both_modes_see_the_same_syscalls(workload: str, tmp_path: Path) -> None:
+    _, _, plain = run_traced_capturing([workload, "exit", "0"], "plain", tmp_path)
+    _, _, fast = run_traced_capturing([workload, "exit", "0"], "seccomp", tmp_path)
+    assert plain.calls == fast.calls
+    assert plain.exits == fast.exits
+    assert plain.calls["openat", "/dev/kvm"] == 1
+    assert plain.calls["ioctl", 0xAE00] == 1  # KVM_GET_API_VERSION
+    assert plain.calls["ioctl", FAKE_KVM_RUN] == 0  # unstopped in both modes
+    assert plain.calls["openat", "/dev/null"] == 1 + 3 + 1  # main, three threads, forked child
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_unstopped_ioctl_request_never_reaches_the_handler(workload: str, mode: str) -> None:
+    recorder, result = trace([workload, "ioctls", "1000"], mode)
+    assert result.exit_code == 0
+    assert recorder.calls["ioctl", FAKE_KVM_RUN] == 0
+
+
+def test_seccomp_mode_does_not_stop_at_unstopped_ioctls(workload: str) -> None:
+    """Count the stops the kernel makes, not the ones the handler sees."""
+    counts: list[int] = []
+    for requests in ([FAKE_KVM_RUN], []):
+        recorder = Recorder()
+        session = TraceSession(recorder)
+        session.spawn(
+            [workload, "ioctls", "1000"], seccomp_fast_path=True, unstopped_ioctls=requests
+        )
+        started = time.perf_counter()
+        session.run()
+        counts.append(recorder.calls["ioctl", FAKE_KVM_RUN])
+        assert time.perf_counter() - started < 5
+    assert counts == [0, 1000]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tracee_with_its_own_seccomp_filter(workload: str, mode: str, tmp_path: Path) -> None:
+    untraced = subprocess.run(
+        [workload, "own-seccomp"], check=False, capture_output=True, text=True
+    )
+    stdout, result, recorder = run_traced_capturing([workload, "own-seccomp"], mode, tmp_path)
+    assert "getppid -> -1 errno EPERM" in stdout
+    assert stdout == untraced.stdout
+    assert result.exit_code == 0
+    assert recorder.calls["ioctl", 0xAE00] == 1
+
+
+@pytest.mark.parametrize("command", ["/no/such/program", "no-such-program-anywhere"])
+def test_missing_command_is_a_clear_error(command: str) -> None:
+    with pytest.raises(ConformanceError, match=r"not found"):
+        trace([command], "plain")
+
+
+def test_exec_failure_after_fork_is_a_clear_error(tmp_path: Path) -> None:
+    not_a_program = tmp_path / "not-a-program"
+    not_a_program.write_bytes(b"\x7fELF garbage")
+    not_a_program.chmod(0o755)
+    with pytest.raises(ConformanceError, match="exec failed"):
+        trace([str(not_a_program)], "plain")
+
+
+def start_tracer(mode: str, argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(TRACEES / "run_traced.py"), mode, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # everything it starts shares its session id
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+    )
+
+
+def live_processes_in_session(session_id: int) -> list[str]:
+    """Processes of the session that are not zombies (a zombie is dead; init reaps it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, _ppid, _pgrp, session = stat.rsplit(")", 1)[1].split()[:4]
+        if int(session) == session_id and state != "Z":
+            found.append(f"{entry.name}:{state}")
+    return found
+
+
+def wait_until_session_is_empty(session_id: int, seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := live_processes_in_session(session_id)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkilled_tracer_leaves_no_tracee(workload: str, mode: str) -> None:
+    chooser = random.Random(20)
+    for attempt in range(20):
+        tracer = start_tracer(mode, [workload, "churn"])
+        # 0-0.5 s covers the tracer's start-up, the child's pre-exec window and full churn.
+        time.sleep(chooser.uniform(0, 0.5))
+        tracer.kill()
+        tracer.communicate()
+        left = wait_until_session_is_empty(tracer.pid, seconds=3)
+        assert not left, f"attempt {attempt}: processes left behind: {left}"
+
+
+@pytest.fixture
+def ready_tracer(workload: str) -> Iterator[subprocess.Popen[str]]:
+    tracer = start_tracer("seccomp", [workload, "ready"])
+    yield tracer
+    if tracer.poll() is None:
+        tracer.kill()
+        tracer.communicate()
+
+
+@pytest.mark.parametrize("termination", [signal.SIGTERM, signal.SIGINT])
+def test_terminating_the_tracer_ends_the_tracee_and_returns(
+    ready_tracer: subprocess.Popen[str], termination: signal.Signals
+) -> None:
+    assert ready_tracer.stdout is not None
+    assert ready_tracer.stdout.readline() == "ready\n"
+    ready_tracer.send_signal(termination)
+    _, stderr = ready_tracer.communicate(timeout=10)
+    assert ready_tracer.returncode == 0, stderr
+    report = json.loads(stderr.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert report == {"interrupted_by": termination, "shell_status": 128 + signal.SIGKILL}
+    assert not wait_until_session_is_empty(ready_tracer.pid, seconds=3)
+
+
+def test_attach_follows_a_running_process_to_its_end(workload: str) -> None:
+    tracee = subprocess.Popen([workload, "ready"], stdout=subprocess.PIPE, text=True)
+    assert tracee.stdout is not None
+    assert tracee.stdout.readline() == "ready\n"
+    recorder = Recorder()
+    recorder.open_tasks.add(tracee.pid)
+    session = TraceSession(recorder)
+    with pytest.warns(RuntimeWarning, match="seccomp"):
+        session.attach(tracee.pid, seccomp_fast_path=True)
+    assert not session.seccomp_fast_path
+    os.kill(tracee.pid, signal.SIGTERM)  # its handler exits 0, through the traced signal path
+    result = session.run()
+    assert result.exit_code == 0
+    assert recorder.ended == [tracee.pid]
