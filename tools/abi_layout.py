@@ -46,6 +46,7 @@ class ClassDef:
     name: str
     is_union: bool
     size: int
+    c_name: str | None  # "struct kvm_run"; None for a class made for an anonymous C type
     members: list[Member] = field(default_factory=list)
     packed: bool = False
 
@@ -178,7 +179,8 @@ class LayoutBuilder:
         self.names_by_die[die.offset] = name
         is_union = die.tag == "DW_TAG_union_type"
         members = self.members_of(die, name)
-        definition = ClassDef(name, is_union, die.attributes["DW_AT_byte_size"].value)
+        c_name = f"{'union' if is_union else 'struct'} {name}" if die_name(die) else None
+        definition = ClassDef(name, is_union, die.attributes["DW_AT_byte_size"].value, c_name)
         for packed in (False, True):
             laid_out = self.lay_out(definition, members, packed)
             if laid_out is not None:

@@ -257,6 +257,11 @@ def render_module(
         f"KERNEL_HEADERS_VERSION = {version!r}",
         *render_classes(classes),
         "",
+        "# The C spelling of each class that is a C tag (the others stand for anonymous types).",
+        *python_dict(
+            "C_TYPE_NAMES", "dict[str, str]", {c.name: c.c_name for c in classes if c.c_name}
+        ),
+        "",
         "# Integer-valued KVM_* macros and KVM_* enumerators of the kvm headers.",
         *(f"{name} = {value}" for name, value in sorted(constants.items())),
         "",

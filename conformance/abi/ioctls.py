@@ -153,6 +153,8 @@ _CORRECTED_DIRECTIONS: Mapping[str, Direction] = {
     "KVM_CLEAR_DIRTY_LOG": Direction.WRITE,
     # _IOW, but the kernel fills the struct kvm_ppc_pvinfo (copy_to_user only).
     "KVM_PPC_GET_PVINFO": Direction.READ,
+    # _IOR, but kvm_vm_ioctl_assign_device() (removed in 4.12) only read the struct.
+    "KVM_ASSIGN_PCI_DEVICE": Direction.WRITE,
 }
 
 # The header names no struct, or the wrong one: the kernel reads this struct instead.
@@ -208,6 +210,23 @@ _CREATES: Mapping[str, str] = {
     "KVM_CREATE_DEVICE": "device",  # returned inside the struct, see _NOTES
     "KVM_GET_STATS_FD": "stats",
 }
+
+# Every name the tables above mention; a test checks each is a real ioctl (catches typos).
+KNOWLEDGE_NAMES: frozenset[str] = frozenset().union(
+    _SYSTEM,
+    _VM,
+    _VCPU,
+    _DEVICE,
+    _FOREIGN_SYSTEM,
+    _FOREIGN_VM,
+    _FOREIGN_VCPU,
+    _INTEGER_ARG,
+    _CORRECTED_DIRECTIONS,
+    _ACTUAL_STRUCTS,
+    _VARIABLE,
+    _NOTES,
+    _CREATES,
+)
 
 _STRUCT_KIND_BY_DIRECTION = {
     Direction.WRITE: ArgKind.STRUCT_IN,
