@@ -30,6 +30,9 @@ GCC_FLAGS = ["-gdwarf-5", "-O0", "-ftrack-macro-expansion=0", "-w"]
 # The header files whose struct, union and enum definitions are part of the ABI we describe.
 KVM_HEADER_SUFFIXES = ("/linux/kvm.h", "/asm/kvm.h")
 
+# Argument types of ioctls that are not structs: the kernel reads or writes one such value.
+SCALAR_ARG_TYPES = {"int", "unsigned long", "__u32", "__u64"}
+
 OBJECT_MACRO = re.compile(r"#define (?P<name>\w+)(?P<params>\([^)]*\))?(?: (?P<body>.*))?")
 IOCTL_BODY = re.compile(r"(?P<kind>_IOWR|_IOR|_IOW|_IO)\s*\((?P<args>.*)\)")
 GCC_ERROR_LINE = re.compile(r"^probe\.c:(?P<line>\d+):\d+: error:", re.MULTILINE)
@@ -164,12 +167,12 @@ def write_probe(
 ) -> list[tuple[str, str]]:
     """Write the probe; return (kind, name) for each droppable line, indexed by line - 1."""
     lines: list[tuple[str, str]] = []
+    body: list[str] = []
 
     def add(kind: str, name: str, text: str) -> None:
         lines.append((kind, name))
         body.append(text)
 
-    body: list[str] = []
     add("fixed", "", "#include <stdio.h>")
     add("fixed", "", "#include <linux/kvm.h>")
     # One object per type, so that the compiler emits DWARF for the type and all it references.
@@ -296,6 +299,13 @@ def generate() -> str:
         # (kvm_coalesced_mmio_ring, kvm_dirty_gfn, kvm_stats_header, ...).
         roots = [probe_variable(tag) for tag in tags]
         classes, enumerators = build_classes(probe_object, roots)
+        missing = (
+            {m.arg_type for m in ioctls if m.name in results.ioctl_numbers and m.arg_type_c}
+            - {c.name for c in classes}
+            - SCALAR_ARG_TYPES
+        )
+        if missing:
+            raise RuntimeError(f"ioctl argument types not found in the kvm headers: {missing}")
         text = render_module(headers_version(macros), classes, results, ioctls, enumerators)
         verify_rendered(text, classes)
         return text
