@@ -68,9 +68,7 @@ def close(fd: int) -> None:
     os.close(fd)
 
 
-def ioctl(
-    fd: int, spec: IoctlSpec, arg: int | ctypes.Structure | ctypes.c_uint64 = 0
-) -> int:
+def ioctl(fd: int, spec: IoctlSpec, arg: int | ctypes.Structure | ctypes.c_uint64 = 0) -> int:
     """Issue one ioctl; the kernel's failure becomes KvmError(spec.name, errno)."""
     raw = arg if isinstance(arg, int) else ctypes.addressof(arg)
     result: int = _ioctl(fd, spec.number, raw)
@@ -85,13 +83,13 @@ def map_anonymous(size: int, *, readable_writable: bool = True, at: int | None =
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     if at is not None:
         flags |= MAP_FIXED
-    return _checked_mmap(at, size, prot, flags, -1, "anonymous mapping")
+    return _checked_mmap(size, prot, flags, at=at, what="anonymous mapping")
 
 
 def map_shared(fd: int, size: int) -> int:
     """A shared read-write mapping of an fd's first `size` bytes (the vCPU's kvm_run page)."""
-    flags = mmap.MAP_SHARED
-    return _checked_mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, "kvm_run mapping")
+    prot = mmap.PROT_READ | mmap.PROT_WRITE
+    return _checked_mmap(size, prot, mmap.MAP_SHARED, fd=fd, what="kvm_run mapping")
 
 
 def unmap(address: int, size: int) -> None:
@@ -100,10 +98,11 @@ def unmap(address: int, size: int) -> None:
         raise GuestMemoryError(f"munmap({address:#x}, {size:#x}) failed: {os.strerror(error)}")
 
 
-def _checked_mmap(at: int | None, size: int, prot: int, flags: int, fd: int, what: str) -> int:
+def _checked_mmap(
+    size: int, prot: int, flags: int, *, fd: int = -1, at: int | None = None, what: str
+) -> int:
     address = _mmap(at, size, prot, flags, fd, 0)
     if address is None or address == _MAP_FAILED:
         error = ctypes.get_errno()
         raise GuestMemoryError(f"{what} of {size:#x} bytes failed: {errno.errorcode.get(error)}")
     return int(address)
-

@@ -7,7 +7,6 @@ buffer out exactly so, and keeps the header's fields addressable by their C name
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 from conformance.abi.ioctls import IoctlSpec

@@ -58,6 +58,7 @@ QEMU_LAYOUT_RAM_SIZE = 1 << 30
 IDENTITY_MAP_GPA = 0xFEFFC000
 TSS_GPA = IDENTITY_MAP_GPA + 0x1000
 
+
 @dataclass(frozen=True)
 class RunLimits:
     """Bounds of one run; exits_100k needs just over 100,000 exits."""

@@ -61,7 +61,9 @@ class IoBus:
             return
         device, base = target
         for start in range(0, len(data), size):
-            device.write_port(port - base, size, int.from_bytes(data[start : start + size], "little"))
+            device.write_port(
+                port - base, size, int.from_bytes(data[start : start + size], "little")
+            )
 
 
 class MmioBus:

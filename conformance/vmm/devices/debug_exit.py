@@ -10,7 +10,7 @@ DEBUG_EXIT_PORT = 0xF4
 DEBUG_EXIT_PORT_COUNT = 4  # QEMU: -device isa-debug-exit,iobase=0xf4,iosize=0x04
 
 
-class DebugExitRequested(Exception):  # noqa: N818 - a request that ends the run, not an error
+class DebugExitRequested(Exception):
     """Raised out of the IoBus to stop the run loop; never escapes the machine."""
 
     def __init__(self, status: int) -> None:
