@@ -1,0 +1,81 @@
+"""The normalized trace document: what normalization builds, snapshots store and comparisons read.
+
+A document is plain data: `source` (provenance, never compared) and `threads`, each thread role
+mapped to its calls in order. A call is an ordered mapping of YAML-ready values; `Hex` marks the
+ints that are shown in hex (addresses, sizes, masks) without changing how they compare.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeAlias
+
+SCHEMA = "kvm-conformance/1"
+
+Value: TypeAlias = "int | str | list[Value] | dict[str, Value]"
+Entry: TypeAlias = dict[str, Value]
+
+
+class Hex(int):
+    """An int written as 0x... in snapshots; equal to the plain int of the same value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return hex(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceCall:
+    """One call of a thread: its normalized entry and, when loaded from a file, its line there."""
+
+    entry: Entry
+    line: int | None = None  # 1-based line in the snapshot file it was loaded from
+
+    @property
+    def name(self) -> str:
+        """What a reader calls this call: the ioctl request for ioctls, else the syscall name."""
+        if self.entry.get("call") == "ioctl" and "req" in self.entry:
+            return str(self.entry["req"])
+        return str(self.entry.get("call", "?"))
+
+    @property
+    def repeat(self) -> int:
+        """How many identical consecutive calls this entry stands for (run-length encoding)."""
+        count = self.entry.get("repeat", 1)
+        return count if isinstance(count, int) else 1
+
+
+@dataclass(slots=True)
+class TraceDocument:
+    source: Entry
+    threads: dict[str, list[TraceCall]]
+    path: Path | None = None  # the file it was loaded from, for messages
+    schema: str = field(default=SCHEMA)
+
+    def sorted_roles(self) -> list[str]:
+        return sorted(self.threads, key=thread_role_order)
+
+
+_VCPU_ROLE = re.compile(r"^(?P<prefix>.*?)vcpu(?P<index>\d+)(?P<rest>.*)$")
+
+
+def thread_role_order(role: str) -> tuple[str, int, int, str]:
+    """Sort key for thread roles: per process, `main` first, then vcpus by number, then others.
+
+    Plain string order would put vcpu10 before vcpu2 and `main` after the vcpus.
+    """
+    process, _, thread = role.rpartition("/")
+    if thread == "main":
+        return (process, 0, 0, role)
+    vcpu = _VCPU_ROLE.match(thread)
+    if vcpu is not None and not vcpu.group("prefix"):
+        return (process, 1, int(vcpu.group("index")), role)
+    return (process, 2, 0, role)
+
+
+def ordered_threads(threads: Iterable[tuple[str, list[TraceCall]]]) -> dict[str, list[TraceCall]]:
+    return dict(sorted(threads, key=lambda item: thread_role_order(item[0])))
