@@ -127,6 +127,7 @@ class _Task:
     tgid: int
     before_exec: bool = False  # spawned child still in our pre-exec code: report nothing
     awaiting_exit: SyscallStop | None = None
+    entered_unselected: bool = False  # at an entry stop whose exit nobody wants
 
 
 class TraceSession:
@@ -287,6 +288,12 @@ class TraceSession:
             pass  # SIGKILLed meanwhile; its end arrives from waitpid
 
     def _on_syscall_stop(self, tid: int, task: _Task) -> None:
+        if task.entered_unselected:
+            # The stop after an entry stop is that syscall's exit, which nobody asked for:
+            # skip the PTRACE_GET_SYSCALL_INFO call (a quarter of a plain stop's cost).
+            task.entered_unselected = False
+            self._resume(tid, task)
+            return
         info = backend.syscall_info(tid)
         if info.op == backend.SYSCALL_INFO_EXIT:
             stop = task.awaiting_exit
@@ -302,6 +309,9 @@ class TraceSession:
             and self._selection.wants(info.nr, info.args[1])
         ):
             self._deliver_entry(tid, task, info)
+        task.entered_unselected = (
+            info.op == backend.SYSCALL_INFO_ENTRY and task.awaiting_exit is None
+        )
         self._resume(tid, task)
 
     def _on_seccomp_stop(self, tid: int, task: _Task) -> None:
