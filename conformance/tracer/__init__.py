@@ -1,4 +1,8 @@
-"""Run a VMM under ptrace and report the syscalls a KVM decoder needs (see session.py)."""
+"""Run a VMM under ptrace and turn its KVM calls into decoded events.
+
+`trace()` / `attach()` (tracing.py) are the entry points; session.py is the process control
+they drive, recorder.py the handler that decodes each stop into events.
+"""
 
 from conformance.tracer.errors import SpawnError, TracerError
 from conformance.tracer.session import (
@@ -8,13 +12,18 @@ from conformance.tracer.session import (
     TraceResult,
     TraceSession,
 )
+from conformance.tracer.tracing import NotImplementedModeError, TraceOutcome, attach, trace
 
 __all__ = [
+    "NotImplementedModeError",
     "SpawnError",
     "SyscallStop",
     "TaskKind",
     "TraceHandler",
+    "TraceOutcome",
     "TraceResult",
     "TraceSession",
     "TracerError",
+    "attach",
+    "trace",
 ]

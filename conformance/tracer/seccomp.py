@@ -41,7 +41,7 @@ _OFFSET_ARCH = 4
 _OFFSET_ARG1_LOW = 16 + 8  # args[1], low 32 bits on little-endian x86-64
 
 # Every syscall that creates, duplicates, closes or maps a file descriptor or memory a KVM
-# decoder must follow, plus ioctl itself. fcntl is refined below to its duplicating commands.
+# decoder must follow, plus ioctl itself. fcntl is refined below to _FCNTL_TRACED_COMMANDS.
 TRACED_SYSCALL_NAMES: tuple[str, ...] = (
     "open",
     "openat",
@@ -60,8 +60,9 @@ TRACED_SYSCALL_NAMES: tuple[str, ...] = (
     "eventfd",
     "eventfd2",
 )
-# The only fcntl commands that create a file descriptor.
-_FCNTL_DUPLICATING_COMMANDS = (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC)
+# The fcntl commands a decoder follows: the only two that create a file descriptor, and F_SETFD,
+# which sets or clears close-on-exec (what an exec keeps of the fd table).
+_FCNTL_TRACED_COMMANDS = (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC, fcntl.F_SETFD)
 # A jump offset in classic BPF is one byte.
 _MAX_JUMP = 255
 
@@ -93,7 +94,7 @@ class SyscallSelection:
         if nr == self.ioctl_number:
             return (second_argument & 0xFFFFFFFF) not in self.unstopped_ioctl_requests
         if nr == self.fcntl_number:
-            return (second_argument & 0xFFFFFFFF) in _FCNTL_DUPLICATING_COMMANDS
+            return (second_argument & 0xFFFFFFFF) in _FCNTL_TRACED_COMMANDS
         return nr in self.traced_numbers
 
     def bpf_program(self) -> bytes:
@@ -120,10 +121,10 @@ class SyscallSelection:
         program.ret(SECCOMP_RET_ALLOW)
         program.label("fcntl")
         program.load(_OFFSET_ARG1_LOW)
-        for command in _FCNTL_DUPLICATING_COMMANDS:
-            program.jump_if_equal(command, if_true="fcntl-duplicating", if_false=None)
+        for command in _FCNTL_TRACED_COMMANDS:
+            program.jump_if_equal(command, if_true="fcntl-traced", if_false=None)
         program.ret(SECCOMP_RET_ALLOW)
-        program.label("fcntl-duplicating")
+        program.label("fcntl-traced")
         program.ret(SECCOMP_RET_TRACE)
         return program.assemble()
 

@@ -1,0 +1,170 @@
+"""ioctl stops -> `Ioctl` events: which ioctl it is, its decoded argument, the fds it creates.
+
+Which ioctl a request number means comes from the ABI table, asked with the kind of the fd it
+was issued on (two ioctls can share a number). A request the table does not know is recorded
+raw (`name=None`) with its number; an ioctl on an fd that is not KVM's is not recorded at all,
+unless its type byte is KVMIO (an fd the tracer missed, e.g. opened before `attach`).
+
+The kernel state the decoders need is kept on the fd's `KvmObject` as the ioctls go by: each
+memory slot's size (dirty bitmaps), whether a coalesced MMIO zone exists (the ring then needs
+reading at KVM_RUN exits), KVM_CAP_XSAVE2's answer (the size of kvm_xsave with its tail).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from conformance.abi import _generated as abi
+from conformance.abi import ioc
+from conformance.abi.ioctls import FdKind, IoctlSpec, by_name, by_number
+from conformance.events import Fields, Ioctl
+from conformance.tracer import decode
+from conformance.tracer.fdtable import FdTable, KvmObject, RoleNames
+from conformance.tracer.kvm_run import RunMappings, RunReader
+from conformance.tracer.session import SyscallStop
+from conformance.tracer.syscall_args import signed_int
+
+KvmRunMode = Literal["full", "summary", "off"]
+
+_FD_KINDS = {
+    "kvm": FdKind.SYSTEM,
+    "vm": FdKind.VM,
+    "vcpu": FdKind.VCPU,
+    "device": FdKind.DEVICE,
+}
+KVM_RUN = by_name("KVM_RUN").number
+_CREATE_DEVICE_TEST = abi.KVM_CREATE_DEVICE_TEST
+_CREATED_FDS_ARE_CLOSE_ON_EXEC = True  # kvm_main.c creates every KVM fd with O_CLOEXEC
+_UNKNOWN_FD_ROLE = "unknown"
+
+
+@dataclass(slots=True)
+class PendingIoctl:
+    """What an ioctl's entry learned, for its exit."""
+
+    fd: int
+    target: KvmObject | None
+    request: int
+    spec: IoctlSpec | None
+    arg: int
+    inputs: Fields | None
+    run_entry: Fields | None
+
+
+class KvmCallDecoder:
+    def __init__(self, names: RoleNames, kvm_run: KvmRunMode) -> None:
+        self._names = names
+        self._decode_runs = kvm_run == "full"
+        self._runs = RunReader()
+
+    def entry(self, stop: SyscallStop, fds: FdTable, mappings: RunMappings) -> PendingIoctl | None:
+        """Decode the inputs; None when the ioctl is not KVM's and needs no exit stop."""
+        fd, request, arg = signed_int(stop.args[0]), stop.args[1] & 0xFFFFFFFF, stop.args[2]
+        target = fds.get(fd)
+        if target is None and ioc.decode(request).type != abi.KVMIO:
+            return None
+        kinds = _FD_KINDS.get(target.kind) if target is not None else None
+        spec = by_number(request, kinds)
+        if spec is None and kinds is not None:
+            spec = by_number(request)  # a known ioctl on a wrong fd kind: the kernel says no
+        vm = _vm_of(target)
+        inputs = decode.read_inputs(spec, stop, arg, vm) if spec is not None else None
+        run_entry = None
+        if request == KVM_RUN and self._decode_runs and target is not None:
+            run_entry = self._runs.read_entry(stop, target, mappings)
+        return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry)
+
+    def exit(
+        self,
+        stop: SyscallStop,
+        pending: PendingIoctl,
+        fds: FdTable,
+        mappings: RunMappings,
+        *,
+        seq: int,
+        ret: int,
+        errno: int | None,
+    ) -> Ioctl:
+        spec, target = pending.spec, pending.target
+        vm = _vm_of(target)
+        outputs = None
+        if spec is not None:
+            outputs = decode.read_outputs(spec, stop, pending.arg, vm, failed=errno is not None)
+        new_role = None
+        if errno is None and spec is not None:
+            new_role = self._created(spec, pending, outputs, ret, fds)
+            self._remember(spec, pending, target, ret)
+        run_exit = None
+        if pending.request == KVM_RUN and self._decode_runs and target is not None:
+            run_exit = self._runs.read_exit(stop, target, mappings)
+        return Ioctl(
+            seq=seq,
+            tid=stop.tid,
+            pid=stop.tgid,
+            ret=ret,
+            errno=errno,
+            fd=pending.fd,
+            fd_role=target.role if target is not None else _UNKNOWN_FD_ROLE,
+            request=pending.request,
+            name=spec.name if spec is not None else None,
+            arg=pending.arg,
+            inputs=pending.inputs,
+            outputs=outputs,
+            new_fd_role=new_role,
+            run_exit=run_exit,
+            run_entry=pending.run_entry,
+        )
+
+    def forget(self, target: KvmObject) -> None:
+        """A vCPU's last fd was closed: drop its pending answer."""
+        self._runs.forget(target)
+
+    def _created(
+        self,
+        spec: IoctlSpec,
+        pending: PendingIoctl,
+        outputs: Fields | None,
+        ret: int,
+        fds: FdTable,
+    ) -> str | None:
+        vm = _vm_of(pending.target)
+        new_fd = ret
+        if spec.creates == "vm":
+            created = self._names.vm()
+        elif spec.creates == "vcpu":
+            created = self._names.vcpu(vm, pending.arg & 0xFFFFFFFF)
+        elif spec.creates == "stats":
+            created = self._names.numbered("stats", vm)
+        elif spec.creates == "device":
+            fd, flags = (outputs or {}).get("fd"), (pending.inputs or {}).get("flags")
+            if not isinstance(fd, int) or not isinstance(flags, int) or flags & _CREATE_DEVICE_TEST:
+                return None  # KVM_CREATE_DEVICE_TEST only asks whether the type exists
+            created, new_fd = self._names.numbered("device", vm), fd
+        else:
+            return None
+        fds.add(new_fd, created, close_on_exec=_CREATED_FDS_ARE_CLOSE_ON_EXEC)
+        return created.role
+
+    @staticmethod
+    def _remember(
+        spec: IoctlSpec, pending: PendingIoctl, target: KvmObject | None, ret: int
+    ) -> None:
+        vm = _vm_of(target)
+        if vm is None:
+            return
+        inputs = pending.inputs or {}
+        if spec.name in ("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2"):
+            slot, size = inputs.get("slot"), inputs.get("memory_size")
+            if isinstance(slot, int) and isinstance(size, int):
+                vm.slot_sizes[slot] = size
+        elif spec.name == "KVM_REGISTER_COALESCED_MMIO":
+            vm.coalesced_mmio = True
+        elif spec.name == "KVM_CHECK_EXTENSION" and pending.arg == abi.KVM_CAP_XSAVE2:
+            vm.xsave2_size = ret
+
+
+def _vm_of(target: KvmObject | None) -> KvmObject | None:
+    if target is None:
+        return None
+    return target if target.kind == "vm" else target.vm

@@ -1,0 +1,315 @@
+"""The TraceHandler that turns the session's syscall stops into events, one callback per event.
+
+Streaming: an event is built at the syscall's exit stop (its return value is part of it) and
+handed to `on_event` at once; nothing is kept per call beyond the exit it waits for, and per
+vCPU only the answer the next KVM_RUN entry must read, so memory stays flat however long the
+trace. `seq` numbers events in the order they are emitted, across threads.
+
+Per-process state follows the kernel: threads share their process's fd table and address space
+(the session reports CLONE_THREAD children as "thread"; this assumes they were also created with
+CLONE_FILES, as pthread_create does), a forked process gets copies, exec drops close-on-exec
+fds and every mapping.
+"""
+
+from __future__ import annotations
+
+import errno as errno_codes
+import fcntl
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from conformance.events import (
+    CloseFd,
+    DupFd,
+    Event,
+    EventFd,
+    Madvise,
+    Mmap,
+    Mprotect,
+    Mremap,
+    Munmap,
+    OpenKvm,
+    TaskExited,
+    TaskStarted,
+)
+from conformance.tracer import ptrace_backend as backend
+from conformance.tracer.fdtable import (
+    FdTable,
+    RoleNames,
+    adopt_open_fds,
+    is_kvm_device_node,
+    kvm_fd_link,
+)
+from conformance.tracer.kvm_calls import KvmCallDecoder, KvmRunMode, PendingIoctl
+from conformance.tracer.kvm_run import RunMappings, adopt_run_mappings
+from conformance.tracer.session import SyscallStop, TaskKind
+from conformance.tracer.syscall_args import read_c_string, signed_int
+
+_MAX_ERRNO = 4095
+_MAP_ANONYMOUS = 0x20  # <asm-generic/mman-common.h>; Python's mmap module has it, not MAP_FIXED
+_EFD_CLOEXEC = os.O_CLOEXEC  # <sys/eventfd.h>: EFD_CLOEXEC is O_CLOEXEC
+_OPENAT2_FLAGS_SIZE = 8  # struct open_how starts with __u64 flags
+
+
+@dataclass(slots=True)
+class _Process:
+    pid: int
+    fds: FdTable = field(default_factory=FdTable)
+    mappings: RunMappings = field(default_factory=RunMappings)
+
+
+@dataclass(slots=True)
+class _Pending:
+    name: str
+    ioctl: PendingIoctl | None = None
+    path: str = ""
+    flags: int = 0
+
+
+class Recorder:
+    """Implements session.TraceHandler; feeds `on_event`."""
+
+    def __init__(self, on_event: Callable[[Event], None], *, kvm_run: KvmRunMode) -> None:
+        self._on_event = on_event
+        self._names = RoleNames()
+        self._kvm = KvmCallDecoder(self._names, kvm_run)
+        self._processes: dict[int, _Process] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._seq = 0
+        self._syscall_names = {
+            backend.syscall_number(name): name
+            for name in (
+                "open",
+                "openat",
+                "openat2",
+                "ioctl",
+                "mmap",
+                "munmap",
+                "mremap",
+                "mprotect",
+                "madvise",
+                "dup",
+                "dup2",
+                "dup3",
+                "fcntl",
+                "close",
+                "eventfd",
+                "eventfd2",
+            )
+        }
+        self.opened_kvm = False
+        """Whether the traced program opened /dev/kvm (or was attached with it open)."""
+
+    # --- what trace()/attach() call ---------------------------------------------------------
+
+    def started(self, pid: int) -> None:
+        self._process(pid, pid)
+        self._emit(TaskStarted(self._next_seq(), pid, pid, 0, "process"))
+
+    def adopt(self, pid: int) -> None:
+        """Attach: learn the KVM fds and kvm_run mappings the process already has."""
+        process = self._process(pid, pid)
+        adopt_open_fds(pid, process.fds, self._names)
+        adopt_run_mappings(pid, process.fds, process.mappings)
+        self.opened_kvm = self.opened_kvm or process.fds.has_kvm_objects()
+
+    # --- session.TraceHandler -----------------------------------------------------------------
+
+    def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
+        parent = self._processes.get(parent_tid)
+        if kind == "thread" and parent is not None:
+            self._processes[child_tid] = parent
+            pid = parent.pid
+        else:
+            pid = child_tid
+            self._processes[child_tid] = _Process(
+                child_tid,
+                parent.fds.copy() if parent is not None else FdTable(),
+                parent.mappings.copy() if parent is not None else RunMappings(),
+            )
+        self._emit(TaskStarted(self._next_seq(), child_tid, pid, parent_tid, kind))
+
+    def on_exec(self, tid: int) -> None:
+        process = self._process(tid, tid)
+        process.fds.after_exec()
+        process.mappings = RunMappings()
+        self._pending.pop(tid, None)
+
+    def on_task_exit(self, tid: int, status: int) -> None:
+        process = self._processes.pop(tid, None)
+        self._pending.pop(tid, None)
+        pid = process.pid if process is not None else tid
+        self._emit(TaskExited(self._next_seq(), tid, pid, os.waitstatus_to_exitcode(status)))
+
+    def on_syscall_entry(self, stop: SyscallStop) -> bool:
+        name = self._syscall_names.get(stop.nr)
+        if name is None:
+            return False
+        process = self._process(stop.tid, stop.tgid)
+        pending = self._entry(name, stop, process)
+        if pending is None:
+            return False
+        self._pending[stop.tid] = pending
+        return True
+
+    def on_syscall_exit(self, stop: SyscallStop) -> None:
+        pending = self._pending.pop(stop.tid, None)
+        if pending is None or stop.return_value is None:
+            return
+        process = self._process(stop.tid, stop.tgid)
+        ret = stop.return_value
+        errno = -ret if -_MAX_ERRNO <= ret < 0 else None
+        self._exit(pending, stop, process, ret, errno)
+
+    # --- per syscall --------------------------------------------------------------------------
+
+    def _entry(self, name: str, stop: SyscallStop, process: _Process) -> _Pending | None:
+        args = stop.args
+        if name == "ioctl":
+            ioctl = self._kvm.entry(stop, process.fds, process.mappings)
+            return _Pending(name, ioctl=ioctl) if ioctl is not None else None
+        if name in ("open", "openat", "openat2"):
+            path_arg, flags = (args[0], args[1]) if name == "open" else (args[1], args[2])
+            if name == "openat2":
+                flags = int.from_bytes(stop.read(args[2], _OPENAT2_FLAGS_SIZE), "little")
+            return _Pending(name, path=read_c_string(stop, path_arg), flags=flags)
+        if name in ("close", "dup", "dup3", "dup2", "fcntl"):
+            fd = signed_int(args[0])
+            overwrites_kvm_fd = name in ("dup2", "dup3") and process.fds.get(signed_int(args[1]))
+            if process.fds.get(fd) is None and not overwrites_kvm_fd:
+                return None
+            return _Pending(name)
+        return _Pending(name)
+
+    def _exit(
+        self, pending: _Pending, stop: SyscallStop, process: _Process, ret: int, errno: int | None
+    ) -> None:
+        name, args, fds = pending.name, stop.args, process.fds
+        seq_tid_pid = (stop.tid, stop.tgid, ret, errno)
+        if pending.ioctl is not None:
+            event = self._kvm.exit(
+                stop,
+                pending.ioctl,
+                fds,
+                process.mappings,
+                seq=self._next_seq(),
+                ret=ret,
+                errno=errno,
+            )
+            self._emit(event)
+        elif name in ("open", "openat", "openat2"):
+            self._opened(pending, stop, process, ret, errno)
+        elif name == "mmap":
+            fd = signed_int(args[4])
+            target = None if args[3] & _MAP_ANONYMOUS else fds.get(fd)
+            if target is not None and errno is None and target.kind == "vcpu":
+                process.mappings.mapped(target, ret, args[1], args[5])
+            self._emit(
+                Mmap(
+                    self._next_seq(),
+                    *seq_tid_pid,
+                    args[0],
+                    args[1],
+                    args[2],
+                    args[3],
+                    fd,
+                    target.role if target is not None else None,
+                    args[5],
+                )
+            )
+        elif name == "munmap":
+            if errno is None:
+                process.mappings.unmapped(args[0], args[1])
+            self._emit(Munmap(self._next_seq(), *seq_tid_pid, args[0], args[1]))
+        elif name == "mremap":
+            if errno is None and ret != args[0]:
+                process.mappings.unmapped(args[0], args[1])
+            self._emit(
+                Mremap(self._next_seq(), *seq_tid_pid, args[0], args[1], args[2], args[3], args[4])
+            )
+        elif name == "mprotect":
+            self._emit(Mprotect(self._next_seq(), *seq_tid_pid, args[0], args[1], args[2]))
+        elif name == "madvise":
+            self._emit(Madvise(self._next_seq(), *seq_tid_pid, args[0], args[1], args[2]))
+        elif name in ("eventfd", "eventfd2"):
+            flags = args[1] & 0xFFFFFFFF if name == "eventfd2" else 0
+            if errno is None:
+                fds.add(
+                    ret, self._names.numbered("eventfd"), close_on_exec=bool(flags & _EFD_CLOEXEC)
+                )
+            self._emit(EventFd(self._next_seq(), *seq_tid_pid, args[0] & 0xFFFFFFFF, flags))
+        elif name == "close":
+            self._closed(stop, process, signed_int(args[0]), ret, errno)
+        else:
+            self._duplicated(name, stop, process, ret, errno)
+
+    def _opened(
+        self, pending: _Pending, stop: SyscallStop, process: _Process, ret: int, errno: int | None
+    ) -> None:
+        if errno is None:
+            if not is_kvm_device_node(kvm_fd_link(stop.tgid, ret)):
+                return
+            close_on_exec = bool(pending.flags & os.O_CLOEXEC)
+            process.fds.add(ret, self._names.kvm(), close_on_exec=close_on_exec)
+            self.opened_kvm = True
+        elif not is_kvm_device_node(os.path.normpath(pending.path)):
+            return
+        self._emit(
+            OpenKvm(self._next_seq(), stop.tid, stop.tgid, ret, errno, pending.path, pending.flags)
+        )
+
+    def _closed(
+        self, stop: SyscallStop, process: _Process, fd: int, ret: int, errno: int | None
+    ) -> None:
+        # Linux releases the fd even when close() reports an error (EINTR, EIO), except EBADF.
+        target = process.fds.close(fd) if errno != errno_codes.EBADF else process.fds.get(fd)
+        if target is None:
+            return
+        if not process.fds.references(target):
+            self._kvm.forget(target)
+        self._emit(CloseFd(self._next_seq(), stop.tid, stop.tgid, ret, errno, fd, target.role))
+
+    def _duplicated(
+        self, name: str, stop: SyscallStop, process: _Process, ret: int, errno: int | None
+    ) -> None:
+        args, fds = stop.args, process.fds
+        old_fd = signed_int(args[0])
+        if name == "fcntl":
+            command = args[1] & 0xFFFFFFFF
+            if command == fcntl.F_SETFD:
+                if errno is None:
+                    fds.set_close_on_exec(old_fd, bool(args[2] & fcntl.FD_CLOEXEC))
+                return
+            close_on_exec = command == fcntl.F_DUPFD_CLOEXEC
+        else:
+            close_on_exec = name == "dup3" and bool(args[2] & os.O_CLOEXEC)
+        if errno is not None:
+            return
+        new_fd = signed_int(args[1]) if name in ("dup2", "dup3") else ret
+        replaced = fds.get(new_fd) if new_fd != old_fd else None
+        target = fds.duplicate(old_fd, new_fd, close_on_exec=close_on_exec)
+        if replaced is not None and replaced is not target:
+            self._emit(
+                CloseFd(self._next_seq(), stop.tid, stop.tgid, 0, None, new_fd, replaced.role)
+            )
+        if target is not None:
+            self._emit(
+                DupFd(self._next_seq(), stop.tid, stop.tgid, ret, errno, name, old_fd, target.role)
+            )
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _process(self, tid: int, tgid: int) -> _Process:
+        process = self._processes.get(tid)
+        if process is None:
+            process = self._processes.get(tgid) or _Process(tgid)
+            self._processes[tid] = process
+        return process
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _emit(self, event: Event) -> None:
+        self._on_event(event)
