@@ -62,6 +62,8 @@ def open_kvm() -> int:
         raise KvmUnavailableError(
             f"{KVM_DEVICE} cannot be opened read-write: add this user to the kvm group"
         ) from None
+    except OSError as error:
+        raise KvmUnavailableError(f"{KVM_DEVICE} cannot be opened: {error.strerror}") from None
 
 
 def close(fd: int) -> None:

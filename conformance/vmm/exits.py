@@ -220,6 +220,7 @@ _PAYLOADLESS: dict[int, Exit] = {
 }
 
 _DIRECTIONS = {member.value: member for member in IoDirection}
+_KVM_EXIT_IO: int = abi.KVM_EXIT_IO
 
 # Interned IO exits are bounded so that a guest writing ever-new values cannot grow memory.
 _IO_INTERN_LIMIT = 4096
@@ -291,6 +292,8 @@ class ExitDecoder:
 
     def decode(self) -> Exit:
         reason: int = self._run.exit_reason
+        if reason == _KVM_EXIT_IO:  # the hot exit skips the table lookup
+            return self._decode_io()
         decoder = self._decoders.get(reason)
         return UnknownExit(reason) if decoder is None else decoder()
 

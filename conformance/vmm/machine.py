@@ -10,6 +10,7 @@ Python runs signal handlers.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -218,13 +219,19 @@ def _wall_clock_limit(vcpu: Vcpu, seconds: float) -> Iterator[Callable[[], bool]
         expired = True
         vcpu.request_immediate_exit()
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    started = time.monotonic()
+    previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield lambda: expired
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, previous_handler)
+        # Someone else's alarm (pytest-timeout's, say) keeps running with the time it has left;
+        # one already overdue fires right away rather than never.
+        if previous_delay or previous_interval:
+            remaining = max(previous_delay - (time.monotonic() - started), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, remaining, previous_interval)
 
 
 def _memory_setup(limits: RunLimits) -> RunResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +222,17 @@ def test_halting_guest_ends_with_status_zero() -> None:
         HltExit(),
         {"HltExit": 1},
     )
+
+
+def test_run_timer_leaves_an_outer_alarm_armed() -> None:
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        run_guest(real_mode(HLT))
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+        time.sleep(0.5)
+        assert fired == [signal.SIGALRM]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
