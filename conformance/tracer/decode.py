@@ -4,6 +4,7 @@ Driven by the ABI table (conformance/abi/ioctls.py) alone: its effective directi
 the kernel reads (WRITE, READ_WRITE: decoded at entry) and writes (READ, READ_WRITE: decoded at
 exit, failures included, since e.g. KVM_GET_MSR_INDEX_LIST writes the needed count back before
 failing with E2BIG). INTEGER and NONE arguments are not pointers; the event's `arg` holds them.
+A pointer to a bare scalar (KVM_SET_IDENTITY_MAP_ADDR's __u64) decodes as {"value": n}.
 
 A fixed-size struct costs one process_vm_readv. A VARIABLE one costs two: its header, then
 its entries with the real count:
@@ -42,6 +43,7 @@ _BYTE_COUNTED = frozenset({"KVM_SET_SIGNAL_MASK"})
 _WHOLE_SIZE_COUNTED = frozenset({"KVM_GET_NESTED_STATE", "KVM_SET_NESTED_STATE"})
 _XSAVE_TAILS = frozenset({"KVM_GET_XSAVE2", "KVM_SET_XSAVE"})
 _DIRTY_BITMAP_FIELD = "dirty_bitmap"
+SCALAR_FIELD = "value"  # the one field of an argument that points to a bare __u64
 _PAGE_SIZE = 4096  # x86 guest pages: dirty bitmaps have one bit per 4 KiB page
 _BITS_PER_LONG = 64
 # A count beyond this is garbage (uninitialized header): never try to read gigabytes.
@@ -60,7 +62,7 @@ class _Tail:
 
 def decodes_pointer(spec: IoctlSpec) -> bool:
     """Whether the ioctl's argument points at memory the kernel reads or writes."""
-    return spec.struct is not None and spec.arg_kind not in (ArgKind.INTEGER, ArgKind.NONE)
+    return spec.arg_kind not in (ArgKind.INTEGER, ArgKind.NONE)
 
 
 def read_inputs(
@@ -86,9 +88,9 @@ def _read(
     spec: IoctlSpec, stop: SyscallStop, address: int, vm: KvmObject | None, *, with_entries: bool
 ) -> Fields | None:
     struct_type = spec.struct
-    if struct_type is None:
-        return None
     try:
+        if struct_type is None:  # a pointer to a scalar (__u64 for KVM_X86_SETUP_MCE...)
+            return {SCALAR_FIELD: int.from_bytes(stop.read(address, spec.size), "little")}
         header = layout.decode(struct_type, stop.read(address, ctypes.sizeof(struct_type)))
         if spec.arg_kind is ArgKind.VARIABLE and with_entries and spec.entries_field is not None:
             tail = _tail(spec, struct_type, header, vm)

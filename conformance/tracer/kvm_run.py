@@ -9,10 +9,14 @@ ring's indices when the VM registered a zone. A second read happens only when th
 short, and for ring entries.
 
 Payloads: every x86 exit reason's union member is decoded with the generated layout, cut to
-its real length (io data: size x count bytes at data_offset; mmio data: len bytes; internal
+its real length (io data: size x count bytes at data_offset; mmio data: len bytes; both only
+for writes, a read's data being the answer recorded in the next KVM_RUN's run_entry; internal
 error and system event data: ndata words; an emulation failure with instruction bytes decodes
 as `emulation_failure`). Reasons without payload (HLT, SHUTDOWN, IRQ_WINDOW_OPEN, INTR, NMI...)
-record the header only; a reason the headers do not know keeps the union's raw bytes.
+record the reason only; a reason the headers do not know keeps the union's raw bytes. The
+header's status fields (ready_for_interrupt_injection, if_flag, cr8, apic_base) describe the
+vCPU, not the exit, and are left out so that identical exits compare equal; `flags` is kept
+when set (KVM_RUN_X86_SMM, KVM_RUN_X86_BUS_LOCK).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ _RING_PAGE_OFFSET = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE
 _UNION_OFFSET: int = abi.kvm_run._anon0.offset
 _UNION_SIZE: int = abi.kvm_run._anon0.size
 _HEADER_SIZE = _UNION_OFFSET + _UNION_SIZE
-# exit_reason u32, ready_for_interrupt_injection u8, if_flag u8, flags u16, cr8 u64, apic_base u64
-_STATUS = struct.Struct("<8xIBBHQQ")
+# exit_reason u32, (ready_for_interrupt_injection u8, if_flag u8), flags u16
+_STATUS = struct.Struct("<8xI2xH")
 _CONTROL = struct.Struct("<BB")  # request_interrupt_window, immediate_exit
 _RING_INDICES = struct.Struct("<II")  # first, last
 _RING_ENTRY_SIZE = ctypes.sizeof(abi.kvm_coalesced_mmio)
@@ -154,7 +158,7 @@ class RunReader:
         }
 
     def read_exit(self, stop: SyscallStop, vcpu: KvmObject, mappings: RunMappings) -> Fields | None:
-        """At KVM_RUN exit: exit_reason, the header's status fields and the reason's payload."""
+        """At KVM_RUN exit: exit_reason (and flags when set) and the reason's payload."""
         mapping = mappings.by_vcpu.get(vcpu)
         if mapping is None or mapping.run_address is None:
             return None
@@ -177,15 +181,10 @@ class RunReader:
     def _decode_exit(
         self, stop: SyscallStop, vcpu: KvmObject, base: int, header: bytes, io_guess: bytes | None
     ) -> Fields:
-        reason, ready, if_flag, flags, cr8, apic_base = _STATUS.unpack_from(header)
-        fields: Fields = {
-            "exit_reason": reason,
-            "ready_for_interrupt_injection": ready,
-            "if_flag": if_flag,
-            "flags": flags,
-            "cr8": cr8,
-            "apic_base": apic_base,
-        }
+        reason, flags = _STATUS.unpack_from(header)
+        fields: Fields = {"exit_reason": reason}
+        if flags:  # KVM_RUN_X86_SMM, KVM_RUN_X86_BUS_LOCK: rare, and part of the exit when set
+            fields["flags"] = flags
         member = _PAYLOAD_MEMBER.get(reason)
         union = header[_UNION_OFFSET:_HEADER_SIZE]
         if member is None:
@@ -198,7 +197,8 @@ class RunReader:
         fields[member] = payload
         if member == "io":
             assert isinstance(payload, dict)
-            payload["data"] = self._io_data(stop, vcpu, base, payload, io_guess)
+            if payload["direction"] == abi.KVM_EXIT_IO_OUT:  # an IN's data is the answer
+                payload["data"] = self._io_data(stop, vcpu, base, payload, io_guess)
         self._expect_answer(vcpu, member, payload)
         return fields
 
@@ -246,7 +246,9 @@ def _payload(member: str, union: bytes) -> FieldValue:
     if not issubclass(member_type, ctypes.Structure):  # s390_reset_flags: a bare __u64
         return int.from_bytes(union[: ctypes.sizeof(member_type)], "little")
     payload = layout.decode(member_type, union)
-    if member == "mmio":
+    if member == "mmio" and not payload["is_write"]:
+        del payload["data"]  # a read's data is the VMM's answer, read at the next entry
+    elif member == "mmio":
         payload["data"] = union[_MMIO_DATA_OFFSET - _UNION_OFFSET :][: min(_int(payload["len"]), 8)]
     elif member in ("internal", "system_event"):
         ndata = min(_int(payload["ndata"]), 16)
