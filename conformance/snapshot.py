@@ -106,7 +106,12 @@ def format_call(entry: Entry) -> str:
 def format_value(value: Value) -> str:
     """A value as YAML flow text on one line: 0x1000, [PROT_READ, PROT_WRITE], KVM_EXIT_IO."""
     text = yaml.dump(
-        value, Dumper=_Dumper, default_flow_style=True, width=1 << 30, allow_unicode=True
+        value,
+        Dumper=_Dumper,
+        default_flow_style=True,
+        sort_keys=False,
+        width=1 << 30,
+        allow_unicode=True,
     )
     return text.removesuffix("\n...\n").strip()
 
