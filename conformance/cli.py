@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from conformance.abi import ioctls
+from conformance.document import Entry, Value
 from conformance.errors import ConformanceError, GuestFault
 from conformance.raw_yaml import RawYamlWriter
 from conformance.tracer import TraceOutcome, attach, trace
@@ -113,8 +114,11 @@ def _trace(args: argparse.Namespace) -> int:
         if args.format == "text":
             outcome = _traced(args, command, TextWriter(stream))
         else:
-            source = {"tool": "kvm-conformance trace", "argv": command or [f"pid {args.pid}"]}
-            source["host"] = {"kernel": platform.release()}
+            source: Entry = {
+                "tool": "kvm-conformance trace",
+                "argv": list[Value](command or [f"pid {args.pid}"]),
+                "host": {"kernel": platform.release()},
+            }
             with RawYamlWriter(stream, source) as writer:
                 outcome = _traced(args, command, writer)
     if outcome.message is not None:
