@@ -328,10 +328,23 @@ def _format_fd_kinds(kinds: FdKind) -> str:
 
 
 def describe_table() -> list[str]:
-    """One line per ioctl, "NAME 0xNUMBER DIRECTION FDKINDS ARGTYPE", by number then name."""
+    """One line per ioctl, "NAME 0xNUMBER DIRECTION FDKINDS ARGTYPE", by number then name.
+
+    ARGTYPE is one whitespace-free token: the argument kind, then the C type the kernel reads or
+    writes (`struct_inout:kvm_regs`, `variable:kvm_msrs[nmsrs]`, `integer`, `none`).
+    """
     specs = sorted(IOCTLS.values(), key=lambda spec: (spec.number, spec.name))
     return [
         f"{spec.name} {spec.number:#010x} {spec.direction.name} "
-        f"{_format_fd_kinds(spec.fd_kinds)} {spec.arg_type or '-'}"
+        f"{_format_fd_kinds(spec.fd_kinds)} {_format_arg_type(spec)}"
         for spec in specs
     ]
+
+
+def _format_arg_type(spec: IoctlSpec) -> str:
+    kind = spec.arg_kind.name.lower()
+    if spec.arg_type is None:
+        return kind
+    c_type = spec.arg_type.replace(" ", "_")  # "unsigned long" stays one column
+    count = f"[{spec.count_field}]" if spec.count_field else ""
+    return f"{kind}:{c_type}{count}"

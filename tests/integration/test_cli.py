@@ -1,0 +1,114 @@
+"""The `kvm-conformance` command line, run as a user runs it: a subprocess, real /dev/kvm."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+
+from conformance.abi import _generated
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", *args],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _header_ioctl_macros() -> set[str]:
+    """Every KVM_* macro of linux/kvm.h that expands to an _IO* request, read with gcc."""
+    macros = subprocess.run(
+        ["gcc", "-dM", "-E", "-include", "linux/kvm.h", "-"],
+        input=b"",
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return set(re.findall(r"^#define (KVM_\w+) _IO(?:R|W|WR)?\(KVMIO\b", macros, re.MULTILINE))
+
+
+@pytest.mark.needs_gcc
+def test_abi_prints_one_line_per_ioctl_of_the_header() -> None:
+    result = _cli("abi")
+    assert result.returncode == 0
+    lines = result.stdout.decode().splitlines()
+    names = {line.split()[0] for line in lines}
+    assert len(names) == len(lines)
+    # Macros naming a struct only another architecture defines have no number on x86-64.
+    assert names == _header_ioctl_macros() - set(_generated.UNAVAILABLE_IOCTLS)
+    for line in lines:
+        name, number, direction, fd_kinds, arg_type = line.split()
+        assert int(number, 16) == _generated.IOCTL_NUMBERS[name]
+        assert direction in {"NONE", "READ", "WRITE", "READ_WRITE"}
+        assert fd_kinds and arg_type
+
+
+def test_scenarios_lists_every_scenario() -> None:
+    result = _cli("scenarios")
+    assert result.returncode == 0
+    listed = [line.split()[0] for line in result.stdout.decode().splitlines()]
+    assert listed == sorted(
+        ["memory-setup", "qemu-memory-layout", "hello", "hello-long", "tiny-bios", "exits-100k"]
+    )
+
+
+@pytest.mark.needs_kvm
+@pytest.mark.parametrize("scenario", ["hello", "hello-long"])
+def test_run_prints_the_guests_serial_output(scenario: str) -> None:
+    result = _cli("run", scenario)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"Hello from KVM!\n", b"")
+
+
+@pytest.mark.needs_kvm
+@pytest.mark.needs_qemu
+def test_run_tiny_bios_prints_what_qemu_prints_for_the_same_image() -> None:
+    ours = _cli("run", "tiny-bios")
+    with resources.as_file(
+        resources.files("conformance.vmm.guests").joinpath("tiny_bios.bin")
+    ) as image:
+        qemu = subprocess.run(
+            [
+                "qemu-system-x86_64", "-accel", "kvm", "-bios", str(image),
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-nographic", "-nodefaults", "-serial", "stdio",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )  # fmt: skip
+    assert qemu.stdout.startswith(b"tiny-bios:")
+    assert ours.stdout == qemu.stdout
+    assert ours.returncode == qemu.returncode  # isa-debug-exit: (0x10 << 1) | 1
+
+
+def test_unknown_scenario_is_one_line_listing_the_scenarios() -> None:
+    result = _cli("run", "no-such-scenario")
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert message.count("\n") == 1
+    assert "no-such-scenario" in message
+    assert "hello-long" in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.needs_kvm
+def test_missing_dev_kvm_is_one_line_and_exit_2() -> None:
+    # A private mount namespace with an empty /dev: the machine's /dev/kvm is out of sight.
+    result = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", 'mount -t tmpfs tmpfs /dev && exec "$@"', "sh",
+         sys.executable, "-m", "conformance", "run", "hello"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [
+        "kvm-conformance: /dev/kvm does not exist: KVM is not available"
+    ]
+    assert result.stdout == b""
