@@ -138,5 +138,8 @@ def test_describe_table_has_one_sorted_line_per_ioctl() -> None:
     assert len(lines) == len(ioctls.IOCTLS)
     keys = [(int(line.split()[1], 16), line.split()[0]) for line in lines]
     assert keys == sorted(keys)
-    assert "KVM_RUN 0x0000ae80 NONE VCPU -" in lines
-    assert "KVM_GET_MSRS 0xc008ae88 READ_WRITE SYSTEM|VCPU kvm_msrs" in lines
+    assert all(len(line.split()) == 5 for line in lines)
+    assert "KVM_RUN 0x0000ae80 NONE VCPU none" in lines
+    assert "KVM_CREATE_VCPU 0x0000ae41 NONE VM integer" in lines
+    assert "KVM_GET_MSRS 0xc008ae88 READ_WRITE SYSTEM|VCPU variable:kvm_msrs[nmsrs]" in lines
+    assert "KVM_SET_REGS 0x4090ae82 WRITE VCPU struct_in:kvm_regs" in lines
