@@ -1,0 +1,80 @@
+"""`trace`: run a command (or attach to a pid) under the tracer and print its KVM calls."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import sys
+from collections.abc import Callable, Iterator
+from typing import TextIO
+
+from conformance.document import Entry, Value
+from conformance.errors import ConformanceError
+from conformance.events import Event
+from conformance.raw_yaml import RawYamlWriter
+from conformance.tracer import TraceOutcome, attach, trace
+from conformance.tracer.text import TextWriter
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "trace", help="run a command (or attach to a pid) under the tracer and print its KVM calls"
+    )
+    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    parser.add_argument("--format", choices=("text", "yaml"), default="text")
+    parser.add_argument(
+        "--kvm-run",
+        choices=("full", "off"),
+        default="full",
+        help="full: decode every KVM_RUN exit; off: let KVM_RUN run unstopped, unrecorded",
+    )
+    parser.add_argument(
+        "--no-fast-path",
+        action="store_true",
+        help="stop at every syscall instead of installing the seccomp filter",
+    )
+    parser.add_argument("-p", "--pid", type=int, help="attach to a running VMM instead")
+    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    parser.set_defaults(command=_trace)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    command = list(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    if bool(command) == (args.pid is not None):
+        raise ConformanceError("trace: give either a command after `--` or --pid, not both")
+    with _output(args.output) as stream:
+        if args.format == "text":
+            outcome = _traced(args, command, TextWriter(stream))
+        else:
+            source: Entry = {
+                "tool": "kvm-conformance trace",
+                "argv": list[Value](command or [f"pid {args.pid}"]),
+                "host": {"kernel": platform.release()},
+            }
+            with RawYamlWriter(stream, source) as writer:
+                outcome = _traced(args, command, writer)
+    if outcome.message is not None:
+        print(f"kvm-conformance: {outcome.message}", file=sys.stderr)
+    return outcome.exit_status
+
+
+def _traced(
+    args: argparse.Namespace, command: list[str], writer: Callable[[Event], None]
+) -> TraceOutcome:
+    if args.pid is not None:
+        return attach(args.pid, writer, kvm_run=args.kvm_run)
+    return trace(command, writer, kvm_run=args.kvm_run, fast_path=not args.no_fast_path)
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as error:
+        raise ConformanceError(f"cannot write {path}: {error.strerror}") from error
+    with stream:
+        yield stream
