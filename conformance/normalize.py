@@ -91,8 +91,9 @@ class Normalizer:
                 self._append(event, entry | {"out": counters}, kvm_fd=True)
 
     def _task_started(self, event: events.TaskStarted) -> None:
-        parent = self._thread(event.parent_tid, event.pid)
-        if event.kind == "process":
+        parent = self._live_threads.get(event.parent_tid)
+        # The traced command itself is announced too, with no parent the trace knows.
+        if event.kind == "process" and parent is not None and event.pid not in self._processes:
             parent.process.forks += 1
             self._processes[event.pid] = _Process(
                 fork_path=(*parent.process.fork_path, parent.process.forks),

@@ -22,11 +22,15 @@ from conformance.document import SCHEMA, Entry, Hex, TraceCall, TraceDocument, V
 from conformance.errors import ConformanceError
 
 _MAX_DEPTH = 32  # far deeper than any KVM struct; bounds recursion on hostile input
-_LINE_WIDTH = 100
+# A call is one line up to this width; past it (or holding a table such as CPUID entries) it is
+# laid out in block style with one line per record. Wide, because a KVM_RUN with the VMM's answer
+# and the next exit reads best on one line.
+_LINE_WIDTH = 200
 _SCHEMA_PATTERN = re.compile(r"^kvm-conformance/(\d+)$")
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
 
 
 class _Mark(Protocol):
@@ -51,8 +55,12 @@ class SnapshotOverwriteError(ConformanceError):
 # -- dumping --------------------------------------------------------------------------------
 
 
-class _CallEntry(dict[str, Value]):
-    """A call: dumped in flow style, so that a call reads as one line."""
+class _Flow(dict[str, Value]):
+    """A mapping dumped in flow style: {call: ioctl, fd: vm, ...} on one line."""
+
+
+class _FlowList(list[Value]):
+    """A short list inside a block mapping, kept on one line: [PROT_READ, PROT_WRITE]."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -63,12 +71,47 @@ def _represent_hex(dumper: yaml.SafeDumper, value: Hex) -> yaml.ScalarNode:
     return dumper.represent_scalar(_INT, hex(value))
 
 
-def _represent_call(dumper: yaml.SafeDumper, value: _CallEntry) -> yaml.MappingNode:
+def _represent_flow(dumper: yaml.SafeDumper, value: _Flow) -> yaml.MappingNode:
     return dumper.represent_mapping(_MAP, value.items(), flow_style=True)
 
 
+def _represent_flow_list(dumper: yaml.SafeDumper, value: _FlowList) -> yaml.SequenceNode:
+    return dumper.represent_sequence(_SEQ, value, flow_style=True)
+
+
 _Dumper.add_representer(Hex, _represent_hex)
-_Dumper.add_representer(_CallEntry, _represent_call)
+_Dumper.add_representer(_Flow, _represent_flow)
+_Dumper.add_representer(_FlowList, _represent_flow_list)
+
+
+def _laid_out(value: Value, indent: int) -> Value:
+    """Flow style for what fits on its line and holds no table; block style around the rest."""
+    if not isinstance(value, dict | list):
+        return value
+    if indent + _flow_width(value) <= _LINE_WIDTH and not _holds_table(value):
+        return _Flow(value) if isinstance(value, dict) else _FlowList(value)
+    if isinstance(value, dict):
+        return {key: _laid_out(item, indent + 2) for key, item in value.items()}
+    return [_laid_out(item, indent + 2) for item in value]
+
+
+def _flow_width(value: Value) -> int:
+    """About how wide `value` is as one line of flow YAML (quoting aside): a layout estimate."""
+    if isinstance(value, dict):
+        return 2 + sum(len(key) + 2 + _flow_width(item) + 2 for key, item in value.items())
+    if isinstance(value, list):
+        return 2 + sum(_flow_width(item) + 2 for item in value)
+    return len(hex(value)) if isinstance(value, Hex) else len(str(value))
+
+
+def _holds_table(value: Value) -> bool:
+    """A list of several mappings (CPUID entries, MSRs, routes) is shown one record a line."""
+    if isinstance(value, list):
+        records = sum(isinstance(item, dict) for item in value)
+        return records > 1 or any(_holds_table(item) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_table(item) for item in value.values())
+    return False
 
 
 def _sorted_keys(value: Value) -> Value:
@@ -84,7 +127,7 @@ def dump_document(document: TraceDocument) -> str:
         "schema": SCHEMA,
         "source": _sorted_keys(document.source),
         "threads": {
-            role: [_CallEntry(call.entry) for call in document.threads[role]]
+            role: [_laid_out(call.entry, indent=4) for call in document.threads[role]]
             for role in document.sorted_roles()
         },
     }
@@ -100,7 +143,7 @@ def dump_document(document: TraceDocument) -> str:
 
 def format_call(entry: Entry) -> str:
     """A call as one line of YAML flow text, for reports."""
-    return format_value(_CallEntry(entry))
+    return format_value(_Flow(entry))
 
 
 def format_value(value: Value) -> str:

@@ -126,40 +126,17 @@ def errno_name(code: int) -> Value:
     return errno.errorcode.get(code, code)
 
 
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
 # Field names whose ints are counts, indices, ids or small enums: shown in decimal. Every other
 # int in a struct is an address, size, mask or register and is shown in hex.
-_DECIMAL_FIELDS = frozenset(
-    {
-        "slot",
-        "nent",
-        "nmsrs",
-        "nprefix",
-        "nr",
-        "nr_ranges",
-        "count",
-        "n",
-        "ndata",
-        "id",
-        "vcpu_id",
-        "gsi",
-        "irq",
-        "level",
-        "type",
-        "is_write",
-        "pending",
-        "injected",
-        "nr_pages",
-        "present",
-        "dpl",
-        "db",
-        "s",
-        "l",
-        "g",
-        "avl",
-        "unusable",
-        "datamatch_len",
-    }
-)
+_DECIMAL_FIELDS = _words("""
+    slot nent nmsrs nprefix nr nr_ranges count n ndata id vcpu_id gsi irq level type is_write
+    pending injected nr_pages present dpl db s l g avl unusable datamatch_len error
+    request_interrupt_window immediate_exit
+""")
 # In a KVM_RUN exit, `size`/`len`/`count` are access widths and repeat counts, not byte sizes.
 _DECIMAL_EXIT_FIELDS = _DECIMAL_FIELDS | {"size", "len", "count", "suberror"}
 
@@ -209,6 +186,7 @@ STRUCT_ENUM_FIELDS: Mapping[str, EnumNames] = {"cap": CAPABILITIES}
 EXIT_PAYLOAD_ENUMS: Mapping[tuple[str, str], EnumNames] = {
     ("io", "direction"): IO_DIRECTIONS,
     ("internal", "suberror"): INTERNAL_ERRORS,
+    ("emulation_failure", "suberror"): INTERNAL_ERRORS,
     ("system_event", "type"): SYSTEM_EVENTS,
 }
 

@@ -289,7 +289,8 @@ def test_output_is_byte_identical_across_runs_tid_numbering_and_scheduling() -> 
 def test_forked_processes_are_named_by_fork_order() -> None:
     seq = itertools.count()
     parent, child = Events(10, 10, seq), Events(20, 20, seq)
-    stream: list[events.Event] = [parent.open_kvm(), child.started(10, "process"), child.open_kvm()]
+    stream: list[events.Event] = [parent.started(0, "process"), parent.open_kvm()]
+    stream += [child.started(10, "process"), child.open_kvm()]
     stream.append(child.ioctl("KVM_CREATE_VM", "kvm", ret=10, new_fd_role="vm"))
     threads = entries(stream)
     assert list(threads) == ["proc0/main", "proc0.1/main"]

@@ -35,16 +35,22 @@ threads:
   - {call: ioctl, fd: kvm, req: KVM_GET_API_VERSION, out: {ret: 12}}
   - {call: ioctl, fd: kvm, req: KVM_CREATE_VM, arg: 0, ret: vm}
   - {call: mmap, len: 0x40000, prot: [PROT_READ, PROT_WRITE], flags: [MAP_PRIVATE, MAP_ANONYMOUS], ret: ram0}
-  - {call: ioctl, fd: vm, req: KVM_SET_USER_MEMORY_REGION, in: {slot: 0, flags: [], guest_phys_addr: 0x0,
-      memory_size: 0x40000, userspace_addr: ram0+0x0}}
+  - {call: ioctl, fd: vm, req: KVM_SET_USER_MEMORY_REGION, in: {slot: 0, flags: [], guest_phys_addr: 0x0, memory_size: 0x40000, userspace_addr: ram0+0x0}}
   vcpu0:
   - {call: ioctl, fd: vm, req: KVM_CREATE_VCPU, arg: 0, ret: vcpu0}
-  - {call: mmap, len: 0x3000, prot: [PROT_READ, PROT_WRITE], flags: [MAP_SHARED], fd: vcpu0, offset: 0x0,
-    ret: 'kvm_run:vcpu0'}
-  - {call: ioctl, fd: vcpu0, req: KVM_RUN, exit: {reason: KVM_EXIT_IO, direction: out, size: 1, port: 0x3f8,
-      count: 1, data: [0x48]}, repeat: 3}
+  - {call: mmap, len: 0x3000, prot: [PROT_READ, PROT_WRITE], flags: [MAP_SHARED], fd: vcpu0, offset: 0x0, ret: 'kvm_run:vcpu0'}
+  - call: ioctl
+    fd: vcpu0
+    req: KVM_SET_MSRS
+    in:
+      nmsrs: 2
+      entries:
+      - {index: 0x174, reserved: 0x0, data: 0x0}
+      - {index: 0xc0000080, reserved: 0x0, data: 0x500}
+    out: {ret: 2}
+  - {call: ioctl, fd: vcpu0, req: KVM_RUN, exit: {reason: KVM_EXIT_IO, direction: out, size: 1, port: 0x3f8, count: 1, data: [0x48]}, repeat: 3}
   - {call: ioctl, fd: vcpu0, req: KVM_RUN, exit: {reason: KVM_EXIT_HLT}}
-"""  # noqa: E501 - a dump, byte for byte: calls wrap at YAML's width, past the code's
+"""  # noqa: E501 - a dump byte for byte: a call is one line up to 200 columns
 
 
 def load(text: str) -> TraceDocument:
@@ -63,10 +69,12 @@ def test_a_snapshot_round_trips_byte_for_byte() -> None:
     assert list(document.threads) == ["main", "vcpu0"]
     region = document.threads["main"][4]
     assert region.line == 11 and region.name == "KVM_SET_USER_MEMORY_REGION"
+    msrs = document.threads["vcpu0"][2]
+    assert msrs.line == 15 and msrs.name == "KVM_SET_MSRS"
     assert isinstance(region.entry["in"], dict)
     assert type(region.entry["in"]["memory_size"]) is Hex
     assert type(region.entry["in"]["slot"]) is int
-    assert document.threads["vcpu0"][2].repeat == 3
+    assert document.threads["vcpu0"][3].repeat == 3
 
 
 def test_dump_orders_threads_main_then_vcpus_numerically_and_sorts_source() -> None:
