@@ -263,11 +263,12 @@ class TraceSession:
         stop_signal = os.WSTOPSIG(status)
         event = status >> 16
         try:
-            if stop_signal == _SYSCALL_STOP:
-                self._on_syscall_stop(tid, task)
-            elif self._interrupted_by is not None and self._attached:
-                backend.detach(tid, stop_signal if event == 0 else 0)
+            if self._interrupted_by is not None and self._attached:
+                pending_signal = stop_signal if event == 0 and stop_signal != _SYSCALL_STOP else 0
+                backend.detach(tid, pending_signal)
                 del self._tasks[tid]
+            elif stop_signal == _SYSCALL_STOP:
+                self._on_syscall_stop(tid, task)
             elif event == 0:  # signal-delivery-stop: deliver the signal as if untraced
                 self._resume(tid, task, stop_signal)
             elif event == backend.PTRACE_EVENT_SECCOMP:

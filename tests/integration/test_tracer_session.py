@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -268,3 +269,28 @@ def test_attach_follows_a_running_process_to_its_end(workload: str) -> None:
     result = session.run()
     assert result.exit_code == 0
     assert recorder.ended == [tracee.pid]
+
+
+def tracer_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    raise AssertionError("no TracerPid line")
+
+
+def test_terminating_an_attached_trace_detaches_and_leaves_the_process_running(
+    workload: str,
+) -> None:
+    tracee = subprocess.Popen([workload, "ready"], stdout=subprocess.PIPE, text=True)
+    assert tracee.stdout is not None
+    assert tracee.stdout.readline() == "ready\n"
+    recorder = Recorder()
+    session = TraceSession(recorder)
+    session.attach(tracee.pid)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    result = session.run()
+    assert result.interrupted_by == signal.SIGTERM
+    assert result.wait_status is None
+    assert tracer_of(tracee.pid) == 0
+    tracee.terminate()  # its handler exits 0: it still runs, untraced
+    assert tracee.wait(timeout=5) == 0
