@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
-from conformance.tracer.errors import SpawnError, TaskGoneError
+from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
 
 TaskKind = Literal["thread", "process"]
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -192,7 +192,12 @@ class TraceSession:
         options = _FOLLOW_OPTIONS | backend.PTRACE_O_EXITKILL
         if seccomp_fast_path:
             options |= backend.PTRACE_O_TRACESECCOMP
-        backend.seize(pid, options)
+        try:
+            backend.seize(pid, options)
+        except PtraceCallError:
+            _kill(pid)  # stopped and untraced, it would wait forever
+            os.waitpid(pid, 0)
+            raise
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
         self._main_pid = pid
