@@ -196,7 +196,7 @@ class TraceSession:
             backend.seize(pid, options)
         except PtraceCallError:
             _kill(pid)  # stopped and untraced, it would wait forever
-            os.waitpid(pid, 0)
+            backend.wait_for_stop(pid)  # reaps it: SIGKILL ends it
             raise
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
