@@ -28,7 +28,6 @@ Pending: TypeAlias = "Value | AddressRef | ResourceRef | list[Pending] | dict[st
 PendingEntry: TypeAlias = dict[str, Pending]
 
 UNMAPPED = "unmapped"  # a host pointer outside every traced mapping (heap, stack)
-_SHORT_BYTES = 16  # byte strings up to this long are shown as a list of bytes, longer as hex text
 
 
 @dataclass(eq=False, slots=True)
@@ -158,7 +157,7 @@ class Normalizer:
         if inputs:
             entry["in"] = self._struct(inputs, request, thread.process)
         if event.run_exit:
-            entry["exit"] = _exit(event.run_exit)
+            entry["exit"] = symbolic.exit_fields(event.run_exit)
         answer: dict[str, Pending] = {}
         if event.outputs:
             answer.update(self._struct(event.outputs, request, thread.process))
@@ -187,7 +186,7 @@ class Normalizer:
         if isinstance(value, list):
             return [self._field(name, item, request, process) for item in value]
         if isinstance(value, bytes):
-            return _bytes(value)
+            return symbolic.byte_string(value)
         if name in symbolic.HOST_POINTER_FIELDS.get(request, ()):
             return _host_pointer(
                 process, value, guest_memory=request.startswith("KVM_SET_USER_MEMORY_REGION")
@@ -351,42 +350,6 @@ def _host_pointer(
     if guest_memory:
         target.mapping.mark_guest_memory()
     return target
-
-
-def _bytes(value: bytes) -> Value:
-    if len(value) <= _SHORT_BYTES:
-        return [Hex(byte) for byte in value]
-    return "hex:" + value.hex()
-
-
-def _exit(run_exit: events.Fields) -> dict[str, Pending]:
-    """kvm_run's exit: the reason, then the payload's fields flattened beside it."""
-    shown: dict[str, Pending] = {}
-    for name, value in run_exit.items():
-        if name == "exit_reason" and isinstance(value, int):
-            shown["reason"] = symbolic.EXIT_REASONS.name(value)
-        elif isinstance(value, dict):
-            for member, member_value in value.items():
-                key = (
-                    member if member not in run_exit and member not in shown else f"{name}_{member}"
-                )
-                shown[key] = _exit_value(name, member, member_value)
-        else:
-            shown[name] = _exit_value("", name, value)
-    return shown
-
-
-def _exit_value(payload: str, name: str, value: events.FieldValue) -> Pending:
-    if isinstance(value, dict):
-        return {key: _exit_value(payload, key, item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_exit_value(payload, name, item) for item in value]
-    if isinstance(value, bytes):
-        return _bytes(value)
-    enum = symbolic.EXIT_PAYLOAD_ENUMS.get((payload, name))
-    if enum is not None:
-        return enum.name(value)
-    return symbolic.number(value, name, in_exit=True)
 
 
 def _first_activity(entry: PendingEntry) -> str:

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from conformance.compare import ABSENT, Compared, Comparison, Difference, DifferenceKind
 from conformance.document import TraceCall
-from conformance.snapshot import format_call, format_value
+from conformance.snapshot_format import format_call, format_value
 
 CONTEXT_CALLS = 2
 _CALL_KINDS = (DifferenceKind.MISSING_CALL, DifferenceKind.EXTRA_CALL)

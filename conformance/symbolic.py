@@ -17,6 +17,7 @@ from types import ModuleType
 
 from conformance.abi import _generated as kvm_abi
 from conformance.document import Hex, Value
+from conformance.events import Fields, FieldValue
 
 
 def _constants(
@@ -195,3 +196,41 @@ EVENTFD_FIELDS: Mapping[str, frozenset[str]] = {
     "KVM_IOEVENTFD": frozenset({"fd"}),
     "KVM_IRQFD": frozenset({"fd", "resamplefd"}),
 }
+
+_SHORT_BYTES = 16  # byte strings up to this long are shown as a list of bytes, longer as hex
+
+
+def byte_string(value: bytes) -> Value:
+    if len(value) <= _SHORT_BYTES:
+        return [Hex(byte) for byte in value]
+    return "hex:" + value.hex()
+
+
+def exit_fields(run_exit: Fields) -> dict[str, Value]:
+    """kvm_run's exit: the reason, then the payload's fields flattened beside it."""
+    shown: dict[str, Value] = {}
+    for name, value in run_exit.items():
+        if name == "exit_reason" and isinstance(value, int):
+            shown["reason"] = EXIT_REASONS.name(value)
+        elif isinstance(value, dict):
+            for member, member_value in value.items():
+                key = (
+                    member if member not in run_exit and member not in shown else f"{name}_{member}"
+                )
+                shown[key] = _exit_value(name, member, member_value)
+        else:
+            shown[name] = _exit_value("", name, value)
+    return shown
+
+
+def _exit_value(payload: str, name: str, value: FieldValue) -> Value:
+    if isinstance(value, dict):
+        return {key: _exit_value(payload, key, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_exit_value(payload, name, item) for item in value]
+    if isinstance(value, bytes):
+        return byte_string(value)
+    enum = EXIT_PAYLOAD_ENUMS.get((payload, name))
+    if enum is not None:
+        return enum.name(value)
+    return number(value, name, in_exit=True)

@@ -289,3 +289,9 @@ def test_fuzz_malformed_yaml_raises_only_snapshot_errors(pieces: list[str]) -> N
 def test_snapshot_errors_are_conformance_errors() -> None:
     assert issubclass(SnapshotError, ConformanceError)
     assert issubclass(SnapshotOverwriteError, ConformanceError)
+
+
+def test_the_documented_example_is_a_snapshot_as_written() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "trace-format.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert dump_document(load(example)) == example
