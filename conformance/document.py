@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
@@ -54,7 +54,6 @@ class TraceDocument:
     source: Entry
     threads: dict[str, list[TraceCall]]
     path: Path | None = None  # the file it was loaded from, for messages
-    schema: str = field(default=SCHEMA)
 
     def sorted_roles(self) -> list[str]:
         return sorted(self.threads, key=thread_role_order)

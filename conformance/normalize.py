@@ -28,6 +28,7 @@ Pending: TypeAlias = "Value | AddressRef | ResourceRef | list[Pending] | dict[st
 PendingEntry: TypeAlias = dict[str, Pending]
 
 UNMAPPED = "unmapped"  # a host pointer outside every traced mapping (heap, stack)
+_COMPACT_EVERY = 4096  # pending calls per thread between sweeps of calls that cannot be kept
 
 
 @dataclass(eq=False, slots=True)
@@ -129,6 +130,10 @@ class Normalizer:
             calls[-1].repeat += 1
             return
         calls.append(_PendingCall(entry, anchor))
+        if len(calls) % _COMPACT_EVERY == 0:
+            # Memory unmapped before any KVM call referenced it never will be: its calls go now,
+            # so that a VMM churning through malloc arenas does not fill the pending lists.
+            thread.calls = [call for call in calls if not _unreferenced_and_gone(call.anchor)]
 
     def _new_resource(self, event: events.Call, kind: str, fixed_name: str | None) -> Resource:
         thread = self._thread(event.tid, event.pid)
@@ -350,6 +355,10 @@ def _host_pointer(
     if guest_memory:
         target.mapping.mark_guest_memory()
     return target
+
+
+def _unreferenced_and_gone(anchor: Resource | None) -> bool:
+    return isinstance(anchor, HostMapping) and not anchor.alive and not anchor.relevant
 
 
 def _first_activity(entry: PendingEntry) -> str:

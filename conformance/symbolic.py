@@ -48,9 +48,6 @@ class EnumNames:
     def name(self, value: int) -> Value:
         return self._names.get(value, Hex(value))
 
-    def names(self) -> dict[int, str]:
-        return dict(self._names)
-
 
 class FlagNames:
     """A bit mask -> the list of flag names whose bits are set, unknown bits kept as one hex."""

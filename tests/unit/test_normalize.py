@@ -369,3 +369,19 @@ def test_exit_payloads_are_symbolic() -> None:
         "len": 4,
         "is_write": 1,
     }
+
+
+def test_memory_churn_before_any_kvm_reference_leaves_no_trace() -> None:
+    main = Events(8, 8, itertools.count())
+    normalizer = Normalizer()
+    for event in qemu_memory_setup(main):
+        normalizer.add(event)
+    arena = 0x7F2200000000
+    for _ in range(20_000):  # a malloc arena mapped and unmapped over and over
+        normalizer.add(
+            main.mmap(arena, 1 << 20, mmap.PROT_READ | mmap.PROT_WRITE, ANONYMOUS_PRIVATE)
+        )
+        normalizer.add(main.munmap(arena, 1 << 20))
+    calls = [call.entry for call in normalizer.finish().threads["main"]]
+    assert [call["call"] for call in calls].count("mmap") == 2
+    assert all(call.get("addr") != "region1+0x0" for call in calls)
