@@ -23,7 +23,7 @@ from conformance.errors import (
     KvmUnavailableError,
     UnknownScenarioError,
 )
-from conformance.vmm import entry
+from conformance.vmm import cpuid, entry
 from conformance.vmm.devices import IoBus, MmioBus
 from conformance.vmm.devices.debug_exit import (
     DEBUG_EXIT_PORT,
@@ -58,6 +58,7 @@ QEMU_LAYOUT_RAM_SIZE = 1 << 30
 # pages right above it, just below the 4 GiB PCI hole's BIOS area.
 IDENTITY_MAP_GPA = 0xFEFFC000
 TSS_GPA = IDENTITY_MAP_GPA + 0x1000
+_VCPU_ID = 0  # the one vCPU; also its APIC ID, as QEMU numbers them
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,8 @@ def run_guest(image: GuestImage, limits: RunLimits | None = None, scenario: str 
         vm.set_identity_map_addr(IDENTITY_MAP_GPA)
         vm.set_tss_addr(TSS_GPA)
         _load(vm, memory, image)
-        with vm.create_vcpu(0) as vcpu:
-            vcpu.set_cpuid2(kvm.supported_cpuid())
+        with vm.create_vcpu(_VCPU_ID) as vcpu:
+            vcpu.set_cpuid2(cpuid.for_vcpu(kvm.supported_cpuid(), apic_id=_VCPU_ID))
             entry.enter(vcpu, memory, image)
             serial, screen = Serial16550(), TextScreen()
             io_bus, mmio_bus = IoBus(), MmioBus()
