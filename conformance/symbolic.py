@@ -91,13 +91,15 @@ CAPABILITIES = EnumNames(_constants(kvm_abi, "KVM_CAP_"))
 MEMORY_SLOT_FLAGS = FlagNames(_constants(kvm_abi, "KVM_MEM_"))
 
 MMAP_PROT = FlagNames(_constants(mmap, "PROT_"), zero="PROT_NONE")
-# Python's mmap module lacks MAP_FIXED and MAP_NORESERVE; the generated ABI supplies them when it
-# carries <linux/mman.h> constants, else those bits show as hex. MAP_ANON is MAP_ANONYMOUS's alias.
+# Python's mmap module lacks MAP_FIXED and MAP_NORESERVE; the generated ABI carries every MAP_*
+# macro of <linux/mman.h>. Only single-bit flags name bits: MAP_HUGE_* encode a page size in the
+# top bits, MAP_TYPE is a mask, MAP_SHARED_VALIDATE a two-bit value, MAP_FILE is 0, and MAP_ANON
+# is MAP_ANONYMOUS's alias.
 MMAP_FLAGS = FlagNames(
     {
         name: value
         for name, value in (_constants(mmap, "MAP_") | _constants(kvm_abi, "MAP_")).items()
-        if name != "MAP_ANON"
+        if value.bit_count() == 1 and not name.startswith("MAP_HUGE_") and name != "MAP_ANON"
     }
 )
 MREMAP_FLAGS = FlagNames(_constants(kvm_abi, "MREMAP_"))

@@ -29,6 +29,10 @@ GCC = "gcc"
 GCC_FLAGS = ["-gdwarf-5", "-O0", "-ftrack-macro-expansion=0", "-w"]
 # The header files whose struct, union and enum definitions are part of the ABI we describe.
 KVM_HEADER_SUFFIXES = ("/linux/kvm.h", "/asm/kvm.h")
+# linux/mman.h: the mmap/mremap flags beside KVM calls (guest RAM is MAP_FIXED inside a
+# reservation, MAP_NORESERVE...); Python's mmap module does not name all of them.
+ABI_HEADERS = ("linux/kvm.h", "linux/mman.h")
+CONSTANT_PREFIXES = ("KVM_", "MAP_", "MREMAP_")
 
 # Argument types of ioctls that are not structs: the kernel reads or writes one such value.
 SCALAR_ARG_TYPES = {"int", "unsigned long", "__u32", "__u64"}
@@ -59,9 +63,11 @@ def run_gcc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def read_macros(workdir: Path) -> dict[str, str]:
-    """Every object-like macro visible after including linux/kvm.h, name -> body."""
+    """Every object-like macro visible after including the ABI headers, name -> body."""
     source = workdir / "macros.c"
-    source.write_text("#include <linux/kvm.h>\n#include <linux/version.h>\n")
+    source.write_text(
+        "".join(f"#include <{header}>\n" for header in (*ABI_HEADERS, "linux/version.h"))
+    )
     result = run_gcc(["-dM", "-E", source.name], workdir)
     result.check_returncode()
     macros: dict[str, str] = {}
@@ -148,11 +154,11 @@ def find_kvm_tags(workdir: Path) -> list[str]:
 
 
 def constant_candidates(macros: dict[str, str], ioctl_names: set[str]) -> list[str]:
-    """Object-like KVM_* macros that might be integer constants; the probe decides."""
+    """Object-like KVM_*, MAP_* and MREMAP_* macros that may be integer constants."""
     return sorted(
         name
         for name in macros
-        if (name.startswith("KVM_") or name == "KVMIO")
+        if (name.startswith(CONSTANT_PREFIXES) or name == "KVMIO")
         and name not in ioctl_names
         and not any(alias.startswith("__KVM_DEPRECATED_") for alias in resolve_alias(name, macros))
     )
@@ -174,7 +180,8 @@ def write_probe(
         body.append(text)
 
     add("fixed", "", "#include <stdio.h>")
-    add("fixed", "", "#include <linux/kvm.h>")
+    for header in ABI_HEADERS:
+        add("fixed", "", f"#include <{header}>")
     # One object per type, so that the compiler emits DWARF for the type and all it references.
     for c_type in tags:
         add("type", c_type, f"{c_type} {probe_variable(c_type)};")
