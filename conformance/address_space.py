@@ -48,12 +48,33 @@ class Mapping(Resource):
     parent: Mapping | None = None
     children: list[Mapping] = field(default_factory=list)
     alive: bool = True
+    # Bytes munmapped off the front and the back (QEMU trims its over-sized reservations to an
+    # alignment): the kernel may map something else there, which this mapping must not claim.
+    # Offsets stay relative to `start`, the address the mmap returned.
+    trimmed_head: int = 0
+    trimmed_tail: int = 0
+
+    @property
+    def live_start(self) -> int:
+        return self.start + self.trimmed_head
+
+    @property
+    def live_end(self) -> int:
+        return self.start + self.length - self.trimmed_tail
 
     def contains(self, address: int) -> bool:
-        return self.start <= address < self.start + self.length
+        return self.live_start <= address < self.live_end
 
     def covers(self, start: int, length: int) -> bool:
-        return self.start <= start and start + length <= self.start + self.length
+        return self.live_start <= start and start + length <= self.live_end
+
+    def trim(self, start: int, length: int) -> None:
+        """A munmap that cuts off this mapping's front or back; a hole in the middle is kept."""
+        end = start + length
+        if start <= self.live_start < end:
+            self.trimmed_head = end - self.start
+        elif start < self.live_end <= end:
+            self.trimmed_tail = self.start + self.length - start
 
     def mark_relevant(self) -> None:
         Resource.mark_relevant(self)
@@ -128,19 +149,21 @@ class AddressSpace:
         self._top.insert(index, mapping)
 
     def remove(self, start: int, length: int) -> None:
-        """munmap: forget every mapping the range covers entirely; partial cuts keep the mapping."""
-        keep_starts: list[int] = []
+        """munmap: forget every mapping the range covers entirely; cut the front or back off
+        one it covers partly (the mapping and its name stay)."""
         keep_top: list[Mapping] = []
         for mapping in self._top:
-            if start <= mapping.start and mapping.start + mapping.length <= start + length:
+            if start <= mapping.live_start and mapping.live_end <= start + length:
                 _retire(mapping)
                 continue
+            if start < mapping.live_end and mapping.live_start < start + length:
+                mapping.trim(start, length)
             mapping.children = [
                 child for child in mapping.children if not _cut_away(child, start, length)
             ]
-            keep_starts.append(mapping.start)
             keep_top.append(mapping)
-        self._starts, self._top = keep_starts, keep_top
+        # Trimming moves live starts; top-level live ranges never overlap, so order is kept.
+        self._starts, self._top = [mapping.live_start for mapping in keep_top], keep_top
 
     def move(self, mapping: Mapping, new_start: int, new_length: int) -> None:
         """mremap: the same mapping, now elsewhere or another size."""
@@ -148,18 +171,20 @@ class AddressSpace:
             index = self._top.index(mapping)
             del self._top[index], self._starts[index]
             mapping.start, mapping.length = new_start, new_length
+            mapping.trimmed_head = mapping.trimmed_tail = 0
             index = bisect.bisect_left(self._starts, new_start)
             self._starts.insert(index, new_start)
             self._top.insert(index, mapping)
         else:
             mapping.start, mapping.length = new_start, new_length
+            mapping.trimmed_head = mapping.trimmed_tail = 0
 
     def fork_copy(self) -> AddressSpace:
         """A forked child's address space: copies whose references count for the originals."""
         child = AddressSpace()
         for mapping in self._top:
             copy = _copy_tree(mapping, parent=None)
-            child._starts.append(copy.start)
+            child._starts.append(copy.live_start)
             child._top.append(copy)
         return child
 
@@ -195,6 +220,8 @@ def _copy_tree(mapping: Mapping, parent: Mapping | None) -> Mapping:
         start=mapping.start,
         length=mapping.length,
         parent=parent,
+        trimmed_head=mapping.trimmed_head,
+        trimmed_tail=mapping.trimmed_tail,
     )
     copy.children = [_copy_tree(child, copy) for child in mapping.children]
     return copy
