@@ -12,14 +12,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from conformance.commands import trace, vmm
+from conformance.commands import check, trace, vmm
 from conformance.errors import ConformanceError, GuestFault
 from conformance.vmm.machine import RunLimitExceeded
 
 EXIT_USAGE = 2
 EXIT_GUEST_FAULT = 3
 
-_COMMAND_MODULES = (vmm, trace)
+_COMMAND_MODULES = (vmm, trace, check)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

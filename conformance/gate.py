@@ -1,0 +1,124 @@
+"""The regression gate behind `kvm-conformance check`: trace scenarios, compare or store them.
+
+Each scenario of the VMM core is traced and its document compared with `<expected>/<name>.yaml`,
+or, when updating, written there. Every snapshot is read before the first scenario is traced, so
+a malformed file or a missing directory is reported in a second, not after a minute of tracing.
+Rendering is the command's (`conformance.commands.check`); this module decides and measures.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conformance.compare import Comparison, compare_documents
+from conformance.document import TraceDocument
+from conformance.errors import ConformanceError, KvmUnavailableError, UnknownScenarioError
+from conformance.resources import kvm_missing, ptrace_missing
+from conformance.scenario_trace import TracedRun, trace_scenario
+from conformance.snapshot import SnapshotStore
+from conformance.vmm.machine import SCENARIOS
+
+
+class Verdict(enum.Enum):
+    PASSED = "pass"
+    FAILED = "FAIL"  # differs from the snapshot
+    MISSING = "missing"  # no snapshot to compare with (and not updating)
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+    @property
+    def fails(self) -> bool:
+        return self in (Verdict.FAILED, Verdict.MISSING)
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioResult:
+    scenario: str
+    verdict: Verdict
+    snapshot: Path
+    calls: int  # calls in the new trace, each KVM_RUN exit counted
+    seconds: float  # tracing and normalizing
+    comparison: Comparison | None = None  # set when compared (pass or FAIL)
+
+
+@dataclass(slots=True)
+class GateReport:
+    results: list[ScenarioResult] = field(default_factory=list)
+    # Snapshots no scenario asked for (a renamed or removed scenario); only known when every
+    # scenario ran, and never deleted: that is for a person to decide.
+    unused: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(result.verdict.fails for result in self.results)
+
+
+class ExpectedDirectoryError(ConformanceError):
+    """The snapshot directory to compare against does not exist."""
+
+
+def select_scenarios(requested: Sequence[str]) -> list[str]:
+    """The scenarios to run, in the order `kvm-conformance scenarios` lists them; all by default."""
+    unknown = sorted(set(requested) - set(SCENARIOS))
+    if unknown:
+        raise UnknownScenarioError(
+            f"no scenario named {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(SCENARIOS))})"
+        )
+    return [name for name in SCENARIOS if not requested or name in requested]
+
+
+def require_tracing_environment() -> None:
+    """KvmUnavailableError naming what is missing, before any work starts."""
+    for missing in (kvm_missing, ptrace_missing):
+        reason = missing()
+        if reason is not None:
+            raise KvmUnavailableError(reason)
+
+
+def run_gate(
+    scenarios: Sequence[str],
+    store: SnapshotStore,
+    *,
+    on_start: Callable[[int, str], None] = lambda index, scenario: None,
+    on_result: Callable[[ScenarioResult], None] = lambda result: None,
+) -> GateReport:
+    """Trace each scenario and compare it with its snapshot (or store it, if `store.update`).
+
+    `on_start(index, scenario)` before each trace (0-based index) and `on_result` after it are
+    for progress.
+    """
+    if not store.update and not store.directory.is_dir():
+        raise ExpectedDirectoryError(
+            f"{store.directory}: no such directory of expected traces; run from the repository "
+            "root, pass --expected DIR, or create it with --update"
+        )
+    expected = {} if store.update else {name: store.load(name) for name in scenarios}
+    report = GateReport()
+    for index, scenario in enumerate(scenarios):
+        on_start(index, scenario)
+        traced = trace_scenario(scenario)
+        result = _judge(scenario, traced, store, expected.get(scenario))
+        report.results.append(result)
+        on_result(result)
+    if set(scenarios) == set(SCENARIOS):
+        report.unused = [store.path_for(name) for name in store.report().unused]
+    return report
+
+
+def _judge(
+    scenario: str, traced: TracedRun, store: SnapshotStore, expected: TraceDocument | None
+) -> ScenarioResult:
+    path = store.path_for(scenario)
+    if store.update:
+        outcome = Verdict(store.save(scenario, traced.document))
+        return ScenarioResult(scenario, outcome, path, traced.calls, traced.seconds)
+    if expected is None:
+        return ScenarioResult(scenario, Verdict.MISSING, path, traced.calls, traced.seconds)
+    comparison = compare_documents(expected, traced.document, scenario=scenario)
+    verdict = Verdict.PASSED if comparison.ok else Verdict.FAILED
+    return ScenarioResult(scenario, verdict, path, traced.calls, traced.seconds, comparison)
