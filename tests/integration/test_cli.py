@@ -112,3 +112,31 @@ def test_missing_dev_kvm_is_one_line_and_exit_2() -> None:
         "kvm-conformance: /dev/kvm does not exist: KVM is not available"
     ]
     assert result.stdout == b""
+
+
+@pytest.mark.needs_ptrace
+def test_trace_of_a_missing_command_exits_127_with_one_line() -> None:
+    result = _cli("trace", "--", "/nonexistent/vmm")
+    assert result.returncode == 127
+    assert result.stderr.decode().splitlines() == [
+        "kvm-conformance: /nonexistent/vmm: not found or not executable"
+    ]
+
+
+@pytest.mark.needs_ptrace
+@pytest.mark.needs_kvm
+def test_trace_into_a_closed_pipe_ends_quietly_and_leaves_no_tracee() -> None:
+    # `| head -1`: the reader closes after one line, while the traced VMM is still running.
+    pipeline = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m conformance trace -- "{sys.executable}" '
+         "-m conformance run exits-100k | head -n 1"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert b"Traceback" not in pipeline.stderr
+    assert len(pipeline.stdout.decode().splitlines()) == 1
+    survivors = subprocess.run(
+        ["pgrep", "-f", "conformance run exits-100k"], capture_output=True, check=False
+    )
+    assert survivors.stdout == b""
