@@ -13,7 +13,8 @@ from conformance.abi.ioctls import by_name
 from conformance.errors import KvmError
 from conformance.vmm import _sys
 from conformance.vmm._varlen import sized_argument
-from conformance.vmm.exits import Exit, ExitDecoder, IntrExit
+from conformance.vmm.exit_decoder import ExitDecoder
+from conformance.vmm.exits import Exit, IntrExit
 
 _RUN = by_name("KVM_RUN")
 _GET_REGS = by_name("KVM_GET_REGS")

@@ -9,15 +9,17 @@ from typing import Any
 import pytest
 
 from conformance.abi import _generated as abi
+from conformance.vmm.exit_decoder import ExitDecoder
 from conformance.vmm.exits import (
-    ExitDecoder,
     HltExit,
+    HypervExit,
     InternalErrorExit,
     IoDirection,
     IoExit,
     MmioExit,
     SystemEventExit,
     UnknownExit,
+    XenExit,
 )
 
 PAGE_SIZE = 4096
@@ -87,9 +89,29 @@ def test_payload_exits_read_their_union_member(page: tuple[Any, Any, ExitDecoder
 def test_reasons_without_a_type_decode_to_unknown_exit(page: tuple[Any, Any, ExitDecoder]) -> None:
     _, run, decoder = page
     run.exit_reason = abi.KVM_EXIT_S390_SIEIC
-    assert decoder.decode() == UnknownExit(abi.KVM_EXIT_S390_SIEIC)
+    assert decoder.decode() == UnknownExit(abi.KVM_EXIT_S390_SIEIC, "KVM_EXIT_S390_SIEIC")
     run.exit_reason = 1000
     assert decoder.decode() == UnknownExit(1000)
+
+
+def test_hyperv_and_xen_exits_carry_their_type_and_union_bytes(
+    page: tuple[Any, Any, ExitDecoder],
+) -> None:
+    _, run, decoder = page
+    run.exit_reason = abi.KVM_EXIT_HYPERV
+    run.hyperv.type = abi.KVM_EXIT_HYPERV_HCALL
+    run.hyperv.u.hcall.input = 0x1234
+    hyperv = decoder.decode()
+    assert isinstance(hyperv, HypervExit)
+    assert hyperv.type == abi.KVM_EXIT_HYPERV_HCALL
+    assert hyperv.payload == bytes(run.hyperv.u)
+    assert int.from_bytes(hyperv.payload[:8], "little") == 0x1234
+    run.exit_reason = abi.KVM_EXIT_XEN
+    run.xen.type = abi.KVM_EXIT_XEN_HCALL
+    run.xen.u.hcall.input = 24
+    xen = decoder.decode()
+    assert isinstance(xen, XenExit)
+    assert (xen.type, xen.payload) == (abi.KVM_EXIT_XEN_HCALL, bytes(run.xen.u))
 
 
 def test_immediate_exit_flag_is_kvm_runs(page: tuple[Any, Any, ExitDecoder]) -> None:
