@@ -4,12 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
-    echo "installing qemu-system-x86 (the conformance references are recorded from QEMU)"
+# QEMU: the conformance references are recorded from it; strace: the differential tests and
+# benchmarks compare against it.
+missing=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+# A virtual environment inside the checkout: the suite runs against this tree's code, whatever
+# else the machine's Python has installed.
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+export PATH="$PWD/.venv/bin:$PATH"
 
 ruff check .
 ruff format --check .
@@ -22,4 +31,4 @@ if [ -e /dev/kvm ]; then
     export KVM_CONFORMANCE_FORBID_SKIPS=1
 fi
 # pytest exits 5 when no test ran, which fails this script as it should.
-python3 -m pytest "$@"
+python -m pytest "$@"
