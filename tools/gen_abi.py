@@ -30,9 +30,9 @@ GCC_FLAGS = ["-gdwarf-5", "-O0", "-ftrack-macro-expansion=0", "-w"]
 # The header files whose struct, union and enum definitions are part of the ABI we describe.
 KVM_HEADER_SUFFIXES = ("/linux/kvm.h", "/asm/kvm.h")
 # linux/mman.h: the mmap/mremap flags beside KVM calls (guest RAM is MAP_FIXED inside a
-# reservation, MAP_NORESERVE...); Python's mmap module does not name all of them.
+# reservation, MAP_NORESERVE, PROT_NONE...); Python's mmap module does not name all of them.
 ABI_HEADERS = ("linux/kvm.h", "linux/mman.h")
-CONSTANT_PREFIXES = ("KVM_", "MAP_", "MREMAP_")
+CONSTANT_PREFIXES = ("KVM_", "MAP_", "MREMAP_", "PROT_")
 
 # Argument types of ioctls that are not structs: the kernel reads or writes one such value.
 SCALAR_ARG_TYPES = {"int", "unsigned long", "__u32", "__u64"}
@@ -154,7 +154,7 @@ def find_kvm_tags(workdir: Path) -> list[str]:
 
 
 def constant_candidates(macros: dict[str, str], ioctl_names: set[str]) -> list[str]:
-    """Object-like KVM_*, MAP_* and MREMAP_* macros that may be integer constants."""
+    """Object-like KVM_* and mmap (MAP_*, MREMAP_*, PROT_*) macros that may be integer constants."""
     return sorted(
         name
         for name in macros

@@ -17,6 +17,7 @@ import errno
 import mmap
 import os
 
+from conformance.abi import _generated as abi
 from conformance.abi.ioctls import IoctlSpec
 from conformance.errors import GuestMemoryError, KvmError, KvmUnavailableError
 
@@ -47,9 +48,9 @@ _munmap.restype = ctypes.c_int
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 PAGE_SIZE = mmap.PAGESIZE
-# The mmap module lacks PROT_NONE, and MAP_FIXED before Python 3.12; these are the kernel's values.
-PROT_NONE = 0x0
-MAP_FIXED = 0x10
+# The mmap module lacks PROT_NONE, and MAP_FIXED before Python 3.12: take them from the headers.
+PROT_NONE: int = abi.PROT_NONE
+MAP_FIXED: int = abi.MAP_FIXED
 
 
 def open_kvm() -> int:
