@@ -16,6 +16,7 @@ from conformance.snapshot import read_document
 from conformance.tracer import trace
 
 EXIT_FINDINGS = 1
+_STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced by
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,7 +69,7 @@ def _traced(command: list[str]) -> TraceDocument:
     """Run the command under the tracer; its stdout goes to our stderr, so that the report on
     stdout stays machine-readable."""
     normalizer = Normalizer({"tool": "kvm-conformance lint", "argv": list[Value](command)})
-    outcome = trace(command, normalizer.add, stdout=sys.stderr.fileno())
+    outcome = trace(command, normalizer.add, stdout=_STDERR_FD)
     if not outcome.opened_kvm:
         raise ConformanceError(f"lint: {outcome.message}")
     return normalizer.finish()
