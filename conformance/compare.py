@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 from conformance.document import TraceCall, TraceDocument, Value, thread_role_order
 from conformance.errors import ConformanceError
+from conformance.keyed_sets import keyed_comparer
 
 
 class _Absent:
@@ -202,11 +203,11 @@ def field_differences(
     expected: TraceCall, actual: TraceCall, options: CompareOptions
 ) -> Iterator[tuple[str, Compared, Compared]]:
     """(path, expected, actual) for every compared field where two calls differ."""
-    yield from _value_differences("", expected.entry, actual.entry, options)
+    yield from _value_differences(expected.name, "", expected.entry, actual.entry, options)
 
 
 def _value_differences(
-    path: str, expected: Compared, actual: Compared, options: CompareOptions
+    request: str, path: str, expected: Compared, actual: Compared, options: CompareOptions
 ) -> Iterator[tuple[str, Compared, Compared]]:
     if path and not options.compares(path):
         return
@@ -214,15 +215,28 @@ def _value_differences(
         keys = list(expected) + [key for key in actual if key not in expected]
         for key in keys:
             yield from _value_differences(
+                request,
                 f"{path}.{key}" if path else key,
                 expected.get(key, ABSENT),
                 actual.get(key, ABSENT),
                 options,
             )
+    elif (
+        isinstance(expected, list)
+        and isinstance(actual, list)
+        and (keyed := keyed_comparer(request, path)) is not None
+    ):
+        # CPUID entries and MSR lists are sets to the kernel: compared by key, not position.
+        for found in keyed(expected, actual):
+            entry_path = f"{path}[{found.key}]"
+            field_path = f"{entry_path}.{found.field}" if found.field else entry_path
+            if options.compares(field_path):
+                yield (field_path, _present(found.expected), _present(found.actual))
     elif isinstance(expected, list) and isinstance(actual, list) and _all_structured(expected):
         # Lists of structs (CPUID entries, MSRs) item by item; lists of flags as a whole.
         for index in range(max(len(expected), len(actual))):
             yield from _value_differences(
+                request,
                 f"{path}[{index}]",
                 expected[index] if index < len(expected) else ABSENT,
                 actual[index] if index < len(actual) else ABSENT,
@@ -230,6 +244,10 @@ def _value_differences(
             )
     elif not _same(expected, actual):
         yield (path, expected, actual)
+
+
+def _present(value: Value | None) -> Compared:
+    return ABSENT if value is None else value
 
 
 def _all_structured(values: list[Value]) -> bool:

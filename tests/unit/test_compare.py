@@ -183,3 +183,44 @@ def test_fuzz_mutated_snapshots_load_and_compare_or_name_file_and_line(
     assert compare_documents(mutated, mutated, scenario="hello").ok
     compare_documents(mutated, original, scenario="hello")
     render_comparison(compare_documents(original, mutated, scenario="hello"), color=True)
+
+
+CPUID_TRACE = """\
+schema: kvm-conformance/1
+source: {{tool: kvm-conformance-vmm}}
+threads:
+  main:
+  - {{call: ioctl, fd: vcpu0, req: KVM_SET_CPUID2, in: {{nent: {count}, entries: [{entries}]}}}}
+  - {{call: ioctl, fd: vcpu0, req: KVM_SET_MSRS, in: {{nmsrs: 2, entries: [{msrs}]}}}}
+"""
+LEAF_0 = "{function: 0x0, index: 0x0, eax: 0xd, ebx: 0x1, ecx: 0x2, edx: 0x3}"
+LEAF_1 = "{function: 0x1, index: 0x0, eax: 0x1, ebx: 0x0, ecx: 0x0, edx: 0x0}"
+LEAF_7 = "{function: 0x7, index: 0x0, eax: 0x0, ebx: 0x9, ecx: 0x0, edx: 0x0}"
+MSR_TSC = "{index: 0x10, data: 0x0}"
+MSR_EFER = "{index: 0xc0000080, data: 0x500}"
+
+
+def _cpuid_trace(entries: list[str], msrs: list[str]) -> str:
+    return CPUID_TRACE.format(count=len(entries), entries=", ".join(entries), msrs=", ".join(msrs))
+
+
+def test_cpuid_entries_and_msrs_compare_as_sets_not_by_position() -> None:
+    expected = document(_cpuid_trace([LEAF_0, LEAF_1], [MSR_TSC, MSR_EFER]), "expected.yaml")
+    reordered = document(_cpuid_trace([LEAF_1, LEAF_0], [MSR_EFER, MSR_TSC]))
+    assert compare_documents(expected, reordered, scenario="cpuid").differences == []
+
+
+def test_one_extra_cpuid_leaf_is_one_difference_named_by_its_key() -> None:
+    expected = document(_cpuid_trace([LEAF_0, LEAF_1], [MSR_TSC, MSR_EFER]), "expected.yaml")
+    actual = document(
+        _cpuid_trace([LEAF_0, LEAF_7, LEAF_1], [MSR_TSC, MSR_EFER.replace("0x500", "0xd01")])
+    )
+    found = compare_documents(expected, actual, scenario="cpuid").differences
+    assert [(d.path, d.expected, d.actual) for d in found if d.path != "in.nent"] == [
+        (
+            "in.entries[0x7/0x0]",
+            ABSENT,
+            {"function": 7, "index": 0, "eax": 0, "ebx": 9, "ecx": 0, "edx": 0},
+        ),
+        ("in.entries[0xc0000080].data", 0x500, 0xD01),
+    ]
