@@ -24,11 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from conformance.document import Entry, TraceDocument, Value
-from conformance.errors import ConformanceError
+from conformance.errors import ConformanceError, UnknownScenarioError
 from conformance.normalize import Normalizer
 from conformance.tracer import TraceOutcome, trace
 from conformance.tracer.kvm_calls import KvmRunMode
 from conformance.vmm.kvm import Kvm
+from conformance.vmm.machine import SCENARIOS
 
 SCENARIO_TOOL = "kvm-conformance vmm core"
 # exits-100k exists to time 100,000 exits; stopping at each one under ptrace takes about 10 s,
@@ -100,6 +101,10 @@ def trace_scenario(scenario: str) -> TracedRun:
     ScenarioRunError when the run failed (guest fault, run limit): a truncated trace must
     neither pass as a difference to explain nor be stored as the expected one.
     """
+    if scenario not in SCENARIOS:
+        raise UnknownScenarioError(
+            f"no scenario named {scenario!r} (known: {', '.join(sorted(SCENARIOS))})"
+        )
     kvm_run = _KVM_RUN_MODES.get(scenario, "full")
     source: dict[str, Value] = {"tool": SCENARIO_TOOL, "scenario": scenario}
     if kvm_run != "full":

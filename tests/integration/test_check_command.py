@@ -1,0 +1,152 @@
+"""`kvm-conformance check`, run as CI runs it: a subprocess with piped output, real /dev/kvm."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance.vmm.machine import SCENARIOS
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
+
+
+def _check(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "conformance", "check", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def expected_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "expected"
+    shutil.copytree(REPO / "expected", copy)
+    return copy
+
+
+def test_the_committed_expected_traces_pass() -> None:
+    result = _check()
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:-1]] == [["pass", name] for name in SCENARIOS]
+    assert lines[-1].startswith(f"{len(SCENARIOS)} scenarios in ")
+    assert lines[-1].endswith(f": {len(SCENARIOS)} passed")
+    assert result.stderr == ""  # progress is for terminals only
+
+
+def test_one_changed_field_fails_naming_scenario_call_and_field(expected_copy: Path) -> None:
+    snapshot = expected_copy / "memory-setup.yaml"
+    snapshot.write_text(
+        snapshot.read_text().replace("guest_phys_addr: 0x0,", "guest_phys_addr: 0x1000,")
+    )
+
+    result = _check("--expected", str(expected_copy), "--scenario", "memory-setup")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("FAIL      memory-setup")
+    assert (
+        "thread main, call #4 KVM_SET_USER_MEMORY_REGION: in.guest_phys_addr: "
+        "expected 0x1000, got 0x0"
+    ) in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(": 1 failed")
+    assert "\033[" not in result.stdout  # piped: no colour
+
+
+def test_json_names_the_difference(expected_copy: Path) -> None:
+    snapshot = expected_copy / "memory-setup.yaml"
+    snapshot.write_text(
+        snapshot.read_text().replace("guest_phys_addr: 0x0,", "guest_phys_addr: 0x1000,")
+    )
+
+    result = _check(
+        "--expected", str(expected_copy), "--scenario", "memory-setup", "--format", "json"
+    )
+
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    [scenario] = report["scenarios"]
+    assert scenario["scenario"] == "memory-setup" and scenario["result"] == "failed"
+    [difference] = scenario["differences"]
+    assert difference["call"] == "KVM_SET_USER_MEMORY_REGION"
+    assert difference["field"] == "in.guest_phys_addr"
+    assert (difference["expected"], difference["actual"]) == (0x1000, 0)
+    assert difference["expected_line"] == 15  # the line of that call in the file
+
+
+def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Path) -> None:
+    snapshot = expected_copy / "hello.yaml"
+    lines = snapshot.read_text().splitlines(keepends=True)
+    lines[11] = "  - {call: ioctl, fd: vcpu0, req: KVM_RUN, repeat: 0}\n"
+    snapshot.write_text("".join(lines))
+
+    result = _check("--expected", str(expected_copy))
+
+    assert result.returncode == 2
+    assert result.stdout == ""  # refused before tracing anything
+    assert result.stderr == (
+        f"kvm-conformance: {snapshot}:12: 'repeat' must be a positive integer\n"
+    )
+
+
+def test_usage_and_environment_errors_exit_2(tmp_path: Path) -> None:
+    absent = _check(cwd=tmp_path)
+    assert absent.returncode == 2
+    assert "expected: no such directory of expected traces" in absent.stderr
+
+    unknown = _check("--scenario", "no-such-scenario")
+    assert unknown.returncode == 2
+    assert "no scenario named 'no-such-scenario'" in unknown.stderr
+
+
+def test_a_missing_snapshot_fails_until_update_creates_it(tmp_path: Path) -> None:
+    expected = tmp_path / "expected"
+    expected.mkdir()
+
+    missing = _check("--expected", str(expected), "--scenario", "memory-setup")
+    assert missing.returncode == 1
+    assert missing.stdout.startswith("missing   memory-setup")
+    assert not (expected / "memory-setup.yaml").exists()
+
+    created = _check("--expected", str(expected), "--scenario", "memory-setup", "--update")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("created   memory-setup")
+    assert created.stdout.splitlines()[-1].endswith(": 1 created")
+    assert (expected / "memory-setup.yaml").read_bytes() == (
+        REPO / "expected" / "memory-setup.yaml"
+    ).read_bytes()
+
+
+def test_update_rewrites_only_what_changed_and_leaves_no_temporary_files(
+    expected_copy: Path,
+) -> None:
+    changed = expected_copy / "memory-setup.yaml"
+    changed.write_text(changed.read_text().replace("memory_size: 0x40000,", "memory_size: 0x1,"))
+    before = changed.read_bytes()
+    (expected_copy / "retired-scenario.yaml").write_bytes(before)
+
+    compared = _check("--expected", str(expected_copy), "--scenario", "memory-setup")
+    assert compared.returncode == 1
+    assert changed.read_bytes() == before  # never overwritten without --update
+
+    updated = _check("--expected", str(expected_copy), "--update")
+    assert updated.returncode == 0, updated.stderr
+    verdicts = {line.split()[1]: line.split()[0] for line in updated.stdout.splitlines()[:6]}
+    assert verdicts == {name: "updated" if name == "memory-setup" else "unchanged"
+                        for name in SCENARIOS}  # fmt: skip
+    assert f"unused: {expected_copy / 'retired-scenario.yaml'}" in updated.stdout
+    assert changed.read_bytes() == (REPO / "expected" / "memory-setup.yaml").read_bytes()
+    assert sorted(path.name for path in expected_copy.iterdir()) == sorted(
+        [f"{name}.yaml" for name in SCENARIOS] + ["retired-scenario.yaml"]
+    )

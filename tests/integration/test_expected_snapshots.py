@@ -1,0 +1,18 @@
+"""The VMM core's scenarios against expected/, through our own pytest plugin: what
+`kvm-conformance check` gates, as a VMM author would write it. `pytest --snapshot-update`
+rewrites expected/ from here as `check --update` does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.pytest_plugin import KvmConformance
+from conformance.vmm.machine import SCENARIOS
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario_matches_its_expected_trace(
+    kvm_conformance: KvmConformance, scenario: str
+) -> None:
+    kvm_conformance.check(scenario)
