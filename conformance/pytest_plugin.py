@@ -92,8 +92,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_deselected(items: Sequence[pytest.Item]) -> None:
     if items:
-        config = items[0].config
-        config.stash[_DESELECTED] = config.stash.get(_DESELECTED, 0) + len(items)
+        items[0].config.stash[_DESELECTED] += len(items)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -104,16 +103,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
                 pytest.skip(reason)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Runs before the terminal summary (the reporter writes it after every sessionfinish).
-    stopped_early = bool(session.shouldfail or session.shouldstop)  # -x, --maxfail, Ctrl-C
+    stopped_early = bool(session.shouldfail or session.shouldstop)  # -x, --maxfail
+    stopped_early |= exitstatus == pytest.ExitCode.INTERRUPTED  # Ctrl-C
     session.config.stash[_RAN_EVERY_TEST] = (
         not stopped_early and session.config.stash[_DESELECTED] == 0
     )
 
 
 def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     session = config.stash[_SESSION]
     if not session.asserted:
