@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from conformance.commands import check, lint, trace, vmm
+from conformance.commands import check, diff, lint, trace, vmm
 from conformance.errors import ConformanceError, GuestFault
 from conformance.tracer import SpawnError
 from conformance.vmm.machine import RunLimitExceeded
@@ -24,7 +24,7 @@ EXIT_GUEST_FAULT = 3
 # As a shell (and env, timeout, nohup) reports a command it could not start.
 EXIT_COMMAND_NOT_STARTED = 127
 
-_COMMAND_MODULES = (vmm, trace, check, lint)
+_COMMAND_MODULES = (vmm, trace, check, lint, diff)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
