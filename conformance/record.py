@@ -20,12 +20,12 @@ from conformance.document import TraceDocument
 from conformance.errors import ConformanceError
 from conformance.qemu_recording import find_qemu, record_qemu
 from conformance.qemu_scenarios import QEMU_SCENARIOS, qemu_scenario
+from conformance.reference_check import REFERENCE_DIRECTORY
 from conformance.scenario_trace import trace_command
 from conformance.snapshot import dump_document, write_document
 from conformance.strace_import import import_strace_log
 
 EXIT_USAGE = 2
-REFERENCE_DIRECTORY = Path("traces/qemu")  # relative to the repository root
 
 
 class OutputExistsError(ConformanceError):

@@ -28,7 +28,8 @@ def render_conformance(result: ConformanceResult, name: str) -> str:
     if result.layout:
         lines.append("memory layout:")
         lines.extend(f"  {sentence}" for sentence in result.layout)
-    lines.extend(f"FAIL  {describe_deviation(deviation)}" for deviation in result.failures)
+    reference = reference_name(result)
+    lines.extend(f"FAIL  {describe_deviation(d, reference)}" for d in result.failures)
     lines.extend(f"ok    {line}" for line in _allowed_lines(result))
     return "\n".join(lines) + "\n"
 
@@ -44,7 +45,7 @@ def _allowed_lines(result: ConformanceResult) -> list[str]:
     lines: list[str] = []
     for (kind, call, reason), members in groups.items():
         if len(members) <= _FOLDED_AFTER:
-            lines.extend(describe_deviation(deviation) for deviation in members)
+            lines.extend(describe_deviation(d, reference_name(result)) for d in members)
         else:
             paths = sorted(
                 {deviation.path.split("[")[0] for deviation in members if deviation.path}
@@ -54,18 +55,24 @@ def _allowed_lines(result: ConformanceResult) -> list[str]:
     return lines
 
 
-def describe_deviation(deviation: Deviation) -> str:
+def reference_name(result: ConformanceResult) -> str:
+    """How reports call the reference: QEMU for QEMU's traces."""
+    return "QEMU" if result.reference.source.get("tool") == "qemu" else "the reference"
+
+
+def describe_deviation(deviation: Deviation, reference: str = "QEMU") -> str:
     """One line: where, which call, which field, both values, and the rule or finding."""
     if deviation.kind == "missing":
         return f"{deviation.call}: never made; required: {deviation.note}"
     head = f"thread {deviation.thread}, call #{deviation.subject_index} {deviation.call}"
     if deviation.kind == "extra":
-        text = f"{head}: extra call ({deviation.note})"
+        note = deviation.note.replace("the reference", reference)
+        text = f"{head}: extra call ({note})"
     else:
         against = f"{deviation.reference_thread} #{deviation.reference_index}"
         text = (
-            f"{head}: {deviation.path}: QEMU {value_text(deviation.reference_value)}, "
-            f"subject {value_text(deviation.subject_value)} (QEMU's call: thread {against})"
+            f"{head}: {deviation.path}: {reference} {value_text(deviation.reference_value)}, "
+            f"subject {value_text(deviation.subject_value)} ({reference}'s call: thread {against})"
         )
     if deviation.allowed_by is not None:
         text += f"; allowed: {deviation.allowed_by.reason}"

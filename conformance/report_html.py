@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 
 from conformance.conformance_check import ConformanceResult, Row
-from conformance.report_conformance import describe_deviation
+from conformance.report_conformance import describe_deviation, reference_name
 from conformance.snapshot_format import format_call
 
 _STYLE = """
@@ -45,7 +45,9 @@ def render_html(result: ConformanceResult, name: str) -> str:
     parts.append("<h2>Deviations</h2><ul>")
     for deviation in sorted(result.deviations, key=lambda d: d.allowed):
         css = "allowed" if deviation.allowed else "failure"
-        parts.append(f'<li class="{css}">{_e(describe_deviation(deviation))}</li>')
+        parts.append(
+            f'<li class="{css}">{_e(describe_deviation(deviation, reference_name(result)))}</li>'
+        )
     if not result.deviations:
         parts.append("<li>none</li>")
     parts.append("</ul>")

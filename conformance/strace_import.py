@@ -21,7 +21,7 @@ from typing import TypedDict
 
 from conformance import events
 from conformance.abi import _generated as kvm_abi
-from conformance.abi.ioctls import IOCTLS, ArgKind, by_number
+from conformance.abi.ioctls import IOCTLS, ArgKind, IoctlSpec, by_number
 from conformance.document import TraceDocument
 from conformance.errors import ConformanceError
 from conformance.normalize import Normalizer
@@ -139,7 +139,7 @@ class _Converter:
                     continue
                 if spec.name not in STRACE_DECODED:
                     entry["undecoded"] = "pointer"
-                elif _elided(entry.get("in")) or _elided(entry.get("out")):
+                elif any(_elided(spec, entry.get(part)) for part in ("in", "out")):
                     entry["undecoded"] = "elided"
         return document
 
@@ -307,7 +307,7 @@ def _fields(value: dict[str, StraceValue]) -> events.Fields:
     fields: events.Fields = {}
     for name, item in value.items():
         if item in ([ELIDED], ELIDED):
-            fields[name] = []  # marked `undecoded: elided` once normalized
+            fields[name] = []  # a count without entries: marked `undecoded: elided` at finish
         elif isinstance(item, dict):
             fields[name] = _fields(item)
         elif isinstance(item, list):
@@ -317,8 +317,12 @@ def _fields(value: dict[str, StraceValue]) -> events.Fields:
     return fields
 
 
-def _elided(section: object) -> bool:
-    return isinstance(section, dict) and any(value == [] for value in section.values())
+def _elided(spec: IoctlSpec, section: object) -> bool:
+    """strace without -v prints a struct's entries as `[...]`: a count with no entries."""
+    if not isinstance(section, dict) or spec.count_field is None or spec.entries_field is None:
+        return False
+    count = section.get(spec.count_field)
+    return isinstance(count, int) and count > 0 and section.get(spec.entries_field) == []
 
 
 def _integer(value: StraceValue) -> int:

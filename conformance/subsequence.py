@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from conformance.compare import call_identity
 from conformance.document import TraceCall
 
-# A pair is worth this much before its field disagreements are subtracted, so that pairing one
-# more call always beats pairing fewer calls better.
-_PAIR_WEIGHT = 1_000
+# What pairing a call is worth: KVM calls most, mmaps (the memory layout) next, housekeeping
+# (munmap, madvise, close...) least, so that a teardown munmap never wins a place in the
+# alignment from a KVM call. Field disagreements subtract at most _MAX_PENALTY, so pairing a
+# call always beats leaving it unpaired.
+_KVM_CALL_WEIGHT = 10_000
+_MMAP_WEIGHT = 5_000
+_OTHER_WEIGHT = 1_000
+_MAX_PENALTY = 999
 _ARGUMENT_IS_IDENTITY = frozenset({"KVM_CHECK_EXTENSION"})
 
 
@@ -43,6 +48,12 @@ def conformance_identity(call: TraceCall) -> tuple[str, ...]:
     return identity
 
 
+def _weight(call: TraceCall) -> int:
+    if call.entry.get("call") == "ioctl" or call.entry.get("call") == "open":
+        return _KVM_CALL_WEIGHT
+    return _MMAP_WEIGHT if call.entry.get("call") == "mmap" else _OTHER_WEIGHT
+
+
 def align(
     subject: Sequence[TraceCall],
     reference: Sequence[TraceCall],
@@ -54,7 +65,8 @@ def align(
 
     def pair_score(i: int, j: int) -> int:
         if (i, j) not in scores:
-            scores[i, j] = _PAIR_WEIGHT - min(disagreement(subject[i], reference[j]), 999)
+            penalty = min(disagreement(subject[i], reference[j]), _MAX_PENALTY)
+            scores[i, j] = _weight(subject[i]) - penalty
         return scores[i, j]
 
     identities = [conformance_identity(call) for call in reference]
