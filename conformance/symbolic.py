@@ -169,7 +169,7 @@ HOST_POINTER_FIELDS: Mapping[str, frozenset[str]] = {
     "KVM_GET_DEVICE_ATTR": frozenset({"addr"}),
     "KVM_SET_DEVICE_ATTR": frozenset({"addr"}),
     "KVM_HAS_DEVICE_ATTR": frozenset({"addr"}),
-    "KVM_SET_MSR_FILTER": frozenset({"bitmap"}),
+    "KVM_X86_SET_MSR_FILTER": frozenset({"bitmap"}),
     "KVM_MEMORY_ENCRYPT_REG_REGION": frozenset({"addr"}),
     "KVM_MEMORY_ENCRYPT_UNREG_REGION": frozenset({"addr"}),
 }
