@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conformance.document import TraceDocument
+import pytest
+
+from conformance.cli import main as cli_main
+from conformance.document import Hex, TraceDocument
 from conformance.qemu_scenarios import QEMU_SCENARIOS, REFERENCE_FOR_SCENARIO
 from conformance.reference_check import check_against_reference
-from conformance.snapshot import read_document
+from conformance.snapshot import read_document, write_document
 
 REFERENCES = Path(__file__).parents[2] / "traces" / "qemu"
 
@@ -29,3 +32,25 @@ def test_a_reference_checked_against_itself_conforms() -> None:
     reference = read_document(REFERENCES / "memory-1g.yaml")
     result = check_against_reference("qemu-memory-layout", reference, REFERENCES)
     assert result is not None and result.ok and result.deviations == []
+
+
+def test_diff_command_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    reference = str(REFERENCES / "memory-1g.yaml")
+    html = tmp_path / "report.html"
+    assert cli_main(["diff", reference, reference, "--html", str(html)]) == 0
+    assert "conforms" in html.read_text()
+    capsys.readouterr()
+    subject = read_document(REFERENCES / "memory-1g.yaml")
+    first_slot = next(
+        call for call in subject.threads["main"] if call.name == "KVM_SET_USER_MEMORY_REGION"
+    )
+    fields = first_slot.entry["in"]
+    assert isinstance(fields, dict)
+    fields["guest_phys_addr"] = Hex(0x1000)
+    changed = tmp_path / "subject.yaml"
+    write_document(changed, subject)
+    assert cli_main(["diff", str(changed), reference]) == 1
+    assert "in.guest_phys_addr: QEMU 0x0, subject 0x1000" in capsys.readouterr().out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("schema: something-else/1\n")
+    assert cli_main(["diff", str(broken), reference]) == 2
