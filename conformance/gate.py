@@ -1,22 +1,31 @@
-"""The regression gate behind `kvm-conformance check`: trace scenarios, compare or store them.
+"""The gate behind `kvm-conformance check`: trace scenarios, then judge each trace three ways.
 
-Each scenario of the VMM core is traced and its document compared with `<expected>/<name>.yaml`,
-or, when updating, written there. Every snapshot is read before the first scenario is traced, so
-a malformed file or a missing directory is reported in a second, not after a minute of tracing.
-Rendering is the command's (`conformance.commands.check`); this module decides and measures.
+1. Regression: the document equals `<expected>/<name>.yaml` (or, when updating, is written there).
+2. Conformance: a scenario mapped to a QEMU reference (`qemu_scenarios.REFERENCE_FOR_SCENARIO`)
+   fits inside it, as the rules beside the reference allow.
+3. Lint: no KVM usage rule finds an error in it.
+
+Every snapshot is read before the first scenario is traced, so a malformed file or a missing
+directory is reported in a second, not after a minute of tracing. Rendering is the command's
+(`conformance.commands.check`); this module decides and measures.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.compare import Comparison, compare_documents
+from conformance.conformance_check import ConformanceResult
 from conformance.document import TraceDocument
 from conformance.errors import ConformanceError, KvmUnavailableError, UnknownScenarioError
+from conformance.qemu_scenarios import DEVIATES_ON_PURPOSE
+from conformance.reference_check import check_against_reference
 from conformance.resources import kvm_missing, ptrace_missing
+from conformance.rules import Finding, LintConfig, has_errors, lint
 from conformance.scenario_trace import TracedRun, trace_scenario
 from conformance.snapshot import SnapshotStore
 from conformance.vmm.machine import SCENARIOS
@@ -43,6 +52,26 @@ class ScenarioResult:
     calls: int  # calls in the new trace, each KVM_RUN exit counted
     seconds: float  # tracing and normalizing
     comparison: Comparison | None = None  # set when compared (pass or FAIL)
+    conformance: ConformanceResult | None = None  # set when the scenario has a QEMU reference
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def deviates_on_purpose(self) -> bool:
+        return self.scenario in DEVIATES_ON_PURPOSE
+
+    @property
+    def conformance_fails(self) -> bool:
+        """QEMU's reference is not met, and the scenario is not one that deviates on purpose."""
+        return (
+            self.conformance is not None
+            and not self.conformance.ok
+            and not self.deviates_on_purpose
+        )
+
+    @property
+    def fails(self) -> bool:
+        """The snapshot differs or is missing, QEMU's reference is not met, or a rule errs."""
+        return self.verdict.fails or self.conformance_fails or has_errors(self.findings)
 
 
 @dataclass(slots=True)
@@ -54,7 +83,7 @@ class GateReport:
 
     @property
     def failed(self) -> bool:
-        return any(result.verdict.fails for result in self.results)
+        return any(result.fails for result in self.results)
 
 
 class ExpectedDirectoryError(ConformanceError):
@@ -84,10 +113,13 @@ def run_gate(
     scenarios: Sequence[str],
     store: SnapshotStore,
     *,
+    references: Path,
+    lint_config: LintConfig,
     on_start: Callable[[int, str], None] = lambda index, scenario: None,
     on_result: Callable[[ScenarioResult], None] = lambda result: None,
 ) -> GateReport:
-    """Trace each scenario and compare it with its snapshot (or store it, if `store.update`).
+    """Trace each scenario and compare it with its snapshot (or store it, if `store.update`),
+    with the QEMU reference in `references` it is mapped to, and lint it.
 
     `on_start(index, scenario)` before each trace (0-based index) and `on_result` after it are
     for progress.
@@ -102,7 +134,11 @@ def run_gate(
     for index, scenario in enumerate(scenarios):
         on_start(index, scenario)
         traced = trace_scenario(scenario)
-        result = _judge(scenario, traced, store, expected.get(scenario))
+        result = dataclasses.replace(
+            _judge(scenario, traced, store, expected.get(scenario)),
+            conformance=check_against_reference(scenario, traced.document, references),
+            findings=tuple(lint(traced.document, lint_config)),
+        )
         report.results.append(result)
         on_result(result)
     if set(scenarios) == set(SCENARIOS):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from conformance.document import TraceDocument, thread_role_order
 from conformance.rules.catalog import RULES
 from conformance.rules.config import LintConfig
@@ -18,5 +20,5 @@ def lint(document: TraceDocument, config: LintConfig | None = None) -> list[Find
     return findings
 
 
-def has_errors(findings: list[Finding]) -> bool:
+def has_errors(findings: Sequence[Finding]) -> bool:
     return any(finding.severity is Severity.ERROR for finding in findings)

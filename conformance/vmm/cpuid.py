@@ -34,3 +34,8 @@ def for_vcpu(supported: Sequence[Any], apic_id: int) -> Sequence[Any]:
         elif entry.function == _AMD_EXTENDED_APIC_ID_LEAF:
             entry.eax = apic_id
     return supported
+
+
+def processor_signature(entries: Sequence[Any]) -> int:
+    """CPUID.1:EAX (family, model, stepping) of a table; 0 when it has no leaf 1."""
+    return next((entry.eax for entry in entries if entry.function == _LEAF_FEATURES), 0)

@@ -4,7 +4,9 @@ Three entry modes, as conformance.vmm.guests names them:
 - "real": real mode with CS selector 0 and base 0, IP = the entry address.
 - "long": 64-bit mode, built by the VMM: a GDT with a 64-bit code segment, and 4-level page
   tables identity-mapping the first 1 GiB with 2 MiB pages, all in guest RAM below.
-- "reset-vector": KVM's reset state of a fresh vCPU, untouched (CS base 0xffff0000, IP 0xfff0).
+- "reset-vector": the architectural reset state (CS selector 0xf000, base 0xffff0000, IP 0xfff0),
+  written explicitly although a fresh vCPU already holds it: as QEMU does on every reset, the
+  VMM states the vCPU's state itself instead of relying on what KVM_CREATE_VCPU left there.
 """
 
 from __future__ import annotations
@@ -51,13 +53,37 @@ _SEGMENT_TYPE_CODE = 0xB  # execute/read, accessed
 _SEGMENT_TYPE_DATA = 0x3  # read/write, accessed
 
 
-def enter(vcpu: Vcpu, memory: GuestMemory, image: GuestImage) -> None:
-    """Set `vcpu` up so its next KVM_RUN executes `image`'s first instruction."""
+def enter(vcpu: Vcpu, memory: GuestMemory, image: GuestImage, processor_signature: int) -> None:
+    """Set `vcpu` up so its next KVM_RUN executes `image`'s first instruction.
+
+    `processor_signature` is the guest's CPUID.1:EAX, which a processor leaves in EDX at reset.
+    """
     if image.mode == "real":
         _enter_real_mode(vcpu, image.entry)
     elif image.mode == "long":
         _enter_long_mode(vcpu, memory, image)
-    # "reset-vector": the state KVM_CREATE_VCPU gave the vCPU is the one the image expects.
+    else:
+        _enter_at_reset_vector(vcpu, processor_signature)
+
+
+# The x86 reset state (Intel SDM vol. 3A, 10.1.1): the first fetch is at 0xfffffff0.
+RESET_CS_SELECTOR = 0xF000
+RESET_CS_BASE = 0xFFFF0000
+RESET_IP = 0xFFF0
+
+
+def _enter_at_reset_vector(vcpu: Vcpu, processor_signature: int) -> None:
+    sregs = vcpu.get_sregs()
+    sregs.cs.selector = RESET_CS_SELECTOR
+    sregs.cs.base = RESET_CS_BASE
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip = RESET_IP
+    regs.rflags = RFLAGS_RESERVED
+    # Firmware reads the processor signature from EDX at reset (SDM vol. 3A, 10.1.2). KVM put
+    # its own default there when it created the vCPU, before the VMM set any CPUID.
+    regs.rdx = processor_signature
+    vcpu.set_regs(regs)
 
 
 def _enter_real_mode(vcpu: Vcpu, entry: int) -> None:

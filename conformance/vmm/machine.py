@@ -126,12 +126,14 @@ def run_guest(image: GuestImage, limits: RunLimits | None = None, scenario: str 
     """Run one guest image on a fresh VM with a UART, the debug-exit port and a text screen."""
     limits = limits or RunLimits()
     with _open_kvm() as kvm, kvm.create_vm() as vm, GuestMemory(vm) as memory:
+        _require_capabilities(kvm, _GUEST_CAPABILITIES)
         vm.set_identity_map_addr(IDENTITY_MAP_GPA)
         vm.set_tss_addr(TSS_GPA)
         _load(vm, memory, image)
         with vm.create_vcpu(_VCPU_ID) as vcpu:
-            vcpu.set_cpuid2(cpuid.for_vcpu(kvm.supported_cpuid(), apic_id=_VCPU_ID))
-            entry.enter(vcpu, memory, image)
+            guest_cpuid = cpuid.for_vcpu(kvm.supported_cpuid(), apic_id=_VCPU_ID)
+            vcpu.set_cpuid2(guest_cpuid)
+            entry.enter(vcpu, memory, image, cpuid.processor_signature(guest_cpuid))
             serial, screen = Serial16550(), TextScreen()
             io_bus, mmio_bus = IoBus(), MmioBus()
             io_bus.register(COM1_PORT, REGISTER_COUNT, serial)
@@ -156,6 +158,22 @@ def _open_kvm() -> Kvm:
         kvm.close()
         raise KvmUnavailableError(f"KVM API version {version}; this VMM speaks version 12")
     return kvm
+
+
+# What run_guest uses beyond the KVM API every host has: the two x86 VM setup ioctls (VMX needs
+# both pages below 4 GiB) and KVM_GET_SUPPORTED_CPUID. Checked first, as QEMU checks them, so a
+# host without one gets a message naming it instead of an ioctl's bare errno.
+_GUEST_CAPABILITIES = {
+    "KVM_CAP_SET_IDENTITY_MAP_ADDR": abi.KVM_CAP_SET_IDENTITY_MAP_ADDR,
+    "KVM_CAP_SET_TSS_ADDR": abi.KVM_CAP_SET_TSS_ADDR,
+    "KVM_CAP_EXT_CPUID": abi.KVM_CAP_EXT_CPUID,
+}
+
+
+def _require_capabilities(kvm: Kvm, capabilities: Mapping[str, int]) -> None:
+    missing = [name for name, number in capabilities.items() if not kvm.check_extension(number)]
+    if missing:
+        raise KvmUnavailableError(f"this host's KVM lacks {', '.join(missing)}")
 
 
 def _load(vm: Vm, memory: GuestMemory, image: GuestImage) -> None:

@@ -40,6 +40,12 @@ def test_the_committed_expected_traces_pass() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[:2] for line in lines[:-1]] == [["pass", name] for name in SCENARIOS]
+    by_scenario = {line.split()[1]: line for line in lines[:-1]}
+    assert all(line.endswith("lint: ok") for line in by_scenario.values())
+    assert "qemu memory-1g: ok" in by_scenario["qemu-memory-layout"]
+    assert "qemu tiny-bios: ok" in by_scenario["tiny-bios"]
+    # The seed article's program: its deviations from QEMU are the point of the scenario.
+    assert "qemu memory-1g: deviates on purpose" in by_scenario["memory-setup"]
     assert lines[-1].startswith(f"{len(SCENARIOS)} scenarios in ")
     assert lines[-1].endswith(f": {len(SCENARIOS)} passed")
     assert result.stderr == ""  # progress is for terminals only
@@ -150,3 +156,19 @@ def test_update_rewrites_only_what_changed_and_leaves_no_temporary_files(
     assert sorted(path.name for path in expected_copy.iterdir()) == sorted(
         [f"{name}.yaml" for name in SCENARIOS] + ["retired-scenario.yaml"]
     )
+
+
+def test_a_deviation_from_the_qemu_reference_fails_and_is_named(tmp_path: Path) -> None:
+    references = tmp_path / "qemu"
+    shutil.copytree(REPO / "traces" / "qemu", references)
+    # Without the rules beside it, every deviation from QEMU's tiny-bios run is unexplained.
+    (references / "tiny-bios.rules.yaml").unlink()
+
+    result = _check("--references", str(references), "--scenario", "tiny-bios")
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("pass      tiny-bios")  # the snapshot still matches
+    assert "qemu tiny-bios: FAIL" in result.stdout.splitlines()[0]
+    assert f"tiny-bios against {references / 'tiny-bios.yaml'}: FAIL" in result.stdout
+    assert "KVM_SET_REGS: in.rdx: QEMU 0x" in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(": 1 failed")
