@@ -6,6 +6,9 @@
     def test_our_hello(kvm_conformance):
         kvm_conformance.check("hello")  # the VMM core's scenario against its snapshot
 
+    def test_usage(kvm_conformance):
+        kvm_conformance.lint(kvm_conformance.trace(["./my-vmm", "guest.bin"]))  # KVM usage rules
+
 Snapshots are `<name>.yaml` in one directory: the ini option `kvm_conformance_snapshots`,
 relative to the ini file's directory (or rootdir), default `expected` — the directory
 `kvm-conformance check` reads, so both gates share one set of reviewed files. `--snapshot-update`
@@ -30,6 +33,8 @@ from conformance.compare import CompareOptions
 from conformance.document import TraceDocument, Value
 from conformance.errors import ConformanceError
 from conformance.resources import RESOURCES
+from conformance.rules import Finding, LintConfig, find_pyproject, has_errors, lint, load_config
+from conformance.rules.output import render_text
 from conformance.scenario_trace import TracedRun, trace_command, trace_scenario
 from conformance.snapshot_session import SnapshotSession
 
@@ -145,14 +150,11 @@ class TracedCommand:
 
 
 class KvmConformance:
-    """The `kvm_conformance` fixture: trace a VMM, compare with snapshots.
+    """The `kvm_conformance` fixture: trace a VMM, compare with snapshots, lint its KVM usage."""
 
-    The KVM usage rules will add `lint(traced)` here, taking a TracedCommand (or its document)
-    and failing with the findings, so a test reads `kvm_conformance.lint(traced)`.
-    """
-
-    def __init__(self, session: SnapshotSession) -> None:
+    def __init__(self, session: SnapshotSession, project: Path) -> None:
         self._session = session
+        self._project = project  # where the nearest pyproject.toml's lint settings are found
 
     def trace(
         self,
@@ -176,6 +178,27 @@ class KvmConformance:
         traced = self._wrap(_failing_on_error(lambda: trace_scenario(scenario)))
         traced.matches(scenario, options=options)
         return traced
+
+    def lint(
+        self, traced: TracedCommand | TraceDocument, *, config: LintConfig | None = None
+    ) -> list[Finding]:
+        """Fail the test with the findings when a KVM usage rule finds an error in the trace;
+        return every finding (warnings too). `config` defaults to [tool.kvm-conformance] of the
+        nearest pyproject.toml, where rules are disabled with a reason.
+        """
+        __tracebackhide__ = True
+        document = traced.document if isinstance(traced, TracedCommand) else traced
+        chosen = config or _failing_on_error(self._project_lint_config)
+        findings = lint(document, chosen)
+        if has_errors(findings):
+            argv = document.source.get("argv")
+            name = " ".join(map(str, argv)) if isinstance(argv, list) else str(document.path)
+            pytest.fail(render_text(findings, name, chosen), pytrace=False)
+        return findings
+
+    def _project_lint_config(self) -> LintConfig:
+        found = find_pyproject(self._project)
+        return load_config(found) if found is not None else LintConfig()
 
     def _wrap(self, traced: TracedRun) -> TracedCommand:
         return TracedCommand(
@@ -204,4 +227,4 @@ def _with_stderr(message: str, traced: TracedRun) -> str:
 @pytest.fixture
 def kvm_conformance(request: pytest.FixtureRequest) -> KvmConformance:
     """Trace VMMs and compare their KVM calls with snapshots (see conformance.pytest_plugin)."""
-    return KvmConformance(request.config.stash[_SESSION])
+    return KvmConformance(request.config.stash[_SESSION], request.config.rootpath)

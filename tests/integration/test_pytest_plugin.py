@@ -199,3 +199,40 @@ def test_the_markers_are_registered_for_strict_markers(pytester: pytest.Pytester
     listed.stdout.fnmatch_lines(["@pytest.mark.needs_kvm: needs a usable /dev/kvm*"])
     # Every resource is present on the machines that run this suite: the test runs.
     pytester.runpytest("--strict-markers").assert_outcomes(passed=1)
+
+
+VARIANTS = REPO / "tests" / "fixtures" / "vmm_variants" / "variants.py"
+LINT_VARIANT = f"""
+import sys
+
+def test_usage(kvm_conformance):
+    traced = kvm_conformance.trace([sys.executable, {str(VARIANTS)!r}, "KVMC003", KIND])
+    findings = kvm_conformance.lint(traced)
+    assert [finding.rule_id for finding in findings if finding.rule_id == "KVMC003"] == []
+"""
+
+
+def test_lint_fails_a_vmm_that_assigns_an_irqfd_before_routing_its_gsi(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(LINT_VARIANT.replace("KIND", '"wrong"'))
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*main[[]11] KVM_IRQFD: error KVMC003: *", "*: 1 error, *"])
+    result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_lint_passes_the_correct_variant(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(LINT_VARIANT.replace("KIND", '"right"'))
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_lint_honours_the_projects_disabled_rules(pytester: pytest.Pytester) -> None:
+    # The wrong variant, with its rule disabled: no error, and no KVMC003 finding returned.
+    pytester.makepyfile(LINT_VARIANT.replace("KIND", '"wrong"'))
+    pytester.makefile(
+        ".toml",
+        pyproject="[tool.kvm-conformance]\n"
+        'disable = [{id = "KVMC003", reason = "this VMM routes GSIs elsewhere"}]\n',
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
