@@ -25,9 +25,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--format", choices=("text", "yaml"), default="text")
     parser.add_argument(
         "--kvm-run",
-        choices=("full", "off"),
+        choices=("full", "summary", "off"),
         default="full",
-        help="full: decode every KVM_RUN exit; off: let KVM_RUN run unstopped, unrecorded",
+        help="full: decode every KVM_RUN exit; summary: let KVM_RUN run unstopped and record "
+        "each vCPU's exit counters from KVM's stats; off: KVM_RUN unstopped and unrecorded",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run tracer and command on one CPU (ptrace stops cost several times less)",
     )
     parser.add_argument(
         "--no-fast-path",
@@ -50,6 +56,7 @@ def _trace(args: argparse.Namespace) -> int:
             source: Entry = {
                 "tool": "kvm-conformance trace",
                 "argv": list[Value](command or [f"pid {args.pid}"]),
+                "kvm_run": args.kvm_run,
                 "host": {"kernel": platform.release()},
             }
             with RawYamlWriter(stream, source) as writer:
@@ -64,7 +71,9 @@ def _traced(
 ) -> TraceOutcome:
     if args.pid is not None:
         return attach(args.pid, writer, kvm_run=args.kvm_run)
-    return trace(command, writer, kvm_run=args.kvm_run, fast_path=not args.no_fast_path)
+    return trace(
+        command, writer, kvm_run=args.kvm_run, fast_path=not args.no_fast_path, pin=args.pin
+    )
 
 
 @contextlib.contextmanager

@@ -5,17 +5,11 @@ they drive, recorder.py the handler that decodes each stop into events.
 """
 
 from conformance.tracer.errors import SpawnError, TracerError
-from conformance.tracer.session import (
-    SyscallStop,
-    TaskKind,
-    TraceHandler,
-    TraceResult,
-    TraceSession,
-)
-from conformance.tracer.tracing import NotImplementedModeError, TraceOutcome, attach, trace
+from conformance.tracer.session import TraceSession
+from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
+from conformance.tracer.tracing import TraceOutcome, attach, trace
 
 __all__ = [
-    "NotImplementedModeError",
     "SpawnError",
     "SyscallStop",
     "TaskKind",

@@ -32,7 +32,7 @@ from conformance.events import Fields, FieldValue
 from conformance.tracer import fields as layout
 from conformance.tracer.errors import MemoryReadError
 from conformance.tracer.fdtable import KvmObject
-from conformance.tracer.session import SyscallStop
+from conformance.tracer.stops import SyscallStop
 
 _KERNEL_READS = (Direction.WRITE, Direction.READ_WRITE)
 _KERNEL_WRITES = (Direction.READ, Direction.READ_WRITE)

@@ -21,6 +21,7 @@ struct by heart except which member of a union is meaningful, which C cannot say
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,7 +65,53 @@ _VARIABLE_TAILS: frozenset[tuple[CType, str]] = frozenset({(abi.kvm_nested_state
 
 def decode(struct_type: CType, raw: bytes) -> Fields:
     """The fields of one struct (or union) held in `raw` (at least sizeof(struct_type) bytes)."""
+    plan = _flat_plans.get(struct_type, _UNPLANNED)
+    if plan is _UNPLANNED:
+        plan = _flat_plans[struct_type] = _flat_plan(struct_type)
+    if plan is not None:
+        layout, names = plan
+        return dict(zip(names, layout.unpack_from(raw), strict=True))
     return _decode_members(struct_type, memoryview(raw), 0)
+
+
+_FlatPlan = tuple[struct.Struct, tuple[str, ...]]
+_UNPLANNED: _FlatPlan | None = (struct.Struct(""), ())
+# Struct-module codes for the scalar ctypes a flat struct may hold, by (size, signed).
+_SCALAR_CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
+                 (1, True): "b", (2, True): "h", (4, True): "i", (8, True): "q"}  # fmt: skip
+_flat_plans: dict[CType, _FlatPlan | None] = {}
+
+
+def _flat_plan(struct_type: CType) -> _FlatPlan | None:
+    """One struct.Struct for a struct of plain scalars and byte arrays (kvm_run's io member,
+    kvm_regs...), decoding exactly as the general walk below does, in one C call: KVM_RUN
+    exits decode such a struct at every stop. None for anything the walk must handle.
+    """
+    anonymous: tuple[str, ...] = getattr(struct_type, "_anonymous_", ())
+    if not issubclass(struct_type, ctypes.Structure) or anonymous:
+        return None
+    codes = ["<"]
+    names: list[str] = []
+    position = 0
+    for name, field_type, *bits in struct_type._fields_:
+        descriptor = getattr(struct_type, name)
+        if bits or name.startswith("__empty_") or descriptor.size == 0:
+            return None
+        if descriptor.offset < position:
+            return None
+        codes.append(f"{descriptor.offset - position}x" if descriptor.offset > position else "")
+        array_type: Any = field_type
+        if issubclass(field_type, ctypes.Array) and array_type._type_ in _BYTE_TYPES:
+            codes.append(f"{descriptor.size}s")
+        elif issubclass(field_type, (ctypes.Array, ctypes.Structure, ctypes.Union)):
+            return None
+        elif (code := _SCALAR_CODES.get((descriptor.size, field_type in _SIGNED))) is not None:
+            codes.append(code)
+        else:
+            return None
+        names.append(name)
+        position = descriptor.offset + descriptor.size
+    return struct.Struct("".join(codes)), tuple(names)
 
 
 def element_type(struct_type: CType, name: str) -> CType:

@@ -22,7 +22,7 @@ from conformance.events import Fields, Ioctl
 from conformance.tracer import decode
 from conformance.tracer.fdtable import FdTable, KvmObject, RoleNames
 from conformance.tracer.kvm_run import RunMappings, RunReader
-from conformance.tracer.session import SyscallStop
+from conformance.tracer.stops import SyscallStop
 from conformance.tracer.syscall_args import signed_int
 
 KvmRunMode = Literal["full", "summary", "off"]
@@ -57,6 +57,7 @@ class KvmCallDecoder:
         self._names = names
         self._decode_runs = kvm_run == "full"
         self._runs = RunReader()
+        self._specs: dict[tuple[int, FdKind | None], IoctlSpec | None] = {}
 
     def entry(self, stop: SyscallStop, fds: FdTable, mappings: RunMappings) -> PendingIoctl | None:
         """Decode the inputs; None when the ioctl is not KVM's and needs no exit stop."""
@@ -65,9 +66,7 @@ class KvmCallDecoder:
         if target is None and ioc.decode(request).type != abi.KVMIO:
             return None
         kinds = _FD_KINDS.get(target.kind) if target is not None else None
-        spec = by_number(request, kinds)
-        if spec is None and kinds is not None:
-            spec = by_number(request)  # a known ioctl on a wrong fd kind: the kernel says no
+        spec = self._spec(request, kinds)
         vm = _vm_of(target)
         inputs = decode.read_inputs(spec, stop, arg, vm) if spec is not None else None
         run_entry = None
@@ -115,6 +114,17 @@ class KvmCallDecoder:
             run_exit=run_exit,
             run_entry=pending.run_entry,
         )
+
+    def _spec(self, request: int, kinds: FdKind | None) -> IoctlSpec | None:
+        """The table's entry, cached: by_number sorts candidates, once per call was measurable."""
+        key = (request, kinds)
+        if key in self._specs:
+            return self._specs[key]
+        spec = by_number(request, kinds)
+        if spec is None and kinds is not None:
+            spec = by_number(request)  # a known ioctl on a wrong fd kind: the kernel says no
+        self._specs[key] = spec
+        return spec
 
     def forget(self, target: KvmObject) -> None:
         """A vCPU's last fd was closed: drop its pending answer."""

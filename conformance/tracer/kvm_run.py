@@ -30,7 +30,7 @@ from conformance.abi import _generated as abi
 from conformance.events import Fields, FieldValue
 from conformance.tracer import fields as layout
 from conformance.tracer.fdtable import FdTable, KvmObject
-from conformance.tracer.session import SyscallStop
+from conformance.tracer.stops import SyscallStop
 
 PAGE_SIZE = 4096
 _RING_PAGE_OFFSET = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE

@@ -1,7 +1,8 @@
-"""Thin, typed wrappers over ptrace, waitpid, process_vm_readv and pidfds (x86-64 Linux).
+"""Thin, typed wrappers over ptrace, waitpid, pidfds and remote registers (x86-64 Linux).
 
 The only module that imports python-ptrace; the rest of the tracer calls these functions. Each
-wrapper issues exactly one system call and turns a failure's errno into one of our exceptions.
+wrapper issues exactly one system call and turns a failure's errno into one of our exceptions
+(error_for). Reading tracee memory is tracee_memory.py's.
 python-ptrace supplies the ptrace() primitive and the syscall-name table; the few requests and
 options it predates (SEIZE, INTERRUPT, LISTEN, GET_SYSCALL_INFO, EXITKILL, TRACESECCOMP) are
 defined here from <linux/ptrace.h>.
@@ -23,7 +24,6 @@ from ptrace.binding.linux_struct import siginfo, user_regs_struct
 from ptrace.syscall.linux.x86_64 import SYSCALL_NAMES
 
 from conformance.tracer.errors import (
-    MemoryReadError,
     PtraceCallError,
     PtracePermissionError,
     TaskGoneError,
@@ -84,16 +84,6 @@ class SyscallInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Registers:
-    """The registers of a syscall stop (PTRACE_GETREGS), reduced to what a decoder needs."""
-
-    syscall_nr: int  # orig_rax; -1 when the task is not in a system call
-    args: tuple[int, int, int, int, int, int]
-    return_value: int  # rax, signed; -ENOSYS at a syscall-entry stop
-    instruction_pointer: int
-
-
-@dataclass(frozen=True, slots=True)
 class SignalInfo:
     """The fields of siginfo_t that tell where a signal came from."""
 
@@ -102,7 +92,8 @@ class SignalInfo:
     errno: int
 
 
-def _fail(operation: str, tid: int, errno: int) -> PtraceCallError:
+def error_for(operation: str, tid: int, errno: int) -> PtraceCallError:
+    """The exception for a failed call on a task: errno mapped in this one place."""
     if errno == errno_codes.ESRCH:
         return TaskGoneError(operation, tid, errno)
     if errno == errno_codes.EPERM:
@@ -114,7 +105,20 @@ def _request(operation: str, request: int, tid: int, address: int = 0, data: int
     try:
         result: int = _ptrace.ptrace(request, tid, address, data)
     except PtraceError as error:
-        raise _fail(operation, tid, error.errno or 0) from None
+        raise error_for(operation, tid, error.errno or 0) from None
+    return result
+
+
+def _hot_request(operation: str, request: int, tid: int, address: int, data: int) -> int:
+    """ptrace() for the calls made at every stop, bound straight to the C library.
+
+    python-ptrace's wrapper costs ~1.5 us a call in argument conversion and result re-signing;
+    at two or three calls per stop that was a tenth of a stop's cost. Not for PEEK requests,
+    whose -1 can be a value.
+    """
+    result: int = _libc_ptrace(request, tid, address, data)
+    if result == -1:
+        raise error_for(operation, tid, ctypes.get_errno())
     return result
 
 
@@ -146,12 +150,12 @@ def interrupt(tid: int) -> None:
 
 def resume_to_syscall(tid: int, signal: int = 0) -> None:
     """PTRACE_SYSCALL: run to the next syscall entry/exit stop, delivering `signal` if not 0."""
-    _request("PTRACE_SYSCALL", _ptrace.PTRACE_SYSCALL, tid, 0, signal)
+    _hot_request("PTRACE_SYSCALL", _PTRACE_SYSCALL, tid, 0, signal)
 
 
 def resume(tid: int, signal: int = 0) -> None:
     """PTRACE_CONT: run until a signal or ptrace event (a seccomp RET_TRACE is one)."""
-    _request("PTRACE_CONT", _ptrace.PTRACE_CONT, tid, 0, signal)
+    _hot_request("PTRACE_CONT", _PTRACE_CONT, tid, 0, signal)
 
 
 def listen(tid: int) -> None:
@@ -176,19 +180,38 @@ def signal_info(tid: int) -> SignalInfo:
     return SignalInfo(signo=info.si_signo, code=info.si_code, errno=info.si_errno)
 
 
-def _signed(value: int) -> int:
-    return ctypes.c_long(value).value
-
-
-def registers(tid: int) -> Registers:
+def saved_registers(tid: int) -> bytes:
+    """Every general register of a stopped task (PTRACE_GETREGS), to put back with
+    restore_registers after running code of our own in it."""
     regs = user_regs_struct()
     _request("PTRACE_GETREGS", _ptrace.PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
-    return Registers(
-        syscall_nr=_signed(regs.orig_rax),
-        args=(regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9),
-        return_value=_signed(regs.rax),
-        instruction_pointer=regs.rip,
-    )
+    return bytes(regs)
+
+
+def restore_registers(tid: int, saved: bytes) -> None:
+    regs = user_regs_struct.from_buffer_copy(saved)
+    _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def prepare_syscall_rerun(tid: int, nr: int, args: Sequence[int]) -> None:
+    """At a syscall-exit stop, set the registers so that resuming re-executes the 2-byte
+    `syscall` instruction just run, now as system call `nr` with `args` (x86-64 ABI order).
+
+    orig_rax = -1 keeps the kernel's restart logic away from the rewound state.
+    """
+    regs = user_regs_struct()
+    _request("PTRACE_GETREGS", _ptrace.PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    regs.rip -= SYSCALL_INSTRUCTION_SIZE
+    regs.rax = nr
+    regs.orig_rax = ctypes.c_ulong(-1).value
+    padded = (*args, 0, 0, 0, 0, 0, 0)
+    regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9 = padded[:6]
+    _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+# `syscall` is 0f 05 on x86-64; at a syscall stop rip points just past it.
+SYSCALL_INSTRUCTION = b"\x0f\x05"
+SYSCALL_INSTRUCTION_SIZE = len(SYSCALL_INSTRUCTION)
 
 
 # One buffer reused for every stop: the loop runs on one thread (ptrace requires it) and the
@@ -199,7 +222,7 @@ _syscall_info_address = ctypes.addressof(_syscall_info_buffer)
 
 def syscall_info(tid: int) -> SyscallInfo:
     """PTRACE_GET_SYSCALL_INFO (Linux >= 5.3): entry/exit/seccomp, number, args or result."""
-    _request(
+    _hot_request(
         "PTRACE_GET_SYSCALL_INFO",
         PTRACE_GET_SYSCALL_INFO,
         tid,
@@ -216,6 +239,18 @@ def syscall_info(tid: int) -> SyscallInfo:
     return SyscallInfo(op, nr, tuple(args), 0, instruction_pointer)
 
 
+def syscall_return_value(tid: int) -> int:
+    """rax at a syscall-exit stop, signed (-errno on failure): one PTRACE_PEEKUSER.
+
+    Cheaper than PTRACE_GET_SYSCALL_INFO for a stop the caller already knows is an exit.
+    """
+    ctypes.set_errno(0)
+    value: int = _libc_ptrace(_PTRACE_PEEKUSER, tid, _RAX_OFFSET, 0)
+    if value == -1 and (errno := ctypes.get_errno()) != 0:
+        raise error_for("PTRACE_PEEKUSER", tid, errno)
+    return value
+
+
 def wait_any() -> tuple[int, int] | None:
     """waitpid(-1, __WALL): the next (tid, status) of any child or tracee; None when none is left.
 
@@ -228,78 +263,36 @@ def wait_any() -> tuple[int, int] | None:
         return None
 
 
+def wait_task(tid: int) -> int:
+    """waitpid(tid, __WALL): the next status of one tracee (thread or process)."""
+    _tid, status = os.waitpid(tid, WAIT_ALL_CHILDREN)
+    return status
+
+
 def wait_for_stop(pid: int) -> int:
     """waitpid(pid, WUNTRACED): the status once the (not yet traced) child stops or ends."""
     _pid, status = os.waitpid(pid, os.WUNTRACED)
     return status
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = (("base", ctypes.c_void_p), ("length", ctypes.c_size_t))
-
-
 # dlopen(NULL): the C library already linked into the interpreter.
 _libc = ctypes.CDLL(None, use_errno=True)
-_process_vm_readv = _libc.process_vm_readv
-_process_vm_readv.argtypes = (
-    ctypes.c_int,
-    ctypes.POINTER(_IoVec),
-    ctypes.c_ulong,
-    ctypes.POINTER(_IoVec),
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-)
-_process_vm_readv.restype = ctypes.c_ssize_t
 _raw_syscall = _libc.syscall
 _raw_syscall.restype = ctypes.c_long
-
-
-def read_memory(pid: int, address: int, size: int) -> bytes:
-    """`size` bytes of a task's memory at `address`, in one process_vm_readv call."""
-    return read_many(pid, ((address, size),))[0]
-
-
-def read_many(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-    """Several (address, size) ranges of a task's memory in one process_vm_readv call."""
-    total = sum(size for _address, size in ranges)
-    buffer = ctypes.create_string_buffer(total)
-    local = _IoVec(ctypes.addressof(buffer), total)
-    remote = (_IoVec * len(ranges))(*(_IoVec(address, size) for address, size in ranges))
-    copied = _process_vm_readv(pid, ctypes.byref(local), 1, remote, len(ranges), 0)
-    if copied < 0:
-        errno = ctypes.get_errno()
-        if errno != errno_codes.ENOSYS:
-            raise _fail("process_vm_readv", pid, errno)
-        return _read_proc_mem(pid, ranges)
-    if copied != total:
-        raise MemoryReadError(f"task {pid}: read {copied} of {total} bytes from {ranges!r}")
-    data = buffer.raw
-    pieces: list[bytes] = []
-    offset = 0
-    for _address, size in ranges:
-        pieces.append(data[offset : offset + size])
-        offset += size
-    return pieces
-
-
-def _read_proc_mem(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-    """Fallback for kernels built without process_vm_readv (CONFIG_CROSS_MEMORY_ATTACH=n)."""
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pieces = [os.pread(fd, size, address) for address, size in ranges]
-    finally:
-        os.close(fd)
-    for (address, size), piece in zip(ranges, pieces, strict=True):
-        if len(piece) != size:
-            raise MemoryReadError(f"task {pid}: read {len(piece)} of {size} bytes at {address:#x}")
-    return pieces
+_libc_ptrace = _libc.ptrace
+_libc_ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong)
+_libc_ptrace.restype = ctypes.c_long
+_PTRACE_SYSCALL: int = _ptrace.PTRACE_SYSCALL
+_PTRACE_CONT: int = _ptrace.PTRACE_CONT
+_PTRACE_PEEKUSER: int = _ptrace.PTRACE_PEEKUSER
+_RAX_OFFSET = user_regs_struct.rax.offset
 
 
 def pidfd_open(pid: int) -> int:
     try:
         return os.pidfd_open(pid)
     except OSError as error:
-        raise _fail("pidfd_open", pid, error.errno or 0) from None
+        raise error_for("pidfd_open", pid, error.errno or 0) from None
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
@@ -310,8 +303,14 @@ def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     """
     fd: int = _raw_syscall(syscall_number("pidfd_getfd"), pidfd, target_fd, 0)
     if fd < 0:
-        raise _fail("pidfd_getfd", pidfd, ctypes.get_errno())
+        raise error_for("pidfd_getfd", pidfd, ctypes.get_errno())
     return fd
+
+
+def send_thread_signal(tgid: int, tid: int, signum: int) -> None:
+    """tgkill(2): a signal to one thread of a process (Python only wraps it for its own)."""
+    if _raw_syscall(syscall_number("tgkill"), tgid, tid, signum) < 0:
+        raise error_for("tgkill", tid, ctypes.get_errno())
 
 
 # <linux/prctl.h>

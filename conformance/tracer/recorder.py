@@ -24,6 +24,7 @@ from conformance.events import (
     DupFd,
     Event,
     EventFd,
+    KvmRunSummary,
     Madvise,
     Mmap,
     Mprotect,
@@ -36,6 +37,7 @@ from conformance.events import (
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.fdtable import (
     FdTable,
+    KvmObject,
     RoleNames,
     adopt_open_fds,
     is_kvm_device_node,
@@ -43,8 +45,9 @@ from conformance.tracer.fdtable import (
 )
 from conformance.tracer.kvm_calls import KvmCallDecoder, KvmRunMode, PendingIoctl
 from conformance.tracer.kvm_run import RunMappings, adopt_run_mappings
-from conformance.tracer.session import SyscallStop, TaskKind
+from conformance.tracer.stops import SyscallStop, TaskKind
 from conformance.tracer.syscall_args import read_c_string, signed_int
+from conformance.tracer.vcpu_stats import VcpuExitCounters
 
 _MAX_ERRNO = 4095
 _MAP_ANONYMOUS = 0x20  # <asm-generic/mman-common.h>; Python's mmap module has it, not MAP_FIXED
@@ -74,6 +77,8 @@ class Recorder:
         self._on_event = on_event
         self._names = RoleNames()
         self._kvm = KvmCallDecoder(self._names, kvm_run)
+        # summary mode: KVM counts each vCPU's exits; read at its end (close, exec, exit)
+        self._exit_counters = VcpuExitCounters() if kvm_run == "summary" else None
         self._processes: dict[int, _Process] = {}
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
@@ -135,12 +140,21 @@ class Recorder:
         process.fds.after_exec()
         process.mappings = RunMappings()
         self._pending.pop(tid, None)
+        self._summarize_ended_vcpus(tid, process.pid)
 
     def on_task_exit(self, tid: int, status: int) -> None:
         process = self._processes.pop(tid, None)
         self._pending.pop(tid, None)
         pid = process.pid if process is not None else tid
+        if tid == pid:  # the group's leader is reported last: the process is gone
+            self._summarize_ended_vcpus(tid, pid)
         self._emit(TaskExited(self._next_seq(), tid, pid, os.waitstatus_to_exitcode(status)))
+
+    def finish(self) -> None:
+        """The trace ended (or we detached): summarize the vCPUs still open."""
+        if self._exit_counters is not None:
+            for vcpu, tid, pid in self._exit_counters.remaining():
+                self._summarize(vcpu, tid, pid)
 
     def on_syscall_entry(self, stop: SyscallStop) -> bool:
         name = self._syscall_names.get(stop.nr)
@@ -198,6 +212,10 @@ class Recorder:
                 errno=errno,
             )
             self._emit(event)
+            if event.name == "KVM_CREATE_VCPU" and errno is None and self._exit_counters:
+                vcpu = fds.get(ret)
+                if vcpu is not None:
+                    self._exit_counters.vcpu_created(stop, vcpu, ret)
         elif name in ("open", "openat", "openat2"):
             self._opened(pending, stop, process, ret, errno)
         elif name == "mmap":
@@ -268,6 +286,7 @@ class Recorder:
             return
         if not process.fds.references(target):
             self._kvm.forget(target)
+            self._summarize_ended_vcpus(stop.tid, stop.tgid)
         self._emit(CloseFd(self._next_seq(), stop.tid, stop.tgid, ret, errno, fd, target.role))
 
     def _duplicated(
@@ -297,6 +316,24 @@ class Recorder:
             self._emit(
                 DupFd(self._next_seq(), stop.tid, stop.tgid, ret, errno, name, old_fd, target.role)
             )
+
+    # --- summary mode -------------------------------------------------------------------------
+
+    def _summarize_ended_vcpus(self, tid: int, pid: int) -> None:
+        """Emit the counters of watched vCPUs no live process has an fd for any more."""
+        counters = self._exit_counters
+        if counters is None:
+            return
+        live_tables = {id(p.fds): p.fds for p in self._processes.values()}.values()
+        for vcpu, _tid, _pid in counters.remaining():
+            if not any(fds.references(vcpu) for fds in live_tables):
+                self._summarize(vcpu, tid, pid)
+
+    def _summarize(self, vcpu: KvmObject, tid: int, pid: int) -> None:
+        assert self._exit_counters is not None
+        counts = self._exit_counters.finished(vcpu)
+        if counts is not None:
+            self._emit(KvmRunSummary(self._next_seq(), tid, pid, vcpu.role, counts))
 
     # --- plumbing -----------------------------------------------------------------------------
 

@@ -32,14 +32,14 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
+from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
 
-TaskKind = Literal["thread", "process"]
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 _SYSCALL_STOP = signal.SIGTRAP | 0x80  # PTRACE_O_TRACESYSGOOD marks syscall stops
@@ -52,74 +52,6 @@ _FOLLOW_OPTIONS = (
     | backend.PTRACE_O_TRACEEXEC
 )
 _TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-@dataclass(slots=True)
-class SyscallStop:
-    """One selected syscall of one task; `return_value` is set at its exit stop."""
-
-    tid: int
-    tgid: int
-    nr: int
-    args: tuple[int, ...]
-    return_value: int | None = None
-
-    def read(self, address: int, size: int) -> bytes:
-        """`size` bytes of the task's memory (one process_vm_readv)."""
-        return backend.read_memory(self.tid, address, size)
-
-    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        return backend.read_many(self.tid, ranges)
-
-
-class TraceHandler(Protocol):
-    """What the session calls, in each task's own order. Calls run while the task is stopped."""
-
-    def on_syscall_entry(self, stop: SyscallStop) -> bool:
-        """A selected syscall is about to run; return True to get its exit too."""
-        ...
-
-    def on_syscall_exit(self, stop: SyscallStop) -> None: ...
-
-    def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
-        """Called before any syscall of the child is reported."""
-        ...
-
-    def on_exec(self, tid: int) -> None:
-        """`tid` (its group's leader) now runs a new program."""
-        ...
-
-    def on_task_exit(self, tid: int, status: int) -> None:
-        """A task ended; `status` is the raw wait status."""
-        ...
-
-
-@dataclass(frozen=True)
-class TraceResult:
-    """How the traced program ended, as its own parent would have seen it."""
-
-    pid: int
-    wait_status: int | None  # None when we detached from an attached process before its end
-    interrupted_by: int | None  # SIGINT/SIGTERM that made the tracer end the trace early
-
-    @property
-    def exit_code(self) -> int | None:
-        if self.wait_status is not None and os.WIFEXITED(self.wait_status):
-            return os.WEXITSTATUS(self.wait_status)
-        return None
-
-    @property
-    def exit_signal(self) -> int | None:
-        if self.wait_status is not None and os.WIFSIGNALED(self.wait_status):
-            return os.WTERMSIG(self.wait_status)
-        return None
-
-    @property
-    def shell_status(self) -> int:
-        """The exit code, or 128 + the signal number as a shell reports a killed command."""
-        if self.exit_signal is not None:
-            return 128 + self.exit_signal
-        return self.exit_code if self.exit_code is not None else 0
 
 
 @dataclass(slots=True)
@@ -300,14 +232,17 @@ class TraceSession:
             task.entered_unselected = False
             self._resume(tid, task)
             return
+        stop = task.awaiting_exit
+        if stop is not None:
+            # Syscall stops alternate entry/exit per task, and a seccomp stop is followed by its
+            # syscall's exit stop: this is the exit we asked for, and only rax is needed.
+            task.awaiting_exit = None
+            stop.return_value = backend.syscall_return_value(tid)
+            self._handler.on_syscall_exit(stop)
+            self._resume(tid, task)
+            return
         info = backend.syscall_info(tid)
-        if info.op == backend.SYSCALL_INFO_EXIT:
-            stop = task.awaiting_exit
-            if stop is not None:
-                task.awaiting_exit = None
-                stop.return_value = info.return_value
-                self._handler.on_syscall_exit(stop)
-        elif (
+        if (
             info.op == backend.SYSCALL_INFO_ENTRY
             and not self.seccomp_fast_path
             and not task.before_exec
@@ -326,7 +261,7 @@ class TraceSession:
         self._resume(tid, task)
 
     def _deliver_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
-        stop = SyscallStop(tid, task.tgid, info.nr, info.args)
+        stop = SyscallStop(tid, task.tgid, info.nr, info.args, info.instruction_pointer)
         if self._handler.on_syscall_entry(stop):
             task.awaiting_exit = stop
 

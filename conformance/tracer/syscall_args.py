@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conformance.tracer.session import SyscallStop
+from conformance.tracer.stops import SyscallStop
 
 _PAGE_SIZE = 4096
 _PATH_MAX = 4096  # <linux/limits.h>: the kernel refuses longer paths anyway

@@ -23,12 +23,27 @@ _MSR_FIELD_PARENTS = frozenset({"msr", "entries"})
 
 
 class TextWriter:
-    """An on_event callback that writes each event as a line to `stream`."""
+    """An on_event callback that writes each event as a line to `stream`.
+
+    A VMM's KVM_RUN loop mostly repeats one exit (the same port, the same data): a line equal
+    but for its event's identity is reused instead of formatted again, which took ~10 us of
+    the ~40 us a traced exit costs.
+    """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
+        self._last_run: tuple[object, ...] = ()
+        self._last_run_line = ""
 
     def __call__(self, event: events.Event) -> None:
+        if isinstance(event, events.Ioctl) and event.run_exit is not None:
+            run = (event.tid, event.fd, event.fd_role, event.ret, event.errno, event.request,
+                   event.name, event.arg, event.run_entry, event.run_exit, event.inputs,
+                   event.outputs, event.new_fd_role)  # fmt: skip
+            if run != self._last_run:
+                self._last_run, self._last_run_line = run, format_event(event) + "\n"
+            self._stream.write(self._last_run_line)
+            return
         self._stream.write(format_event(event) + "\n")
 
 

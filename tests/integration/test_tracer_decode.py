@@ -15,7 +15,7 @@ import yaml
 
 from conformance.events import Event, FieldValue, Ioctl, Mmap, OpenKvm
 from conformance.raw_yaml import RawYamlWriter
-from conformance.tracer import NotImplementedModeError, SpawnError, TraceOutcome, trace
+from conformance.tracer import SpawnError, TraceOutcome, trace
 from conformance.tracer.kvm_calls import KvmRunMode
 from conformance.tracer.text import format_event
 
@@ -188,11 +188,6 @@ def test_kvm_run_off_records_everything_but_kvm_run() -> None:
     outcome, events, _ = _traced(_run_scenario_argv("hello"), kvm_run="off")
     assert outcome.exit_status == 0
     assert not _ioctls(events, "KVM_RUN") and _ioctls(events, "KVM_SET_REGS")
-
-
-def test_summary_mode_is_refused_clearly() -> None:
-    with pytest.raises(NotImplementedModeError, match="not implemented"):
-        trace(["true"], lambda event: None, kvm_run="summary")
 
 
 def test_a_missing_command_is_a_clear_error() -> None:

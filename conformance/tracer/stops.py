@@ -1,0 +1,83 @@
+"""What a TraceSession hands its handler (one SyscallStop per selected syscall, the handler's
+protocol) and what it returns (TraceResult): the session's interface, apart from its loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from conformance.tracer import tracee_memory
+
+TaskKind = Literal["thread", "process"]
+
+
+@dataclass(slots=True)
+class SyscallStop:
+    """One selected syscall of one task; `return_value` is set at its exit stop."""
+
+    tid: int
+    tgid: int
+    nr: int
+    args: tuple[int, ...]
+    instruction_pointer: int  # just past the task's `syscall` instruction
+    return_value: int | None = None
+
+    def read(self, address: int, size: int) -> bytes:
+        """`size` bytes of the task's memory (one process_vm_readv)."""
+        return tracee_memory.read_memory(self.tid, address, size)
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return tracee_memory.read_many(self.tid, ranges)
+
+
+class TraceHandler(Protocol):
+    """What the session calls, in each task's own order. Calls run while the task is stopped."""
+
+    def on_syscall_entry(self, stop: SyscallStop) -> bool:
+        """A selected syscall is about to run; return True to get its exit too."""
+        ...
+
+    def on_syscall_exit(self, stop: SyscallStop) -> None: ...
+
+    def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
+        """Called before any syscall of the child is reported."""
+        ...
+
+    def on_exec(self, tid: int) -> None:
+        """`tid` (its group's leader) now runs a new program."""
+        ...
+
+    def on_task_exit(self, tid: int, status: int) -> None:
+        """A task ended; `status` is the raw wait status."""
+        ...
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """How the traced program ended, as its own parent would have seen it."""
+
+    pid: int
+    wait_status: int | None  # None when we detached from an attached process before its end
+    interrupted_by: int | None  # SIGINT/SIGTERM that made the tracer end the trace early
+
+    @property
+    def exit_code(self) -> int | None:
+        if self.wait_status is not None and os.WIFEXITED(self.wait_status):
+            return os.WEXITSTATUS(self.wait_status)
+        return None
+
+    @property
+    def exit_signal(self) -> int | None:
+        if self.wait_status is not None and os.WIFSIGNALED(self.wait_status):
+            return os.WTERMSIG(self.wait_status)
+        return None
+
+    @property
+    def shell_status(self) -> int:
+        """The exit code, or 128 + the signal number as a shell reports a killed command."""
+        if self.exit_signal is not None:
+            return 128 + self.exit_signal
+        return self.exit_code if self.exit_code is not None else 0
