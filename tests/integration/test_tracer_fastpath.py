@@ -1,0 +1,200 @@
+"""The seccomp fast path sees exactly what stepping through every syscall sees.
+
+Each program is traced twice, with the in-kernel filter (fast path) and without it (plain
+path), and the normalized traces must be byte-identical: our VMM core's scenarios, a C VMM with
+IO/MMIO answers, a VMM that forks, and QEMU (threads). `off` and `summary` must equal `full`
+once KVM_RUN calls (and summary's counters) are left out. Runs are pinned to one CPU (KVM's
+CPUID answers carry the APIC id of the CPU that ran the call) and QEMU runs without ASLR.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from conformance.compare import CompareOptions, compare_documents
+from conformance.events import Event, Ioctl, KvmRunSummary
+from conformance.normalize import Normalizer
+from conformance.snapshot import dump_document, load_document
+from conformance.tracer import attach, trace
+from conformance.tracer.kvm_calls import KvmRunMode
+from conformance.vmm.machine import SCENARIOS
+
+pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
+
+_TRACEES = Path(__file__).parent.parent / "fixtures" / "tracees"
+_QEMU = [
+    "setarch", "x86_64", "--addr-no-randomize",
+    "qemu-system-x86_64", "-accel", "kvm", "-m", "1G", "-nographic", "-nodefaults", "-S",
+    "-monitor", "stdio",
+]  # fmt: skip
+# exits-100k steps 100,000 KVM_RUNs twice per trace in full mode: its fast/plain comparison
+# runs with KVM_RUN unstopped ("off"), which still compares every other call it makes.
+_SLOW_IN_FULL = frozenset({"exits-100k"})
+
+
+def _without_kvm_run(event: Event) -> bool:
+    is_run = isinstance(event, Ioctl) and event.name == "KVM_RUN"
+    return not (is_run or isinstance(event, KvmRunSummary))
+
+
+def normalized(
+    argv: Sequence[str],
+    *,
+    fast_path: bool,
+    kvm_run: KvmRunMode = "full",
+    keep: Callable[[Event], bool] = lambda event: True,
+    stdin: bytes = b"",
+) -> str:
+    """The normalized trace, headed by the program's exit status."""
+    normalizer = Normalizer({"tool": "test"})
+    events: list[Event] = []
+    read_end, write_end = os.pipe()
+    os.write(write_end, stdin)
+    os.close(write_end)
+    try:
+        with open(os.devnull, "w") as devnull:
+            outcome = trace(
+                argv,
+                events.append,
+                kvm_run=kvm_run,
+                fast_path=fast_path,
+                pin=True,
+                stdin=read_end,
+                stdout=devnull.fileno(),
+            )
+    finally:
+        os.close(read_end)
+    assert outcome.fast_path_used == fast_path
+    assert outcome.kvm_run_mode == kvm_run
+    assert outcome.opened_kvm, outcome.message
+    for event in events:
+        if keep(event):
+            normalizer.add(event)
+    # The exit status is part of what must not change (exits-100k's guest ends with status 1).
+    return f"exit status {outcome.exit_status}\n{dump_document(normalizer.finish())}"
+
+
+# What QEMU passes that changes run to run, traced or not: the PIT's load times (host clock
+# readings) and SREGS2's PDPTRs, uninitialized while the flags do not mark them valid.
+_QEMU_RUN_TO_RUN = CompareOptions(
+    ignore=(
+        *(f"in.channels[{channel}].count_load_time" for channel in range(3)),
+        "in.pdptrs",
+    )
+)
+
+
+def assert_same_but_run_to_run_values(fast: str, plain: str) -> None:
+    """Compare as the regression check does: every call and input field, kernel answers
+    (`out:`, e.g. KVM_GET_CLOCK's clock) and QEMU's run-to-run values aside."""
+    (fast_status, fast_yaml), (plain_status, plain_yaml) = (t.split("\n", 1) for t in (fast, plain))
+    assert fast_status == plain_status
+    comparison = compare_documents(
+        load_document(plain_yaml, "plain.yaml"),
+        load_document(fast_yaml, "fast.yaml"),
+        scenario="qemu",
+        options=_QEMU_RUN_TO_RUN,
+    )
+    assert comparison.ok, comparison.differences[:5]
+
+
+def _scenario(name: str) -> list[str]:
+    return [sys.executable, "-m", "conformance", "run", name]
+
+
+@pytest.fixture(scope="module")
+def c_vmm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    binary = tmp_path_factory.mktemp("tracees") / "kvm_calls"
+    subprocess.run(
+        ["gcc", "-O1", "-Wall", "-o", str(binary), str(_TRACEES / "kvm_calls.c")], check=True
+    )
+    return str(binary)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_fast_path_equals_plain_path_on_every_scenario(scenario: str) -> None:
+    mode: KvmRunMode = "off" if scenario in _SLOW_IN_FULL else "full"
+    fast = normalized(_scenario(scenario), fast_path=True, kvm_run=mode)
+    plain = normalized(_scenario(scenario), fast_path=False, kvm_run=mode)
+    assert fast == plain
+    assert "req: KVM_CREATE_VM" in fast
+
+
+@pytest.mark.needs_gcc
+def test_fast_path_equals_plain_path_with_io_and_mmio_answers(c_vmm: str) -> None:
+    fast = normalized([c_vmm], fast_path=True)
+    assert fast == normalized([c_vmm], fast_path=False)
+    assert "KVM_EXIT_MMIO" in fast
+
+
+def test_fast_path_equals_plain_path_for_a_vmm_that_forks() -> None:
+    argv = [sys.executable, str(_TRACEES / "forking_vmm.py")]
+    fast = normalized(argv, fast_path=True)
+    assert fast == normalized(argv, fast_path=False)
+    assert "KVM_CREATE_VCPU" in fast and "KVM_CHECK_EXTENSION" in fast
+
+
+@pytest.mark.needs_qemu
+def test_fast_path_equals_plain_path_on_qemu() -> None:
+    fast = normalized(_QEMU, fast_path=True, stdin=b"quit\n")
+    assert_same_but_run_to_run_values(fast, normalized(_QEMU, fast_path=False, stdin=b"quit\n"))
+    assert "KVM_CREATE_VCPU" in fast
+
+
+@pytest.mark.parametrize("scenario", ["hello", "tiny-bios"])
+@pytest.mark.parametrize("mode", ["off", "summary"])
+def test_off_and_summary_equal_full_but_for_kvm_run(scenario: str, mode: KvmRunMode) -> None:
+    full = normalized(_scenario(scenario), fast_path=True, keep=_without_kvm_run)
+    other = normalized(_scenario(scenario), fast_path=True, kvm_run=mode, keep=_without_kvm_run)
+    assert other == full
+
+
+@pytest.mark.needs_qemu
+def test_qemu_summary_equals_full_but_for_kvm_run() -> None:
+    full = normalized(_QEMU, fast_path=True, stdin=b"quit\n", keep=_without_kvm_run)
+    summary = normalized(
+        _QEMU, fast_path=True, kvm_run="summary", stdin=b"quit\n", keep=_without_kvm_run
+    )
+    assert_same_but_run_to_run_values(summary, full)
+
+
+@pytest.mark.needs_qemu
+def test_a_vmm_with_its_own_seccomp_sandbox_runs_and_is_traced() -> None:
+    """QEMU -sandbox on installs its own filter on top of ours; both apply, it still works."""
+    events: list[Event] = []
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"quit\n")
+    os.close(write_end)
+    try:
+        with open(os.devnull, "w") as devnull:
+            outcome = trace(
+                [*_QEMU, "-sandbox", "on"], events.append, stdin=read_end, stdout=devnull.fileno()
+            )
+    finally:
+        os.close(read_end)
+    assert outcome.exit_status == 0 and outcome.fast_path_used
+    names = {event.name for event in events if isinstance(event, Ioctl)}
+    assert {"KVM_CREATE_VM", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION"} <= names
+
+
+def test_attach_falls_back_to_the_plain_path_and_says_so() -> None:
+    tracee = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert tracee.stdin is not None and tracee.stdout is not None
+    assert tracee.stdout.readline() == "ready\n"
+    # EOF on its stdin ends the tracee once we are attached and waiting for it.
+    threading.Timer(0.5, tracee.stdin.close).start()
+    with pytest.warns(RuntimeWarning, match="seccomp"):
+        outcome = attach(tracee.pid, lambda event: None)
+    assert not outcome.fast_path_used and outcome.exit_status == 0
