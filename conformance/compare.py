@@ -68,7 +68,8 @@ class CompareOptions:
     """Per-scenario choices: kernel answers to compare after all, fields to leave out.
 
     Paths are dotted field paths as differences show them; a path covers everything below it
-    (`out` opts every answer in, `in.flags` just one field).
+    (`out` opts every answer in, `in.flags` just one field). `REQUEST:path` limits a path to
+    the calls of one request (`KVM_SET_CPUID2:in.entries`).
     """
 
     compare_outputs: tuple[str, ...] = ()
@@ -92,14 +93,26 @@ class CompareOptions:
             lists[key] = tuple(paths)
         return cls(compare_outputs=lists["compare_outputs"], ignore=lists["ignore"])
 
-    def compares(self, path: str) -> bool:
-        if _covered(path, self.ignore):
+    def compares(self, path: str, request: str = "") -> bool:
+        """Whether field `path` of a call of `request` is compared."""
+        if _covered(path, _for_request(self.ignore, request)):
             return False
         if _covered(path, ("out",)):
-            return _covered(path, self.compare_outputs) or any(
-                _covered(option, (path,)) for option in self.compare_outputs
-            )
+            opted_in = _for_request(self.compare_outputs, request)
+            return _covered(path, opted_in) or any(_covered(option, (path,)) for option in opted_in)
         return True
+
+
+def _for_request(paths: Sequence[str], request: str) -> list[str]:
+    """The paths that apply to a call of `request`, without their `REQUEST:` qualifier."""
+    chosen = []
+    for path in paths:
+        qualifier, separator, rest = path.rpartition(":")
+        if not separator:
+            chosen.append(path)
+        elif qualifier == request:
+            chosen.append(rest)
+    return chosen
 
 
 def _covered(path: str, prefixes: Sequence[str]) -> bool:
@@ -209,7 +222,7 @@ def field_differences(
 def _value_differences(
     request: str, path: str, expected: Compared, actual: Compared, options: CompareOptions
 ) -> Iterator[tuple[str, Compared, Compared]]:
-    if path and not options.compares(path):
+    if path and not options.compares(path, request):
         return
     if isinstance(expected, dict) and isinstance(actual, dict):
         keys = list(expected) + [key for key in actual if key not in expected]
@@ -230,7 +243,7 @@ def _value_differences(
         for found in keyed(expected, actual):
             entry_path = f"{path}[{found.key}]"
             field_path = f"{entry_path}.{found.field}" if found.field else entry_path
-            if options.compares(field_path):
+            if options.compares(field_path, request):
                 yield (field_path, _present(found.expected), _present(found.actual))
     elif isinstance(expected, list) and isinstance(actual, list) and _all_structured(expected):
         # Lists of structs (CPUID entries, MSRs) item by item; lists of flags as a whole.

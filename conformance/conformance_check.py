@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 from conformance.compare import ABSENT, Compared, CompareOptions, field_differences
 from conformance.deviation_rules import AllowRule, Rules
-from conformance.document import TraceCall, TraceDocument, Value, thread_role_order
-from conformance.keyed_sets import KEYED_LISTS
+from conformance.document import TraceCall, TraceDocument, thread_role_order
 from conformance.memory_layout import layout_differences
 from conformance.subsequence import align, conformance_identity
 
@@ -216,38 +215,16 @@ def _other_threads(
 def call_differences(
     subject: TraceCall, reference: TraceCall, options: CompareOptions, strace_subject: bool
 ) -> list[tuple[str, Compared, Compared]]:
-    """(path, reference value, subject value) for each compared field that differs."""
-    request = str(reference.entry.get("req", ""))
-    keyed = [path for (name, path) in KEYED_LISTS if name == request]
-    ignore = (*options.ignore, *keyed)
+    """(path, reference value, subject value) for each compared field that differs; CPUID
+    entries and MSR lists as keyed sets (compare.field_differences does that)."""
+    ignore = options.ignore
     if "undecoded" in subject.entry:  # strace printed a pointer: inputs unknown, not empty
         ignore = (*ignore, "in", "out")
     plain = CompareOptions(compare_outputs=options.compare_outputs, ignore=ignore)
     found = list(field_differences(reference, subject, plain))
-    for path in keyed:
-        if not options.compares(path):
-            continue
-        comparer = KEYED_LISTS[(request, path)]
-        theirs, ours = _at(reference.entry, path), _at(subject.entry, path)
-        for difference in comparer(theirs, ours):
-            where = f"{path}[{difference.key}]" + (
-                f".{difference.field}" if difference.field else ""
-            )
-            found.append((where, _shown(difference.expected), _shown(difference.actual)))
     if strace_subject:  # strace leaves padding and reserved fields out: absent is unknown
         found = [item for item in found if item[2] is not ABSENT]
     return found
-
-
-def _at(entry: dict[str, Value], path: str) -> list[Value]:
-    value: Value | None = entry
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value if isinstance(value, list) else []
-
-
-def _shown(value: Value | None) -> Compared:
-    return ABSENT if value is None else value
 
 
 def _rows(

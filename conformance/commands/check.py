@@ -142,6 +142,8 @@ def _print_line(result: gate.ScenarioResult) -> None:
         note = f"  {differences} difference{'s' if differences > 1 else ''}"
     elif result.verdict is gate.Verdict.MISSING:
         note = f"  no {result.snapshot}; `kvm-conformance check --update` creates it"
+    if result.host_differs:
+        note += "  (another host's CPUID: its inputs not compared)"
     if result.conformance is not None:
         reference = result.conformance.reference.path
         name = reference.stem if reference is not None else "reference"
@@ -200,6 +202,7 @@ def _json_report(report: gate.GateReport, seconds: float) -> dict[str, object]:
                 "result": result.verdict.name.lower(),
                 "snapshot": str(result.snapshot),
                 "calls": result.calls,
+                "host_cpuid_differs": result.host_differs,
                 "seconds": round(result.seconds, 3),
                 "differences": [
                     _json_difference(difference)

@@ -172,3 +172,39 @@ def test_a_deviation_from_the_qemu_reference_fails_and_is_named(tmp_path: Path) 
     assert f"tiny-bios against {references / 'tiny-bios.yaml'}: FAIL" in result.stdout
     assert "KVM_SET_REGS: in.rdx: QEMU 0x" in result.stdout
     assert result.stdout.splitlines()[-1].endswith(": 1 failed")
+
+
+def _as_if_recorded_on_another_cpu(snapshot: Path) -> None:
+    """The tiny-bios snapshot as a host with another processor signature would have made it:
+    its KVM answers other CPUID, which the VMM core passes on (SET_CPUID2, reset EDX)."""
+    text = snapshot.read_text()
+    other = text.replace("eax: 0xa10f11,", "eax: 0x830f10,").replace(
+        "rdx: 0xa10f11,", "rdx: 0x830f10,"
+    )
+    assert text.count("eax: 0xa10f11,") >= 2 and "rdx: 0x830f10," in other
+    snapshot.write_text(other)
+
+
+def test_another_hosts_cpuid_is_not_a_regression(expected_copy: Path) -> None:
+    _as_if_recorded_on_another_cpu(expected_copy / "tiny-bios.yaml")
+
+    result = _check("--expected", str(expected_copy), "--scenario", "tiny-bios")
+
+    assert result.returncode == 0, result.stdout
+    assert "another host's CPUID: its inputs not compared" in result.stdout
+
+
+def test_cpuid_the_vmm_changed_on_the_same_host_is_a_regression(expected_copy: Path) -> None:
+    snapshot = expected_copy / "tiny-bios.yaml"
+    text = snapshot.read_text()
+    # Only the VMM's input changes; the host's answer (GET_SUPPORTED_CPUID) stays as recorded.
+    set_cpuid2 = text.index("req: KVM_SET_CPUID2")
+    changed = text[set_cpuid2:].replace("eax: 0xa10f11,", "eax: 0x830f10,", 1)
+    snapshot.write_text(text[:set_cpuid2] + changed)
+
+    result = _check("--expected", str(expected_copy), "--scenario", "tiny-bios")
+
+    assert result.returncode == 1
+    assert "KVM_SET_CPUID2: in.entries[0x1/0x0].eax: expected 0x830f10, got 0xa10f11" in (
+        result.stdout
+    )
