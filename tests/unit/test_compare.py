@@ -224,3 +224,13 @@ def test_one_extra_cpuid_leaf_is_one_difference_named_by_its_key() -> None:
         ),
         ("in.entries[0xc0000080].data", 0x500, 0xD01),
     ]
+
+
+def test_an_ignored_path_can_be_limited_to_one_request() -> None:
+    expected = document(_cpuid_trace([LEAF_0], [MSR_TSC, MSR_EFER]), "expected.yaml")
+    actual = document(_cpuid_trace([LEAF_1], [MSR_TSC, MSR_EFER.replace("0x500", "0xd01")]))
+    only_cpuid = CompareOptions(ignore=("KVM_SET_CPUID2:in",))
+    found = compare_documents(expected, actual, scenario="cpuid", options=only_cpuid).differences
+    assert [(d.call_name, d.path) for d in found] == [
+        ("KVM_SET_MSRS", "in.entries[0xc0000080].data")
+    ]
