@@ -1,0 +1,234 @@
+"""What tracing costs, measured side by side in one run: native, strace three ways, ours three ways.
+
+    python benchmarks/run.py                          # the whole table, then tracer memory
+    python benchmarks/run.py --subset tracer-overhead # native / strace -f / -X verbose / ours full
+
+Every (workload, tracer) pair runs in both CPU placements: "same CPU" (tracer and traced program
+on one CPU) and "different CPUs" (tracer on one, program on the other). A ptrace stop is two
+context switches, which cost ~4x more across CPUs here, so one placement alone would mislead.
+The placement is set the same way for every row: the tracer under `taskset -c T`, the program
+under `taskset -c W` (so strace and ours also trace one short-lived taskset exec). Rows are
+interleaved within each repetition so that a noisy moment hits all of them; the table shows
+the median wall time, the spread (min-max) and the ratio of medians to native.
+
+Workloads: `true` (no KVM at all: each tracer's own start-up cost, which the short workloads
+carry whole), `hello` (one vCPU, 48 exits, a few dozen setup ioctls), `exits-100k` (100,000
+port-IO exits; run through exits_guest.py, whose time limit suits a slow tracer), and QEMU
+`-S` setup (~185 KVM ioctls on two threads, then `quit` on the monitor).
+
+Tracer memory: tracer_rss.py traces the exits guest in a fresh process and reports VmRSS, in
+full mode after 10k and 30k exits of one run, in summary mode at the end of a 10k and of a
+1M-exit run. Full mode at 1M exits would take 1-3 minutes here at two stops per exit; the
+integration test test_tracer_memory.py checks full mode from 10k to 100k exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_PYTHON = sys.executable
+_QEMU = "qemu-system-x86_64"
+_STRACE_OUT = ["-o", os.devnull]
+_QEMU_SETUP = (
+    _QEMU, "-accel", "kvm", "-m", "1G", "-nographic", "-nodefaults", "-S", "-monitor", "stdio",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    argv: tuple[str, ...]
+    stdin: bytes = b""
+    repetitions: int = 3
+    # For tracers that stop at every KVM_RUN (strace, ours full), when that costs too much.
+    stopping_repetitions: int | None = None
+
+
+@dataclass(frozen=True)
+class Tracer:
+    name: str
+    argv: tuple[str, ...]  # prefix before the program's argv; () runs it untraced
+    stops_at_kvm_run: bool = True
+
+
+def _ours(mode: str) -> Tracer:
+    return Tracer(
+        f"ours {mode}",
+        (_PYTHON, "-m", "conformance", "trace", "--kvm-run", mode, "-o", os.devnull, "--"),
+        stops_at_kvm_run=mode == "full",
+    )
+
+
+WORKLOADS = (
+    # The fixed cost of each tracer: starting it (ours: Python and its imports, ~0.2 s here).
+    Workload("startup (true)", ("true",)),
+    Workload("hello", (_PYTHON, "-m", "conformance", "run", "hello")),
+    # The rows that stop at each of the 100k KVM_RUNs take 4-30 s each here (~75 s a
+    # repetition over both placements), so they run once and the whole table stays near
+    # 3 minutes; native, summary and off (the 1.05x goal) run three times.
+    Workload(
+        "exits-100k",
+        (_PYTHON, str(_HERE / "exits_guest.py"), "100000"),
+        stopping_repetitions=1,
+    ),
+    Workload("QEMU -S", _QEMU_SETUP, stdin=b"quit\n"),
+)
+TRACERS = (
+    Tracer("native", (), stops_at_kvm_run=False),
+    Tracer("strace -f", ("strace", "-f", *_STRACE_OUT)),
+    Tracer("strace -f --seccomp-bpf", ("strace", "-f", "--seccomp-bpf", *_STRACE_OUT)),
+    Tracer("strace -f -X verbose", ("strace", "-f", "-X", "verbose", *_STRACE_OUT)),
+    _ours("full"),
+    _ours("summary"),
+    _ours("off"),
+)
+SUBSETS = {
+    "all": tuple(tracer.name for tracer in TRACERS),
+    "tracer-overhead": ("native", "strace -f", "strace -f -X verbose", "ours full"),
+}
+
+
+@dataclass
+class Cell:
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def placements() -> dict[str, tuple[int, int]]:
+    """Placement name -> (tracer CPU, program CPU)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("needs two CPUs to compare placements")
+    return {"same CPU": (cpus[0], cpus[0]), "different CPUs": (cpus[0], cpus[1])}
+
+
+def command(tracer: Tracer, workload: Workload, tracer_cpu: int, program_cpu: int) -> list[str]:
+    program = ["taskset", "-c", str(program_cpu), *workload.argv]
+    if not tracer.argv:
+        return program
+    return ["taskset", "-c", str(tracer_cpu), *tracer.argv, *program]
+
+
+def time_once(argv: Sequence[str], stdin: bytes) -> float:
+    start = time.perf_counter()
+    completed = subprocess.run(
+        argv, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+    )
+    seconds = time.perf_counter() - start
+    # exits_guest.py ends with the guest's debug-exit status 1; the others with 0.
+    if completed.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(argv)} failed ({completed.returncode}):\n"
+                         f"{completed.stderr.decode(errors='replace')}")  # fmt: skip
+    return seconds
+
+
+def measure(tracers: Sequence[Tracer], repetitions: int | None) -> dict[tuple[str, str, str], Cell]:
+    cells: dict[tuple[str, str, str], Cell] = {}
+    where = placements()
+    for workload in WORKLOADS:
+        for repetition in range(repetitions or workload.repetitions):
+            for placement, (tracer_cpu, program_cpu) in where.items():
+                for tracer in tracers:
+                    limit = workload.stopping_repetitions if tracer.stops_at_kvm_run else None
+                    if repetitions is None and limit is not None and repetition >= limit:
+                        continue
+                    argv = command(tracer, workload, tracer_cpu, program_cpu)
+                    cell = cells.setdefault((workload.name, tracer.name, placement), Cell())
+                    cell.seconds.append(time_once(argv, workload.stdin))
+    return cells
+
+
+def table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tracer]) -> list[str]:
+    names = list(placements())
+    header = "| workload | tracer |" + "".join(
+        f" {name}: median s (min-max) | x native |" for name in names
+    )
+    lines = [header, "|---|---|" + "---:|---:|" * len(names)]
+    for workload in WORKLOADS:
+        for tracer in tracers:
+            row = f"| {workload.name} | {tracer.name} |"
+            for placement in names:
+                cell = cells[(workload.name, tracer.name, placement)]
+                native = cells[(workload.name, "native", placement)].median
+                spread = f"{min(cell.seconds):.2f}-{max(cell.seconds):.2f}"
+                if len(cell.seconds) == 1:
+                    spread = "1 run"
+                shown = f"{cell.median:.2f} ({spread})"
+                row += f" {shown} | {cell.median / native:.2f} |"
+            lines.append(row)
+    return lines
+
+
+def tracer_memory() -> list[str]:
+    probe = [_PYTHON, str(_HERE / "tracer_rss.py")]
+    runs = (
+        ["full", "30000", "--sample-at", "10000"],
+        ["summary", "10000"],
+        ["summary", "1000000"],
+    )
+    lines = ["| mode | exits | tracer RSS (MiB) |", "|---|---:|---|"]
+    for arguments in runs:
+        output = subprocess.run([*probe, *arguments], check=True, capture_output=True, text=True)
+        result = json.loads(output.stdout)
+        samples = result["rss_mib"] or {str(result["exits"]): result["peak_mib"]}
+        figures = ", ".join(f"{float(v):.1f} at {int(k):,}" for k, v in samples.items())
+        lines.append(f"| {result['mode']} | {result['exits']:,} | {figures} |")
+    return lines
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    qemu = subprocess.run([_QEMU, "--version"], capture_output=True, text=True, check=True)
+    strace = subprocess.run(["strace", "-V"], capture_output=True, text=True, check=True)
+    return (
+        f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"{qemu.stdout.splitlines()[0]}, {strace.stdout.splitlines()[0]}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subset", choices=tuple(SUBSETS), default="all")
+    parser.add_argument("--repetitions", type=int, help="for every row (default: 3; 1 for the "
+                        "rows that stop at each of exits-100k's KVM_RUNs)")  # fmt: skip
+    parser.add_argument("--no-memory", action="store_true", help="skip the tracer RSS runs")
+    arguments = parser.parse_args(argv)
+    for tool in ("strace", "taskset", _QEMU):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found")
+    tracers = [tracer for tracer in TRACERS if tracer.name in SUBSETS[arguments.subset]]
+    started = time.perf_counter()
+    cells = measure(tracers, arguments.repetitions)
+    print(f"Machine: {machine()}")
+    print()
+    print("\n".join(table(cells, tracers)))
+    if arguments.subset == "all" and not arguments.no_memory:
+        print()
+        print("\n".join(tracer_memory()))
+    print()
+    print(f"benchmark wall time: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
