@@ -28,7 +28,9 @@ from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
 from conformance.tracer import inject
 from conformance.tracer import ptrace_backend as backend
+from conformance.tracer.errors import TaskGoneError
 from conformance.tracer.fdtable import KvmObject
+from conformance.tracer.inject import InjectionError
 from conformance.tracer.stops import SyscallStop
 
 _HEADER_SIZE = ctypes.sizeof(abi.kvm_stats_header)
@@ -91,26 +93,35 @@ class VcpuExitCounters:
 
     def vcpu_created(self, stop: SyscallStop, vcpu: KvmObject, vcpu_fd: int) -> bool:
         """At KVM_CREATE_VCPU's exit stop: take the vCPU's stats fd. False when the host or
-        the tracee's state does not allow it (no binary stats, not at a `syscall`)."""
-        if not inject.can_inject(stop.tid, stop.instruction_pointer):
+        the tracee's state does not allow it (no binary stats, not at a `syscall`), or the
+        tracee was killed meanwhile (the vCPU then goes uncounted)."""
+        try:
+            local_fd = self._take_stats_fd(stop, vcpu_fd)
+        except (InjectionError, TaskGoneError):
             return False
+        if local_fd is None:
+            return False
+        self._watched[vcpu] = _Watched(_StatsFile(local_fd), stop.tid, stop.tgid)
+        return True
+
+    @staticmethod
+    def _take_stats_fd(stop: SyscallStop, vcpu_fd: int) -> int | None:
+        if not inject.can_inject(stop.tid, stop.instruction_pointer):
+            return None
+        ioctl, close = backend.syscall_number("ioctl"), backend.syscall_number("close")
         remote_fd = inject.inject_syscall(
-            stop.tgid, stop.tid, backend.syscall_number("ioctl"), (vcpu_fd, _KVM_GET_STATS_FD, 0)
+            stop.tgid, stop.tid, ioctl, (vcpu_fd, _KVM_GET_STATS_FD, 0)
         )
         if -_MAX_ERRNO <= remote_fd < 0:
-            return False
+            return None
         try:
             pidfd = backend.pidfd_open(stop.tgid)
             try:
-                local_fd = backend.pidfd_getfd(pidfd, remote_fd)
+                return backend.pidfd_getfd(pidfd, remote_fd)
             finally:
                 os.close(pidfd)
         finally:
-            inject.inject_syscall(
-                stop.tgid, stop.tid, backend.syscall_number("close"), (remote_fd,)
-            )
-        self._watched[vcpu] = _Watched(_StatsFile(local_fd), stop.tid, stop.tgid)
-        return True
+            inject.inject_syscall(stop.tgid, stop.tid, close, (remote_fd,))
 
     def watches(self, vcpu: KvmObject) -> bool:
         return vcpu in self._watched
