@@ -11,7 +11,13 @@ import os
 
 
 class ConformanceError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    `exit_status` is what the command line exits with when one ends a command: 2, a usage or
+    environment error, unless a subclass says otherwise.
+    """
+
+    exit_status = 2
 
 
 class KvmUnavailableError(ConformanceError):
@@ -35,6 +41,8 @@ class GuestMemoryError(ConformanceError):
 
 class GuestFault(ConformanceError):
     """The guest stopped in a way that ends the run (shutdown, failed entry, internal error)."""
+
+    exit_status = 3
 
 
 class UnknownScenarioError(ConformanceError):

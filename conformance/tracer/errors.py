@@ -15,6 +15,8 @@ class TracerError(ConformanceError):
 class SpawnError(TracerError):
     """The command to trace could not be started (not found, not executable, exec failed)."""
 
+    exit_status = 127  # as a shell (and env, timeout, nohup) reports a command it cannot start
+
 
 class PtraceCallError(TracerError):
     """A ptrace-family call failed; carries the operation, the task and the errno."""

@@ -84,6 +84,8 @@ class RunResult:
 class RunLimitExceeded(ConformanceError):
     """The guest used up the run's exit budget or wall-clock time without finishing."""
 
+    exit_status = 3  # as a guest fault: the guest, not the user, ended the run
+
 
 class UnhandledExitError(ConformanceError):
     """KVM_RUN exited for a reason this machine has no device or policy for."""
