@@ -118,12 +118,15 @@ def record_qemu(scenario: QemuScenario, qemu: str) -> QemuRecording:
     }
     normalizer = Normalizer(source)
     started = time.monotonic()
-    with _captured() as (stdin, stdout, stderr), _pinned_to_one_cpu():
+    with _captured() as (stdin, stdout, stderr):
         os.write(stdin.write_end, scenario.monitor_input)
         stdin.close_write_end()
         outcome = trace(
             [*NO_ASLR, *argv],
             normalizer.add,
+            # One CPU: KVM_GET_SUPPORTED_CPUID's APIC IDs (which QEMU rewrites only partly) and
+            # the timing of QEMU's threads then stay the same from one recording to the next.
+            pin=True,
             stdin=stdin.read_end,
             stdout=stdout.fileno(),
             stderr=stderr.fileno(),
@@ -173,14 +176,3 @@ def _captured() -> Iterator[tuple[_Pipe, IO[bytes], IO[bytes]]]:
 def _read(stream: IO[bytes]) -> str:
     stream.seek(0)
     return stream.read().decode("utf-8", errors="replace")
-
-
-@contextmanager
-def _pinned_to_one_cpu() -> Iterator[None]:
-    """The tracer and QEMU (which inherits the mask) on the lowest CPU we may use."""
-    allowed = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(allowed)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, allowed)
