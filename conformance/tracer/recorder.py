@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from conformance.abi import _generated as abi
 from conformance.events import (
     CloseFd,
     DupFd,
@@ -45,12 +46,13 @@ from conformance.tracer.fdtable import (
 )
 from conformance.tracer.kvm_calls import KvmCallDecoder, KvmRunMode, PendingIoctl
 from conformance.tracer.kvm_run import RunMappings, adopt_run_mappings
+from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES
 from conformance.tracer.stops import SyscallStop, TaskKind
 from conformance.tracer.syscall_args import read_c_string, signed_int
 from conformance.tracer.vcpu_stats import VcpuExitCounters
 
 _MAX_ERRNO = 4095
-_MAP_ANONYMOUS = 0x20  # <asm-generic/mman-common.h>; Python's mmap module has it, not MAP_FIXED
+_MAP_ANONYMOUS: int = abi.MAP_ANONYMOUS
 _EFD_CLOEXEC = os.O_CLOEXEC  # <sys/eventfd.h>: EFD_CLOEXEC is O_CLOEXEC
 _OPENAT2_FLAGS_SIZE = 8  # struct open_how starts with __u64 flags
 
@@ -82,27 +84,8 @@ class Recorder:
         self._processes: dict[int, _Process] = {}
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
-        self._syscall_names = {
-            backend.syscall_number(name): name
-            for name in (
-                "open",
-                "openat",
-                "openat2",
-                "ioctl",
-                "mmap",
-                "munmap",
-                "mremap",
-                "mprotect",
-                "madvise",
-                "dup",
-                "dup2",
-                "dup3",
-                "fcntl",
-                "close",
-                "eventfd",
-                "eventfd2",
-            )
-        }
+        # The calls the seccomp filter stops at are the calls decoded here, in both modes.
+        self._syscall_names = {backend.syscall_number(name): name for name in TRACED_SYSCALL_NAMES}
         self.opened_kvm = False
         """Whether the traced program opened /dev/kvm (or was attached with it open)."""
 
