@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
 from conformance.errors import KvmError
 from conformance.vmm import _sys
+from conformance.vmm._closing import Closing
 from conformance.vmm._varlen import sized_argument
 from conformance.vmm.vm import Vm
 
@@ -26,7 +26,7 @@ _FIRST_CPUID_CAPACITY = 64
 _MAX_CPUID_CAPACITY = 4096
 
 
-class Kvm:
+class Kvm(Closing):
     """An open /dev/kvm. Closing it does not end VMs created from it (they hold their own fd)."""
 
     def __init__(self) -> None:
@@ -83,17 +83,6 @@ class Kvm:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             _sys.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _copy(entry: Any) -> Any:

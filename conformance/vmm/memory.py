@@ -20,12 +20,11 @@ import ctypes
 import enum
 from contextlib import ExitStack
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from conformance.abi import _generated as abi
 from conformance.errors import GuestMemoryError
 from conformance.vmm import _sys
+from conformance.vmm._closing import Closing
 from conformance.vmm.vm import Vm
 
 QEMU_RAM_ALIGNMENT = 512 * _sys.PAGE_SIZE
@@ -58,7 +57,7 @@ class _HostMapping:
     size: int
 
 
-class GuestMemory:
+class GuestMemory(Closing):
     """The guest-physical address space of one VM, slot by slot; unmaps it all on close.
 
     Close it before or after the Vm: KVM does not pin the memory, it only stops backing the
@@ -124,17 +123,6 @@ class GuestMemory:
         with ExitStack() as cleanup:
             for mapping in mappings:
                 cleanup.callback(_sys.unmap, mapping.address, mapping.size)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _slot_of(self, gpa: int, length: int) -> MemorySlot:
         if length < 1:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
 from conformance.errors import KvmError
 from conformance.vmm import _sys
+from conformance.vmm._closing import Closing
 from conformance.vmm._varlen import sized_argument
 from conformance.vmm.exit_decoder import ExitDecoder
 from conformance.vmm.exits import Exit, IntrExit
@@ -28,7 +28,7 @@ _SET_MSRS = by_name("KVM_SET_MSRS")
 _INTERRUPTED = IntrExit()
 
 
-class Vcpu:
+class Vcpu(Closing):
     """A vCPU fd and its kvm_run mapping, created by Vm.create_vcpu."""
 
     def __init__(self, fd: int, vcpu_id: int, run_size: int) -> None:
@@ -125,14 +125,3 @@ class Vcpu:
             cleanup.callback(_sys.close, fd)
             cleanup.callback(_sys.unmap, self._run_address, self._run_size)
             self._exits.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

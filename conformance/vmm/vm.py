@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ctypes
 from contextlib import ExitStack
-from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
 from conformance.vmm import _sys
+from conformance.vmm._closing import Closing
 from conformance.vmm.vcpu import Vcpu
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ _CREATE_IRQCHIP = by_name("KVM_CREATE_IRQCHIP")
 _CREATE_PIT2 = by_name("KVM_CREATE_PIT2")
 
 
-class Vm:
+class Vm(Closing):
     """A VM fd, created by Kvm.create_vm. Closing it frees the VM once its vCPU fds are closed."""
 
     def __init__(self, fd: int, kvm: Kvm) -> None:
@@ -86,14 +86,3 @@ class Vm:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             _sys.close(fd)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
