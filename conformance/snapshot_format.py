@@ -141,6 +141,15 @@ def format_call(entry: Entry) -> str:
 
 def format_value(value: Value) -> str:
     """A value as YAML flow text on one line: 0x1000, [PROT_READ, PROT_WRITE], KVM_EXIT_IO."""
+    if isinstance(value, dict | list):
+        try:
+            return _flow(value, set())
+        except _NotFast:
+            pass
+    return _dumped(value)
+
+
+def _dumped(value: Value) -> str:
     text = yaml.dump(
         value,
         Dumper=_Dumper,
@@ -150,6 +159,85 @@ def format_value(value: Value) -> str:
         allow_unicode=True,
     )
     return text.removesuffix("\n...\n").strip()
+
+
+# The fast path of format_value. The raw trace formats every event, and yaml.dump spends some
+# 150 µs on one; this writes the same text directly. Ints and Hex are written as the dumper's
+# representers write them; a string's text in a flow collection is taken from yaml.dump itself,
+# once per distinct string, so quoting follows PyYAML's rules exactly. What could come out
+# differently is left to yaml.dump: other types (bool, dict subclasses), a container met twice
+# (dumped with an &anchor) and strings written over several lines (indented by depth).
+
+
+class _NotFast(Exception):
+    """A value the fast path leaves to yaml.dump."""
+
+
+# Bounded: a raw trace repeats few strings (field names, fd roles, requests), but one with many
+# distinct strings must not grow memory; clearing costs only re-dumping the strings still used.
+_CACHE_LIMIT = 4096
+_ITEM_TEXTS: dict[str, str | None] = {}  # str -> its text as a flow item (None: not fast)
+_KEY_TEXTS: dict[str, str | None] = {}  # str -> its text as a flow mapping key (None: not fast)
+_MAPPINGS = (dict, _Flow)
+_SEQUENCES = (list, _FlowList)
+
+
+def _flow(value: object, seen: set[int]) -> str:
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if isinstance(value, str) and kind is str:
+        text = _ITEM_TEXTS[value] if value in _ITEM_TEXTS else _learn_item(value)
+    elif isinstance(value, int) and kind is Hex:
+        text = hex(value)
+    elif isinstance(value, dict) and kind in _MAPPINGS:
+        _first_time(value, seen)
+        pairs = [f"{_key(key)}: {_flow(item, seen)}" for key, item in value.items()]
+        text = "{" + ", ".join(pairs) + "}"
+    elif isinstance(value, list) and kind in _SEQUENCES:
+        _first_time(value, seen)
+        text = "[" + ", ".join([_flow(item, seen) for item in value]) + "]"
+    else:
+        text = None
+    if text is None:
+        raise _NotFast
+    return text
+
+
+def _key(key: object) -> str:
+    text = None
+    if type(key) is str:
+        text = _KEY_TEXTS[key] if key in _KEY_TEXTS else _learn_key(key)
+    if text is None:
+        raise _NotFast
+    return text
+
+
+def _first_time(container: object, seen: set[int]) -> None:
+    """yaml.dump writes a container met a second time as an alias: not the fast path's job."""
+    if id(container) in seen:
+        raise _NotFast
+    seen.add(id(container))
+
+
+def _learn_item(text: str) -> str | None:
+    return _remember(_ITEM_TEXTS, text, _dumped([text])[1:-1])
+
+
+def _learn_key(text: str) -> str | None:
+    # Written as {key: 0}; a key that cannot be a simple key (empty, long) as {? key : 0}, and
+    # either way the same text stands before `: value` at any depth.
+    return _remember(_KEY_TEXTS, text, _dumped({text: 0})[1:-4])
+
+
+def _remember(cache: dict[str, str | None], text: str, written: str) -> str | None:
+    """Keep how yaml.dump writes `text`; None (not fast) when that is not a single line: its
+    line breaks would be followed by an indent that depends on the depth it is written at."""
+    known = written if len(written.splitlines()) == 1 else None
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[text] = known
+    return known
 
 
 # -- loading --------------------------------------------------------------------------------
