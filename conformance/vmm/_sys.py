@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import mmap
 import os
+from collections.abc import Callable
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import IoctlSpec
@@ -29,6 +31,13 @@ _ioctl = _libc.ioctl
 # Every KVM ioctl argument is an integer or a pointer; both travel in one 64-bit register.
 _ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
 _ioctl.restype = ctypes.c_int
+
+# A second handle on the same libc ioctl, without argtypes, for the call made once per guest
+# exit: argtypes convert every argument on every call, which costs about half of a ctypes call
+# here (~470 against ~220 ns). Its arguments are converted once instead (see prepared_ioctl).
+_ioctl_preconverted = _libc["ioctl"]
+_ioctl_preconverted.restype = ctypes.c_int
+_NO_ARGUMENT = ctypes.c_ulong(0)
 
 _mmap = _libc.mmap
 _mmap.argtypes = (
@@ -78,6 +87,22 @@ def ioctl(fd: int, spec: IoctlSpec, arg: int | ctypes.Structure | ctypes.c_uint6
     if result == -1:
         raise KvmError(spec.name, ctypes.get_errno())
     return result
+
+
+def prepared_ioctl(fd: int, spec: IoctlSpec) -> Callable[[], int]:
+    """ioctl(fd, spec, 0) as a callable with its arguments converted once, for KVM_RUN's loop.
+
+    It returns the kernel's result as is, so that no Python frame or exception sits on the
+    per-exit path: on -1, last_error(spec) is the KvmError that ioctl() would have raised.
+    """
+    # fd travels as a C int, ctypes' default for a Python int; request and argument are the
+    # unsigned longs of ioctl's prototype.
+    return functools.partial(_ioctl_preconverted, fd, ctypes.c_ulong(spec.number), _NO_ARGUMENT)
+
+
+def last_error(spec: IoctlSpec) -> KvmError:
+    """The failure of the prepared_ioctl(…, spec) call that just returned -1."""
+    return KvmError(spec.name, ctypes.get_errno())
 
 
 def map_anonymous(size: int, *, readable_writable: bool = True, at: int | None = None) -> int:

@@ -9,7 +9,6 @@ from typing import Any
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
-from conformance.errors import KvmError
 from conformance.vmm import _sys
 from conformance.vmm._closing import Closing
 from conformance.vmm._varlen import sized_argument
@@ -40,6 +39,9 @@ class Vcpu(Closing):
             on_failure.callback(_sys.unmap, self._run_address, run_size)
             self._exits = ExitDecoder(self._run_address, run_size)
             on_failure.pop_all()
+        # Looked up once: run() is the per-exit path.
+        self._enter = _sys.prepared_ioctl(fd, _RUN)
+        self._decode = self._exits.decode
 
     @property
     def fd(self) -> int:
@@ -51,14 +53,13 @@ class Vcpu(Closing):
         EINTR (a signal, or immediate_exit) is an IntrExit, not an error; the immediate_exit
         request it answered is cleared so that the next run enters the guest again.
         """
-        try:
-            _sys.ioctl(self._fd, _RUN)
-        except KvmError as error:
+        if self._enter() == -1:
+            error = _sys.last_error(_RUN)
             if error.errno != errno.EINTR:
-                raise
+                raise error
             self._exits.immediate_exit = False
             return _INTERRUPTED
-        return self._exits.decode()
+        return self._decode()
 
     def request_immediate_exit(self) -> None:
         """Make the current or next KVM_RUN return EINTR at once; safe in a signal handler."""
