@@ -146,6 +146,11 @@ def main() -> None:
         runs = " ".join(f"{rate:,.0f}" for rate in rates)
         print(f"{name:<22}{median:>16,.0f}{1e6 / median:>16.2f}   {runs}")
     print(f"Python / C rate: {python_median / c_median:.1%} (goal >= 50%, DESIGN aims >= 80%)")
+    # The host's load drifts between repetitions; each pair ran back to back, so the spread of
+    # the per-pair ratios shows how far the figure above can be trusted.
+    pairs = sorted(python / c for python, c in zip(python_rates, c_rates, strict=True))
+    spread = f"{pairs[0]:.1%}-{pairs[-1]:.1%}"
+    print(f"per-pair Python / C: median {statistics.median(pairs):.1%}, {spread}")
     sys.stdout.flush()
 
 
