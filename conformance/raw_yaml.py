@@ -22,7 +22,7 @@ import contextlib
 import shutil
 import tempfile
 from types import TracebackType
-from typing import IO, TextIO
+from typing import IO, TextIO, get_args
 
 from conformance import events
 from conformance.document import SCHEMA, Entry, Hex, Value
@@ -40,6 +40,8 @@ class RawYamlWriter:
         self._source = source
         self._spools: dict[int, IO[str]] = {}
         self._open_spools = contextlib.ExitStack()
+        # tid -> its last KVM_RUN's fields but `seq`, and its line's text after `seq`
+        self._last_runs: dict[int, tuple[tuple[object, ...], str]] = {}
 
     def __call__(self, event: events.Event) -> None:
         spool = self._spools.get(event.tid)
@@ -48,7 +50,27 @@ class RawYamlWriter:
             spool_file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
             spool = self._open_spools.enter_context(spool_file)
             self._spools[event.tid] = spool
-        spool.write(f"    - {format_call(raw_entry(event))}\n")
+        if isinstance(event, events.Ioctl) and event.run_exit is not None:
+            spool.write(self._run_line(event))
+        else:
+            spool.write(f"    - {format_call(raw_entry(event))}\n")
+
+    def _run_line(self, event: events.Ioctl) -> str:
+        """A VMM's KVM_RUN loop mostly repeats one exit: a thread's KVM_RUN equal to its last
+        but for `seq` reuses that one's text after `seq` instead of formatting it again. The
+        decoded fields are compared by repr, which unlike == tells mappings apart by key order.
+        """
+        fields = repr((event.inputs, event.run_entry, event.outputs, event.run_exit))
+        run = (event.fd, event.fd_role, event.ret, event.errno, event.request, event.name,
+               event.arg, event.new_fd_role, fields)  # fmt: skip
+        head = f"    - {{call: ioctl, seq: {event.seq}, "
+        last = self._last_runs.get(event.tid)
+        if last is not None and last[0] == run:
+            return head + last[1]
+        line = f"    - {format_call(raw_entry(event))}\n"
+        if line.startswith(head):
+            self._last_runs[event.tid] = (run, line[len(head) :])
+        return line
 
     def close(self) -> None:
         self._output.write(f"schema: {SCHEMA}\nsource: {format_value(self._source)}\n")
@@ -77,24 +99,25 @@ class RawYamlWriter:
 def raw_entry(event: events.Event) -> Entry:
     """One event as a trace entry with raw values."""
     entry: Entry = {"call": _call_name(event), "seq": event.seq}
-    match event:
-        case events.Ioctl():
-            entry.update(fd=event.fd, fd_role=event.fd_role)
-            entry["req"] = event.name or Hex(event.request)
-            entry["arg"] = Hex(event.arg)
-            for key, fields in (
-                ("in", event.inputs),
-                ("entry", event.run_entry),
-                ("out", event.outputs),
-                ("exit", event.run_exit),
-            ):
-                if fields is not None:
-                    entry[key] = _value(fields, key)
-        case events.TaskStarted() | events.TaskExited() | events.KvmRunSummary():
-            entry.update(_plain_fields(event, exclude=("seq", "tid")))
+    if isinstance(event, events.Ioctl):
+        entry.update(fd=event.fd, fd_role=event.fd_role)
+        entry["req"] = event.name or Hex(event.request)
+        entry["arg"] = Hex(event.arg)
+        for key, fields in (
+            ("in", event.inputs),
+            ("entry", event.run_entry),
+            ("out", event.outputs),
+            ("exit", event.run_exit),
+        ):
+            if fields is not None:
+                entry[key] = _value(fields, key)
+    else:
+        for name in _PLAIN_FIELDS[type(event)]:
+            value = getattr(event, name)
+            if value is not None:
+                entry[name] = _value(value, name)
+        if not isinstance(event, events.Call):
             return entry
-        case _:
-            entry.update(_plain_fields(event, exclude=("seq", "tid", "pid", "ret", "errno")))
     if event.errno is not None:
         entry["errno"] = event.errno
     else:
@@ -105,43 +128,43 @@ def raw_entry(event: events.Event) -> Entry:
 
 
 def _call_name(event: events.Event) -> str:
-    match event:
-        case events.OpenKvm():
-            return "open"
-        case events.DupFd():
-            return event.syscall
-        case events.CloseFd():
-            return "close"
-        case events.EventFd():
-            return "eventfd2"
-        case events.TaskStarted():
-            return "task_started"
-        case events.TaskExited():
-            return "task_exited"
-        case events.KvmRunSummary():
-            return "kvm_run_summary"
-        case _:
-            return type(event).__name__.lower()
+    if isinstance(event, events.DupFd):
+        return event.syscall
+    return _CALL_NAMES.get(type(event)) or type(event).__name__.lower()
 
 
-def _plain_fields(event: events.Event, exclude: tuple[str, ...]) -> Entry:
-    entry: Entry = {}
-    for name in event.__dataclass_fields__:
-        value = getattr(event, name)
-        if name not in exclude and value is not None:
-            entry[name] = _value(value, name)
-    return entry
+_CALL_NAMES: dict[type, str] = {
+    events.OpenKvm: "open",
+    events.CloseFd: "close",
+    events.EventFd: "eventfd2",
+    events.TaskStarted: "task_started",
+    events.TaskExited: "task_exited",
+    events.KvmRunSummary: "kvm_run_summary",
+}
+
+
+def _plain_fields(kind: type[events.Event]) -> tuple[str, ...]:
+    """The fields written as they are, in their order: a syscall's result comes last, and the
+    task events have no result."""
+    exclude = {"seq", "tid"} if kind in _TASK_EVENTS else {"seq", "tid", "pid", "ret", "errno"}
+    return tuple(name for name in kind.__dataclass_fields__ if name not in exclude)
+
+
+_TASK_EVENTS = (events.TaskStarted, events.TaskExited, events.KvmRunSummary)
+# Which fields an event writes depends only on its class: decided once, not per event.
+_PLAIN_FIELDS = {kind: _plain_fields(kind) for kind in get_args(events.Event)}
 
 
 def _value(value: object, name: str) -> Value:
-    if isinstance(value, dict):
-        return {str(key): _value(item, str(key)) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_value(item, name) for item in value]
-    if isinstance(value, bytes):
-        return [Hex(byte) for byte in value]
+    # Ordered by how often each kind comes: ints, then the mappings and bytes of decoded structs.
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        return Hex(value) if name in _HEX_FIELDS or value > 0xFFFF else value
+        return Hex(value) if value > 0xFFFF or name in _HEX_FIELDS else value
+    if isinstance(value, dict):
+        return {(key := str(field)): _value(item, key) for field, item in value.items()}
+    if isinstance(value, bytes):
+        return [Hex(byte) for byte in value]
+    if isinstance(value, list):
+        return [_value(item, name) for item in value]
     return str(value)

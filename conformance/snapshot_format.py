@@ -175,42 +175,34 @@ class _NotFast(Exception):
 
 # Bounded: a raw trace repeats few strings (field names, fd roles, requests), but one with many
 # distinct strings must not grow memory; clearing costs only re-dumping the strings still used.
+# Strings that are not fast are not kept: they are rare, and each one sends its value to yaml.dump.
 _CACHE_LIMIT = 4096
-_ITEM_TEXTS: dict[str, str | None] = {}  # str -> its text as a flow item (None: not fast)
-_KEY_TEXTS: dict[str, str | None] = {}  # str -> its text as a flow mapping key (None: not fast)
-_MAPPINGS = (dict, _Flow)
-_SEQUENCES = (list, _FlowList)
+_ITEM_TEXTS: dict[str, str] = {}  # str -> its text as an item of a flow collection
+_KEY_TEXTS: dict[str, str] = {}  # str -> its text as a key of a flow mapping
 
 
 def _flow(value: object, seen: set[int]) -> str:
+    # Exact type checks: yaml.dump refuses subclasses it has no representer for (bool aside).
     kind = type(value)
     if kind is int:
         return str(value)
-    if isinstance(value, str) and kind is str:
-        text = _ITEM_TEXTS[value] if value in _ITEM_TEXTS else _learn_item(value)
-    elif isinstance(value, int) and kind is Hex:
-        text = hex(value)
-    elif isinstance(value, dict) and kind in _MAPPINGS:
+    if type(value) is str:
+        return _ITEM_TEXTS.get(value) or _learn_item(value)
+    if kind is Hex:
+        return hex(value)  # type: ignore[arg-type]  # an int subclass
+    if type(value) is dict or type(value) is _Flow:
         _first_time(value, seen)
-        pairs = [f"{_key(key)}: {_flow(item, seen)}" for key, item in value.items()]
-        text = "{" + ", ".join(pairs) + "}"
-    elif isinstance(value, list) and kind in _SEQUENCES:
+        keys = _KEY_TEXTS
+        pairs = [
+            f"{keys[key] if type(key) is str and key in keys else _learn_key(key)}: "
+            f"{_flow(item, seen)}"
+            for key, item in value.items()
+        ]
+        return "{" + ", ".join(pairs) + "}"
+    if type(value) is list or type(value) is _FlowList:
         _first_time(value, seen)
-        text = "[" + ", ".join([_flow(item, seen) for item in value]) + "]"
-    else:
-        text = None
-    if text is None:
-        raise _NotFast
-    return text
-
-
-def _key(key: object) -> str:
-    text = None
-    if type(key) is str:
-        text = _KEY_TEXTS[key] if key in _KEY_TEXTS else _learn_key(key)
-    if text is None:
-        raise _NotFast
-    return text
+        return "[" + ", ".join([_flow(item, seen) for item in value]) + "]"
+    raise _NotFast
 
 
 def _first_time(container: object, seen: set[int]) -> None:
@@ -220,24 +212,27 @@ def _first_time(container: object, seen: set[int]) -> None:
     seen.add(id(container))
 
 
-def _learn_item(text: str) -> str | None:
+def _learn_item(text: str) -> str:
     return _remember(_ITEM_TEXTS, text, _dumped([text])[1:-1])
 
 
-def _learn_key(text: str) -> str | None:
+def _learn_key(key: object) -> str:
+    if type(key) is not str:
+        raise _NotFast
     # Written as {key: 0}; a key that cannot be a simple key (empty, long) as {? key : 0}, and
     # either way the same text stands before `: value` at any depth.
-    return _remember(_KEY_TEXTS, text, _dumped({text: 0})[1:-4])
+    return _remember(_KEY_TEXTS, key, _dumped({key: 0})[1:-4])
 
 
-def _remember(cache: dict[str, str | None], text: str, written: str) -> str | None:
-    """Keep how yaml.dump writes `text`; None (not fast) when that is not a single line: its
-    line breaks would be followed by an indent that depends on the depth it is written at."""
-    known = written if len(written.splitlines()) == 1 else None
+def _remember(cache: dict[str, str], text: str, written: str) -> str:
+    """Keep how yaml.dump writes `text`, if on a single line: its line breaks would be followed
+    by an indent that depends on the depth it is written at."""
+    if len(written.splitlines()) != 1:
+        raise _NotFast
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
-    cache[text] = known
-    return known
+    cache[text] = written
+    return written
 
 
 # -- loading --------------------------------------------------------------------------------

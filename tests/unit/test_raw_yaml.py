@@ -115,3 +115,26 @@ def test_raw_stream_is_each_entry_dumped_by_yaml(stream: list[events.Event]) -> 
             if event.tid == tid:
                 expected += f"    - {_dumped(snapshot_format._Flow(raw_entry(event)))}\n"
     assert output.getvalue() == expected
+
+
+def _run(seq: int, tid: int, run_exit: events.Fields, errno: int | None = None) -> events.Ioctl:
+    return events.Ioctl(seq, tid, 100, 0, errno, 5, "vcpu0", 0xAE80, "KVM_RUN", 0,
+                        run_exit=run_exit)  # fmt: skip
+
+
+def test_repeated_kvm_runs_are_written_as_each_alone() -> None:
+    # A KVM_RUN equal to its thread's last but for seq reuses that one's text: any difference,
+    # the order of a mapping's keys included, must still show.
+    io_exit: events.Fields = {"exit_reason": 2, "io": {"port": 128, "data": b"\0"}}
+    reordered: events.Fields = {"io": {"data": b"\0", "port": 128}, "exit_reason": 2}
+    stream = [_run(1, 100, io_exit), _run(2, 101, io_exit), _run(3, 100, dict(io_exit)),
+              _run(4, 100, reordered), _run(5, 100, reordered, errno=4), _run(6, 101, io_exit),
+              _run(7, 100, {"exit_reason": 2, "io": {"port": 128, "data": b"\1"}})]  # fmt: skip
+    output = io.StringIO()
+    with RawYamlWriter(output, {}) as writer:
+        for event in stream:
+            writer(event)
+    lines = output.getvalue().splitlines()
+    body = [line for line in lines if line.startswith("    - ")]
+    by_thread = sorted(stream, key=lambda event: event.tid)
+    assert body == [f"    - {_dumped(snapshot_format._Flow(raw_entry(e)))}" for e in by_thread]
