@@ -183,13 +183,12 @@ _KEY_TEXTS: dict[str, str] = {}  # str -> its text as a key of a flow mapping
 
 def _flow(value: object, seen: set[int]) -> str:
     # Exact type checks: yaml.dump refuses subclasses it has no representer for (bool aside).
-    kind = type(value)
-    if kind is int:
+    if type(value) is int:
         return str(value)
     if type(value) is str:
         return _ITEM_TEXTS.get(value) or _learn_item(value)
-    if kind is Hex:
-        return hex(value)  # type: ignore[arg-type]  # an int subclass
+    if type(value) is Hex:
+        return hex(value)
     if type(value) is dict or type(value) is _Flow:
         _first_time(value, seen)
         keys = _KEY_TEXTS
