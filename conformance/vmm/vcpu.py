@@ -121,6 +121,8 @@ class Vcpu(Closing):
         if self._fd < 0:
             return
         fd, self._fd = self._fd, -1
+        # The prepared KVM_RUN holds the fd number, which the next open() may reuse.
+        self._enter = _sys.prepared_ioctl(-1, _RUN)
         # The fd is closed even if the unmap fails; the views go before the mapping does.
         with ExitStack() as cleanup:
             cleanup.callback(_sys.close, fd)
