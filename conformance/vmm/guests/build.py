@@ -52,6 +52,9 @@ def build(name: str, **defsyms: int) -> bytes:
         _run(
             "as",
             "--64" if long_mode else "--32",
+            # uart.inc, which the guests .include, sits beside them.
+            "-I",
+            str(source_path(name).parent),
             *symbol_args,
             "-o",
             str(obj),

@@ -20,9 +20,7 @@
  *   then HLT, and HLT again each time the VMM resumes the vCPU.
  */
 
-	.equ UART_THR, 0x3f8		/* transmit holding register (write) */
-	.equ UART_LSR, 0x3fd		/* line status register (read) */
-	.equ LSR_THRE, 0x20		/* THR empty: the UART accepts another byte */
+	.include "uart.inc"
 	.equ TEXT_SEGMENT, 0xb800	/* real-mode segment whose base is 0xb8000 */
 	.equ TEXT_ATTRIBUTE, 0x07	/* light grey on black */
 
@@ -38,16 +36,7 @@ _start:
 
 	mov $message, %si
 	mov $message_length, %cx
-serial_next_byte:
-	mov $UART_LSR, %dx
-serial_wait_thre:
-	in %dx, %al
-	test $LSR_THRE, %al
-	jz serial_wait_thre
-	lodsb
-	mov $UART_THR, %dx
-	out %al, %dx
-	loop serial_next_byte
+	serial_write_string
 
 	/* ES:DI addresses the text screen; AH holds the attribute for every stosw. */
 	mov $TEXT_SEGMENT, %ax

@@ -21,9 +21,7 @@
  *   a VMM that resumes the vCPU afterwards sees HLT exits (interrupts off, so HLT is final).
  */
 
-	.equ UART_THR, 0x3f8		/* transmit holding register (write) */
-	.equ UART_LSR, 0x3fd		/* line status register (read) */
-	.equ LSR_THRE, 0x20		/* THR empty: the UART accepts another byte */
+	.include "uart.inc"
 	.equ DEBUG_EXIT_PORT, 0xf4	/* isa-debug-exit */
 	.equ DEBUG_EXIT_STATUS, 0x10
 	.equ BIOS_SEGMENT, 0xf000	/* real-mode segment whose base is 0xf0000, the image's start */
@@ -44,16 +42,7 @@ main:
 
 	mov $message, %si
 	mov $message_length, %cx
-serial_next_byte:
-	mov $UART_LSR, %dx
-serial_wait_thre:
-	in %dx, %al
-	test $LSR_THRE, %al
-	jz serial_wait_thre
-	lodsb
-	mov $UART_THR, %dx
-	out %al, %dx
-	loop serial_next_byte
+	serial_write_string
 
 	mov $DEBUG_EXIT_STATUS, %al
 	out %al, $DEBUG_EXIT_PORT
