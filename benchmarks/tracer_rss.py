@@ -17,6 +17,7 @@ from pathlib import Path
 
 from conformance.events import Event, Ioctl
 from conformance.tracer import trace
+from conformance.tracer.kvm_calls import KvmRunMode
 
 _MIB = 1 << 20
 _GUEST_RUNNER = Path(__file__).with_name("exits_guest.py")
@@ -30,7 +31,7 @@ def _status_kib(field: str) -> int:
     raise LookupError(f"no {field} in /proc/self/status")
 
 
-def measure(mode: str, exits: int, sample_at: set[int]) -> dict[str, object]:
+def measure(mode: KvmRunMode, exits: int, sample_at: set[int]) -> dict[str, object]:
     samples: dict[str, float] = {}
     runs = 0
 
@@ -42,7 +43,7 @@ def measure(mode: str, exits: int, sample_at: set[int]) -> dict[str, object]:
                 samples[str(runs)] = _status_kib("VmRSS") * 1024 / _MIB
 
     argv = [sys.executable, str(_GUEST_RUNNER), str(exits)]
-    outcome = trace(argv, on_event, kvm_run=mode, pin=True)  # type: ignore[arg-type]
+    outcome = trace(argv, on_event, kvm_run=mode, pin=True)
     if outcome.exit_status != 1:  # the guest ends with 0 to the debug-exit port: status 1
         raise SystemExit(f"traced guest ended with status {outcome.exit_status}")
     return {
