@@ -1,9 +1,10 @@
-"""Generate conformance/abi/_generated.py from the installed <linux/kvm.h>.
+"""Generate conformance/abi/_generated.py from the installed <linux/kvm.h> (and the mmap
+flags of <linux/mman.h> and the system call numbers of <asm/unistd_64.h> beside it).
 
 The kernel headers are the only source of truth: gcc lists the macros (`gcc -dM -E`), a probe
-program compiled by gcc prints every ioctl number and integer constant, and the probe's DWARF
-(read with pyelftools) gives every struct and union exactly as the compiler laid it out.
-Nothing in the output is typed in by a person.
+program compiled by gcc prints every ioctl number, integer constant and system call number, and
+the probe's DWARF (read with pyelftools) gives every struct and union exactly as the compiler
+laid it out. Nothing in the output is typed in by a person.
 
 Usage: python tools/gen_abi.py [-o PATH]
 """
@@ -31,8 +32,10 @@ GCC_FLAGS = ["-gdwarf-5", "-O0", "-ftrack-macro-expansion=0", "-w"]
 KVM_HEADER_SUFFIXES = ("/linux/kvm.h", "/asm/kvm.h")
 # linux/mman.h: the mmap/mremap flags beside KVM calls (guest RAM is MAP_FIXED inside a
 # reservation, MAP_NORESERVE, PROT_NONE...); Python's mmap module does not name all of them.
-ABI_HEADERS = ("linux/kvm.h", "linux/mman.h")
+# asm/unistd_64.h: the x86-64 system call numbers the tracer filters and issues.
+ABI_HEADERS = ("linux/kvm.h", "linux/mman.h", "asm/unistd_64.h")
 CONSTANT_PREFIXES = ("KVM_", "MAP_", "MREMAP_", "PROT_")
+SYSCALL_PREFIX = "__NR_"
 
 # Argument types of ioctls that are not structs: the kernel reads or writes one such value.
 SCALAR_ARG_TYPES = {"int", "unsigned long", "__u32", "__u64"}
@@ -55,6 +58,7 @@ class IoctlMacro:
 class ProbeResults:
     ioctl_numbers: dict[str, int]
     constants: dict[str, int]
+    syscall_numbers: dict[str, int]  # system call name (without __NR_) -> number
     unavailable_ioctls: dict[str, str]  # name -> C type this compiler has no definition for
 
 
@@ -164,12 +168,20 @@ def constant_candidates(macros: dict[str, str], ioctl_names: set[str]) -> list[s
     )
 
 
+def syscall_macros(macros: dict[str, str]) -> list[str]:
+    return sorted(name for name in macros if name.startswith(SYSCALL_PREFIX))
+
+
 def probe_variable(c_type: str) -> str:
     return "probe_object_" + c_type.replace(" ", "_")
 
 
 def write_probe(
-    path: Path, ioctls: list[IoctlMacro], constants: list[str], tags: list[str]
+    path: Path,
+    ioctls: list[IoctlMacro],
+    constants: list[str],
+    syscalls: list[str],
+    tags: list[str],
 ) -> list[tuple[str, str]]:
     """Write the probe; return (kind, name) for each droppable line, indexed by line - 1."""
     lines: list[tuple[str, str]] = []
@@ -202,13 +214,19 @@ def write_probe(
             f'printf("constant {name} %lld\\n", (long long)({name})); else '
             f'printf("constant {name} %llu\\n", (unsigned long long)({name}));',
         )
+    for name in syscalls:
+        add("syscall", name, f'printf("syscall {name} %ld\\n", (long)({name}));')
     add("fixed", "", "return 0; }")
     path.write_text("\n".join(body) + "\n")
     return lines
 
 
 def compile_probe(
-    workdir: Path, ioctls: list[IoctlMacro], constants: list[str], tags: list[str]
+    workdir: Path,
+    ioctls: list[IoctlMacro],
+    constants: list[str],
+    syscalls: list[str],
+    tags: list[str],
 ) -> tuple[Path, ProbeResults]:
     """Compile the probe, dropping the lines gcc rejects; run it; return object file + values."""
     dropped: set[tuple[str, str]] = set()
@@ -218,6 +236,7 @@ def compile_probe(
             source,
             [m for m in ioctls if ("ioctl", m.name) not in dropped],
             [c for c in constants if ("constant", c) not in dropped],
+            [s for s in syscalls if ("syscall", s) not in dropped],
             [t for t in tags if ("type", t) not in dropped],
         )
         result = run_gcc([*GCC_FLAGS, "-c", source.name, "-o", "probe.o"], workdir)
@@ -227,16 +246,22 @@ def compile_probe(
         if not failing or any(kind == "fixed" for kind, _ in failing):
             raise RuntimeError(f"probe does not compile:\n{result.stderr}")
         dropped |= failing
-    if any(kind == "type" for kind, _ in dropped):
-        raise RuntimeError(f"types defined in the kvm headers failed to compile: {dropped}")
+    if any(kind in ("type", "syscall") for kind, _ in dropped):
+        raise RuntimeError(f"types or system call numbers failed to compile: {dropped}")
     run_gcc(["probe.o", "-o", "probe"], workdir).check_returncode()
     output = subprocess.run([workdir / "probe"], capture_output=True, text=True, check=True)
-    values: dict[str, dict[str, int]] = {"ioctl": {}, "constant": {}}
+    values: dict[str, dict[str, int]] = {"ioctl": {}, "constant": {}, "syscall": {}}
     for line in output.stdout.splitlines():
         kind, name, value = line.split()
         values[kind][name] = int(value)
     unavailable = {m.name: m.arg_type_c or "" for m in ioctls if ("ioctl", m.name) in dropped}
-    return workdir / "probe.o", ProbeResults(values["ioctl"], values["constant"], unavailable)
+    syscall_numbers = {  # by number, as the header lists them
+        name.removeprefix(SYSCALL_PREFIX): number
+        for name, number in sorted(values["syscall"].items(), key=lambda item: item[1])
+    }
+    return workdir / "probe.o", ProbeResults(
+        values["ioctl"], values["constant"], syscall_numbers, unavailable
+    )
 
 
 def python_dict(name: str, annotation: str, items: Mapping[str, object]) -> list[str]:
@@ -260,7 +285,8 @@ def render_module(
     lines = [
         f"# GENERATED by tools/gen_abi.py from linux/kvm.h {version}; do not edit.",
         "# Regenerate with: python tools/gen_abi.py",
-        '"""ctypes layouts, constants and ioctl numbers of the KVM ABI (generated)."""',
+        '"""ctypes layouts, constants and ioctl numbers of the KVM ABI, and the x86-64 system call',
+        'numbers (generated)."""',
         "",
         "import ctypes",
         "",
@@ -289,6 +315,9 @@ def render_module(
         "# in another architecture's asm/kvm.h, or nowhere any more): they have no number here.",
         *python_dict("UNAVAILABLE_IOCTLS", "dict[str, str]", results.unavailable_ioctls),
         "",
+        "# The x86-64 system call numbers of asm/unistd_64.h (__NR_*), by number.",
+        *python_dict("SYSCALL_NUMBERS", "dict[str, int]", results.syscall_numbers),
+        "",
     ]
     return "\n".join(lines)
 
@@ -300,7 +329,8 @@ def generate() -> str:
         ioctls = find_ioctl_macros(macros)
         tags = find_kvm_tags(workdir)
         constants = constant_candidates(macros, {m.name for m in ioctls})
-        probe_object, results = compile_probe(workdir, ioctls, constants, tags)
+        syscalls = syscall_macros(macros)
+        probe_object, results = compile_probe(workdir, ioctls, constants, syscalls, tags)
         # Every struct, union and enum the kvm headers define; that includes kvm_run and every
         # type an ioctl names, and also the ones read from shared memory or other fds
         # (kvm_coalesced_mmio_ring, kvm_dirty_gfn, kvm_stats_header, ...).
