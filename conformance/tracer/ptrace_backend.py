@@ -3,16 +3,15 @@
 The only module that imports python-ptrace; the rest of the tracer calls these functions. Each
 wrapper issues exactly one system call and turns a failure's errno into one of our exceptions
 (error_for). Reading tracee memory is tracee_memory.py's.
-python-ptrace supplies the ptrace() primitive and the syscall-name table; the few requests and
-options it predates (SEIZE, INTERRUPT, LISTEN, GET_SYSCALL_INFO, EXITKILL, TRACESECCOMP) are
-defined here from <linux/ptrace.h>.
+python-ptrace supplies the ptrace() primitive only; the few requests and options it predates
+(SEIZE, INTERRUPT, LISTEN, GET_SYSCALL_INFO, EXITKILL, TRACESECCOMP) are defined here from
+<linux/ptrace.h>, and system call numbers come from the generated ABI (<asm/unistd_64.h>).
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno as errno_codes
-import functools
 import os
 import struct
 from collections.abc import Sequence
@@ -21,8 +20,8 @@ from dataclasses import dataclass
 from ptrace import PtraceError
 from ptrace.binding import func as _ptrace
 from ptrace.binding.linux_struct import siginfo, user_regs_struct
-from ptrace.syscall.linux.x86_64 import SYSCALL_NAMES
 
+from conformance.abi._generated import SYSCALL_NUMBERS
 from conformance.tracer.errors import (
     PtraceCallError,
     PtracePermissionError,
@@ -66,8 +65,6 @@ _SYSCALL_INFO_HEADER = struct.Struct("<B3xIQQ")
 _SYSCALL_INFO_CALL = struct.Struct("<Q6Q")
 _SYSCALL_INFO_RETURN = struct.Struct("<qB")
 _SYSCALL_INFO_SIZE = 88
-# x32 entries in the table start here; they are not the x86-64 numbers.
-_FIRST_X32_NUMBER = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,15 +121,10 @@ def _hot_request(operation: str, request: int, tid: int, address: int, data: int
     return result
 
 
-@functools.cache
-def _syscall_numbers() -> dict[str, int]:
-    return {name: nr for nr, name in SYSCALL_NAMES.items() if nr < _FIRST_X32_NUMBER}
-
-
 def syscall_number(name: str) -> int:
-    """The x86-64 number of a system call, from python-ptrace's table (never hand-copied)."""
+    """The x86-64 number of a system call, generated from <asm/unistd_64.h>."""
     try:
-        return _syscall_numbers()[name]
+        return SYSCALL_NUMBERS[name]
     except KeyError:
         raise KeyError(f"no x86-64 system call named {name!r}") from None
 
