@@ -26,7 +26,7 @@ from typing import IO, TextIO, get_args
 
 from conformance import events
 from conformance.document import SCHEMA, Entry, Hex, Value
-from conformance.snapshot import format_call, format_value
+from conformance.snapshot_format import format_call, format_value
 
 _HEX_FIELDS = frozenset({"addr", "length", "offset", "old_addr", "old_length", "new_length"})
 _HEX_FIELDS |= {"new_addr", "prot", "flags", "arg"}
