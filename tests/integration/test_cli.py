@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,27 @@ def test_trace_into_a_closed_pipe_ends_quietly_and_leaves_no_tracee() -> None:
         ["pgrep", "-f", "conformance run exits-100k"], capture_output=True, check=False
     )
     assert survivors.stdout == b""
+
+
+@pytest.mark.needs_ptrace
+def test_trace_to_a_file_loads_neither_yaml_nor_python_ptraces_syscall_tables(
+    tmp_path: Path,
+) -> None:
+    # A short traced run is measured by the tracer's start-up: the text trace never uses PyYAML
+    # (~20 ms of imports), and python-ptrace is there for ptrace() only, not for its syscall
+    # package (~9 ms; the numbers come from the generated ABI).
+    output = tmp_path / "trace.txt"
+    program = (
+        "import sys\n"
+        "from conformance.cli import main\n"
+        f"status = main(['trace', '--kvm-run', 'off', '-o', {str(output)!r}, '--', 'true'])\n"
+        "print(*sys.modules, sep='\\n')\n"
+        "sys.exit(status)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, timeout=60, check=True
+    )
+    loaded = set(result.stdout.decode().split())
+    assert "conformance.tracer.ptrace_backend" in loaded  # it did trace
+    assert "yaml" not in loaded
+    assert not {name for name in loaded if name.startswith("ptrace.syscall")}
