@@ -32,6 +32,9 @@ class KvmObject:
     coalesced_ring_seen: int | None = None  # ring index up to which entries were recorded
     xsave2_size: int = 0
     vcpu_count: int = 0  # VM only: vCPUs created, for naming
+    # VM only: the address space (the recorder's per-process RunMappings) that created it. KVM
+    # refuses vCPU ioctls from any other (EIO), a refusal its KVM_RUN tracepoint never sees.
+    created_in: object | None = None
 
 
 @dataclass(slots=True)

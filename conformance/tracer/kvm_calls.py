@@ -72,6 +72,7 @@ class KvmCallDecoder:
         run_entry = None
         if request == KVM_RUN and self._decode_runs and target is not None:
             run_entry = self._runs.read_entry(stop, target, mappings)
+            stop.exit_can_wait = _failure_is_traced(target, arg, mappings)
         return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry)
 
     def exit(
@@ -92,7 +93,7 @@ class KvmCallDecoder:
             outputs = decode.read_outputs(spec, stop, pending.arg, vm, failed=errno is not None)
         new_role = None
         if errno is None and spec is not None:
-            new_role = self._created(spec, pending, outputs, ret, fds)
+            new_role = self._created(spec, pending, outputs, ret, fds, mappings=mappings)
             self._remember(spec, pending, target, ret)
         run_exit = None
         if pending.request == KVM_RUN and self._decode_runs and target is not None:
@@ -137,11 +138,14 @@ class KvmCallDecoder:
         outputs: Fields | None,
         ret: int,
         fds: FdTable,
+        *,
+        mappings: RunMappings,
     ) -> str | None:
         vm = _vm_of(pending.target)
         new_fd = ret
         if spec.creates == "vm":
             created = self._names.vm()
+            created.created_in = mappings
         elif spec.creates == "vcpu":
             created = self._names.vcpu(vm, pending.arg & 0xFFFFFFFF)
         elif spec.creates == "stats":
@@ -172,6 +176,16 @@ class KvmCallDecoder:
             vm.coalesced_mmio = True
         elif spec.name == "KVM_CHECK_EXTENSION" and pending.arg == abi.KVM_CAP_XSAVE2:
             vm.xsave2_size = ret
+
+
+def _failure_is_traced(vcpu: KvmObject, arg: int, mappings: RunMappings) -> bool:
+    """Whether a failure of this KVM_RUN would reach the kvm_userspace_exit tracepoint.
+
+    kvm_vcpu_ioctl() refuses before it: a vCPU of a VM another address space created (EIO) and,
+    for KVM_RUN, any argument but 0 (EINVAL). Those KVM_RUNs get an exit stop of their own.
+    """
+    vm = vcpu.vm
+    return vcpu.kind == "vcpu" and arg == 0 and vm is not None and vm.created_in is mappings
 
 
 def _vm_of(target: KvmObject | None) -> KvmObject | None:

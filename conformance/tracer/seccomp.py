@@ -5,7 +5,8 @@ interest and SECCOMP_RET_ALLOW for everything else, including ioctls whose reque
 "unstopped" list: KVM_RUN runs at native speed while every other KVM ioctl is still seen.
 
 Not traced on purpose: execve/execveat, because PTRACE_O_TRACEEXEC reports every successful
-exec as PTRACE_EVENT_EXEC whether or not it is filtered; clone/clone3/fork/vfork, because
+exec as PTRACE_EVENT_EXEC whether or not it is filtered (except while KVM_RUN exits are read
+late, see EXEC_SYSCALL_NAMES); clone/clone3/fork/vfork, because
 PTRACE_O_TRACECLONE/FORK/VFORK report every new task as an event. Stopping on them too would
 cost a stop each and tell us nothing new.
 
@@ -60,6 +61,9 @@ TRACED_SYSCALL_NAMES: tuple[str, ...] = (
     "eventfd",
     "eventfd2",
 )
+# Stopped at only while a KVM_RUN's exit waits for its thread's next stop (kvm_run_failures.py):
+# the exec would replace the address space that exit is read from.
+EXEC_SYSCALL_NAMES = ("execve", "execveat")
 # The fcntl commands a decoder follows: the only two that create a file descriptor, and F_SETFD,
 # which sets or clears close-on-exec (what an exec keeps of the fd table).
 _FCNTL_TRACED_COMMANDS = (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC, fcntl.F_SETFD)
@@ -78,10 +82,16 @@ class SyscallSelection:
 
     @classmethod
     def from_names(
-        cls, syscall_number: Callable[[str], int], unstopped_ioctl_requests: Sequence[int]
+        cls,
+        syscall_number: Callable[[str], int],
+        unstopped_ioctl_requests: Sequence[int],
+        *,
+        stop_at_exec: bool = False,
     ) -> SyscallSelection:
+        """`stop_at_exec`: also stop at execve/execveat (see EXEC_SYSCALL_NAMES)."""
+        names = (*TRACED_SYSCALL_NAMES, *(EXEC_SYSCALL_NAMES if stop_at_exec else ()))
         return cls(
-            traced_numbers=frozenset(syscall_number(name) for name in TRACED_SYSCALL_NAMES),
+            traced_numbers=frozenset(syscall_number(name) for name in names),
             ioctl_number=syscall_number("ioctl"),
             fcntl_number=syscall_number("fcntl"),
             unstopped_ioctl_requests=frozenset(

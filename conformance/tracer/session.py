@@ -12,6 +12,13 @@ Two ways to stop at syscalls, giving the handler the same stream:
 - plain stepping: PTRACE_SYSCALL at every syscall; the same selection applied here in Python.
 Entry and exit are told apart by PTRACE_GET_SYSCALL_INFO, not by counting stops per thread.
 
+One stop per KVM_RUN (fast path, with a `KvmRunFailures`): when the handler marks a stop's exit
+as able to wait (`exit_can_wait`), the task runs on with PTRACE_CONT and the handler gets that
+exit at the task's next stop of any kind (its next selected syscall, a signal, its exit with
+PTRACE_O_TRACEEXIT, an exec, which is then stopped at); the return value comes from
+KvmRunFailures. A task that ends without another stop (SIGKILL) takes that exit with it, as it
+would a syscall it was in.
+
 Kill safety: the spawned child asks for SIGKILL when its parent thread dies (PR_SET_PDEATHSIG)
 before it stops itself for the tracer; once seized, PTRACE_O_EXITKILL kills every tracee if the
 tracer dies. The window between fork() and prctl() is closed by the child checking getppid().
@@ -38,6 +45,7 @@ from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
+from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
 
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -59,6 +67,7 @@ class _Task:
     tgid: int
     before_exec: bool = False  # spawned child still in our pre-exec code: report nothing
     awaiting_exit: SyscallStop | None = None
+    exit_at_next_stop: SyscallStop | None = None  # a KVM_RUN's, read at the next stop (see above)
     entered_unselected: bool = False  # at an entry stop whose exit nobody wants
 
 
@@ -76,6 +85,7 @@ class TraceSession:
         self._exec_error_pipe: int | None = None
         self._attached = False
         self._interrupted_by: int | None = None
+        self._run_failures: KvmRunFailures | None = None
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -90,16 +100,20 @@ class TraceSession:
         stdin: int | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
+        run_failures: KvmRunFailures | None = None,
     ) -> int:
         """Start `argv` traced from its first instruction; returns its pid.
 
         `unstopped_ioctls`: ioctl requests (e.g. KVM_RUN's number) never reported, in both modes.
         stdin/stdout/stderr: file descriptors to give the program; None passes ours through.
+        `run_failures` (fast path only): lets exits marked `exit_can_wait` wait for the next stop.
         """
         environment = dict(os.environ if env is None else env)
         executable = spawning.resolve_executable(argv, environment.get("PATH", os.defpath), cwd)
+        if not seccomp_fast_path:
+            run_failures = None
         self._selection = seccomp.SyscallSelection.from_names(
-            backend.syscall_number, unstopped_ioctls
+            backend.syscall_number, unstopped_ioctls, stop_at_exec=run_failures is not None
         )
         program = self._selection.bpf_program() if seccomp_fast_path else None
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -124,12 +138,17 @@ class TraceSession:
         options = _FOLLOW_OPTIONS | backend.PTRACE_O_EXITKILL
         if seccomp_fast_path:
             options |= backend.PTRACE_O_TRACESECCOMP
+        if run_failures is not None:
+            options |= backend.PTRACE_O_TRACEEXIT  # a last KVM_RUN's exit is read there
         try:
             backend.seize(pid, options)
         except PtraceCallError:
             _kill(pid)  # stopped and untraced, it would wait forever
             backend.wait_for_stop(pid)  # reaps it: SIGKILL ends it
             raise
+        if run_failures is not None:
+            run_failures.follow(pid)
+        self._run_failures = run_failures
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
         self._main_pid = pid
@@ -200,6 +219,8 @@ class TraceSession:
         stop_signal = os.WSTOPSIG(status)
         event = status >> 16
         try:
+            if task.exit_at_next_stop is not None:
+                self._deliver_waiting_exit(tid, task, task.exit_at_next_stop)
             if self._interrupted_by is not None and self._attached:
                 pending_signal = stop_signal if event == 0 and stop_signal != _SYSCALL_STOP else 0
                 backend.detach(tid, pending_signal)
@@ -262,8 +283,18 @@ class TraceSession:
 
     def _deliver_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
         stop = SyscallStop(tid, task.tgid, info.nr, info.args, info.instruction_pointer)
-        if self._handler.on_syscall_entry(stop):
+        if not self._handler.on_syscall_entry(stop):
+            return
+        if stop.exit_can_wait and self._run_failures is not None:
+            task.exit_at_next_stop = stop
+        else:
             task.awaiting_exit = stop
+
+    def _deliver_waiting_exit(self, tid: int, task: _Task, stop: SyscallStop) -> None:
+        assert self._run_failures is not None
+        task.exit_at_next_stop = None
+        stop.return_value = self._run_failures.return_value(tid)
+        self._handler.on_syscall_exit(stop)
 
     def _resume(self, tid: int, task: _Task, deliver_signal: int = 0) -> None:
         if self.seccomp_fast_path and task.awaiting_exit is None:
@@ -321,6 +352,8 @@ class TraceSession:
         self._unannounced.discard(tid)
         if self._tasks.pop(tid, None) is None:
             return  # not a tracee (another child of this process) or already forgotten
+        if self._run_failures is not None:
+            self._run_failures.forget(tid)  # tids are reused: its failures must not outlive it
         if tid == self._main_pid:
             self._main_status = status
         self._handler.on_task_exit(tid, status)

@@ -24,6 +24,9 @@ class SyscallStop:
     args: tuple[int, ...]
     instruction_pointer: int  # just past the task's `syscall` instruction
     return_value: int | None = None
+    # Set by the handler at entry: the exit may be delivered at the task's next stop instead of
+    # at an exit stop of its own, its return value taken from KvmRunFailures (session.py).
+    exit_can_wait: bool = False
 
     def read(self, address: int, size: int) -> bytes:
         """`size` bytes of the task's memory (one process_vm_readv)."""

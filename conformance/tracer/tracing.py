@@ -4,7 +4,9 @@
 
 Every decoded event goes to `on_event` as soon as it is complete (streaming). `kvm_run`:
 - "full": every KVM_RUN is stopped at, its exit decoded from kvm_run and the VMM's answer to
-  IO-in / MMIO-read / RDMSR read at the next entry;
+  IO-in / MMIO-read / RDMSR read at the next entry; with the fast path and KVM's
+  kvm_userspace_exit tracepoint, the exit is read at the thread's next stop, so one stop per
+  KVM_RUN instead of two (kvm_run_failures.py);
 - "summary": KVM_RUN is never stopped at either; each vCPU's exit counters, read from KVM's own
   binary statistics, are recorded once as a KvmRunSummary when the vCPU goes away;
 - "off": KVM_RUN is never stopped at (with the seccomp fast path it runs at native speed) and
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from conformance.events import Event
 from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN, KvmRunMode
+from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.recorder import Recorder
 from conformance.tracer.session import TraceSession
 from conformance.tracer.stops import TraceResult
@@ -42,6 +45,10 @@ class TraceOutcome:
     events: int  # how many events went to on_event
     command: str
     kvm_run_mode: KvmRunMode  # what the trace holds of KVM_RUN; callers record it as provenance
+    # full mode: each KVM_RUN's exit was read at its thread's next stop, one stop per KVM_RUN
+    # (kvm_run_failures.py), rather than at a syscall-exit stop of its own
+    one_stop_kvm_run: bool = False
+    one_stop_unavailable: str | None = None  # why not, when full mode wanted it
 
     @property
     def exit_status(self) -> int:
@@ -89,7 +96,8 @@ def trace(
     counter = _CountingCallback(on_event)
     recorder = Recorder(counter, kvm_run=kvm_run)
     session = TraceSession(recorder)
-    with _one_cpu(pin):  # the child inherits the affinity at fork, before its exec
+    with _one_cpu(pin), _run_failures(fast_path and kvm_run == "full") as (failures, why_not):
+        # the child inherits the affinity at fork, before its exec
         pid = session.spawn(
             argv,
             seccomp_fast_path=fast_path,
@@ -99,12 +107,13 @@ def trace(
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
+            run_failures=failures,
         )
         recorder.started(pid)
         result = session.run()
         recorder.finish()
     return TraceOutcome(result, session.seccomp_fast_path, recorder.opened_kvm, counter.count,
-                        argv[0], kvm_run)  # fmt: skip
+                        argv[0], kvm_run, failures is not None, why_not)  # fmt: skip
 
 
 def attach(
@@ -131,6 +140,17 @@ def attach(
     return TraceOutcome(
         result, False, recorder.opened_kvm, counter.count, _command_of(pid), kvm_run
     )
+
+
+@contextlib.contextmanager
+def _run_failures(wanted: bool) -> Iterator[tuple[KvmRunFailures | None, str | None]]:
+    """KVM_RUN failures from KVM's tracepoint when it can be used, else None and why."""
+    failures, why_not = KvmRunFailures.start() if wanted else (None, None)
+    try:
+        yield failures, why_not
+    finally:
+        if failures is not None:
+            failures.close()
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The seccomp fast path sees exactly what stepping through every syscall sees.
 
-Each program is traced twice, with the in-kernel filter (fast path) and without it (plain
-path), and the normalized traces must be byte-identical: our VMM core's scenarios, a C VMM with
+Each program is traced twice, with the in-kernel filter (fast path: in full mode one stop per
+KVM_RUN, its exit read at the thread's next stop) and without it (plain path: two stops), and
+the normalized traces must be byte-identical: our VMM core's scenarios, a C VMM with
 IO/MMIO answers, a VMM that forks, and QEMU (threads). `off` and `summary` must equal `full`
 once KVM_RUN calls (and summary's counters) are left out. Runs are pinned to one CPU (KVM's
 CPUID answers carry the APIC id of the CPU that ran the call) and QEMU runs without ASLR.
@@ -9,6 +10,7 @@ CPUID answers carry the APIC id of the CPU that ran the call) and QEMU runs with
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -18,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conformance.compare import CompareOptions, compare_documents
+from conformance.compare import compare_documents
 from conformance.events import Event, Ioctl, KvmRunSummary
 from conformance.normalize import Normalizer
+from conformance.qemu_recording import reference_options
+from conformance.qemu_scenarios import qemu_scenario
 from conformance.snapshot import dump_document, load_document
 from conformance.tracer import attach, trace
 from conformance.tracer.kvm_calls import KvmRunMode
@@ -73,6 +77,10 @@ def normalized(
         os.close(read_end)
     assert outcome.fast_path_used == fast_path
     assert outcome.kvm_run_mode == kvm_run
+    # Every fast-path full trace here reads KVM_RUN exits with one stop per call.
+    assert outcome.one_stop_kvm_run == (fast_path and kvm_run == "full"), (
+        outcome.one_stop_unavailable
+    )
     assert outcome.opened_kvm, outcome.message
     for event in events:
         if keep(event):
@@ -81,26 +89,17 @@ def normalized(
     return f"exit status {outcome.exit_status}\n{dump_document(normalizer.finish())}"
 
 
-# What QEMU passes that changes run to run, traced or not: the PIT's load times (host clock
-# readings) and SREGS2's PDPTRs, uninitialized while the flags do not mark them valid.
-_QEMU_RUN_TO_RUN = CompareOptions(
-    ignore=(
-        *(f"in.channels[{channel}].count_load_time" for channel in range(3)),
-        "in.pdptrs",
-    )
-)
-
-
 def assert_same_but_run_to_run_values(fast: str, plain: str) -> None:
-    """Compare as the regression check does: every call and input field, kernel answers
-    (`out:`, e.g. KVM_GET_CLOCK's clock) and QEMU's run-to-run values aside."""
+    """Compare as the regression check of a QEMU reference does: every call and input field,
+    kernel answers (`out:`, e.g. KVM_GET_CLOCK's clock) and QEMU's run-to-run values aside."""
     (fast_status, fast_yaml), (plain_status, plain_yaml) = (t.split("\n", 1) for t in (fast, plain))
     assert fast_status == plain_status
+    plain_document = load_document(plain_yaml, "plain.yaml")
     comparison = compare_documents(
-        load_document(plain_yaml, "plain.yaml"),
+        plain_document,
         load_document(fast_yaml, "fast.yaml"),
         scenario="qemu",
-        options=_QEMU_RUN_TO_RUN,
+        options=reference_options(plain_document),
     )
     assert comparison.ok, comparison.differences[:5]
 
@@ -198,3 +197,33 @@ def test_attach_falls_back_to_the_plain_path_and_says_so() -> None:
     with pytest.warns(RuntimeWarning, match="seccomp"):
         outcome = attach(tracee.pid, lambda event: None)
     assert not outcome.fast_path_used and outcome.exit_status == 0
+
+
+def test_one_stop_kvm_run_reports_every_failure_as_two_stops_do(tmp_path: Path) -> None:
+    """Fast path, full mode: KVM_RUN's errno from the tracepoint (EINTR, EINVAL...) or from the
+    exit stop asked for when KVM refuses before it (argument 1, another process's vCPU)."""
+    argv = [sys.executable, str(_TRACEES / "failing_runs.py")]
+    errnos: dict[bool, list[int]] = {}
+    for fast_path in (True, False):
+        events: list[Event] = []
+        printed = tmp_path / f"printed-{fast_path}"
+        with printed.open("w") as stdout:
+            outcome = trace(argv, events.append, fast_path=fast_path, stdout=stdout.fileno())
+        assert outcome.exit_status == 0
+        assert outcome.one_stop_kvm_run == fast_path, outcome.one_stop_unavailable
+        runs = [e for e in events if isinstance(e, Ioctl) and e.name == "KVM_RUN"]
+        errnos[fast_path] = [run.errno or 0 for run in runs]
+        assert errnos[fast_path] == [int(word) for word in printed.read_text().split()]
+    assert errnos[True] == errnos[False]
+    assert errnos[True][:2] == [errno.EINTR, errno.EINVAL]
+    assert errnos[True][3:] == [errno.EINVAL, errno.EIO]
+
+
+@pytest.mark.needs_qemu
+def test_fast_path_equals_plain_path_on_qemu_running_a_guest() -> None:
+    """QEMU's vCPU thread runs tiny-bios to its isa-debug-exit: KVM_RUN exits read one stop per
+    call on a thread of a multi-threaded VMM, the last one by the thread that exits."""
+    argv = [*_QEMU[:3], *qemu_scenario("tiny-bios").argv("qemu-system-x86_64")]
+    fast = normalized(argv, fast_path=True)
+    assert_same_but_run_to_run_values(fast, normalized(argv, fast_path=False))
+    assert "KVM_EXIT_IO" in fast
