@@ -315,6 +315,8 @@ class TraceSession:
     def _announce(self, parent_tid: int, child: int, child_tgid: int) -> None:
         kind: TaskKind = "process" if child_tgid == child else "thread"
         self._tasks[child] = _Task(tgid=child_tgid)
+        if self._run_failures is not None:
+            self._run_failures.follow(child)  # before it runs: it is stopped until resumed
         self._handler.on_new_task(parent_tid, child, kind)
         if child in self._unannounced:
             self._unannounced.discard(child)
