@@ -51,6 +51,9 @@ class Ioctl(Call):
     new_fd_role: str | None = None  # role of the fd this call created (CREATE_VM, CREATE_VCPU...)
     run_exit: Fields | None = None  # KVM_RUN: the exit reason and its payload from kvm_run
     run_entry: Fields | None = None  # KVM_RUN: what the VMM answered a prior IO-in/MMIO-read with
+    # KVM_RUN: this call and the identical ones right after it on its thread, `repeat` in all
+    # (seq numbers seq .. seq + repeat - 1); the tracer merges them where it sees them whole.
+    repeat: int = 1
 
 
 @dataclass(frozen=True, slots=True)

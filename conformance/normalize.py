@@ -122,14 +122,15 @@ class Normalizer:
         kvm_fd: bool = False,
     ) -> None:
         thread = self._thread(event.tid, event.pid)
-        thread.made += 1
+        repeat = event.repeat if isinstance(event, events.Ioctl) else 1
+        thread.made += repeat
         if kvm_fd:
             thread.facts.touched_kvm = True
         calls = thread.calls
         if entry.get("req") == "KVM_RUN" and calls and calls[-1].entry == entry:
-            calls[-1].repeat += 1
+            calls[-1].repeat += repeat
             return
-        calls.append(_PendingCall(entry, anchor))
+        calls.append(_PendingCall(entry, anchor, repeat))
         if len(calls) % _COMPACT_EVERY == 0:
             # Memory unmapped before any KVM call referenced it never will be: its calls go now,
             # so that a VMM churning through malloc arenas does not fill the pending lists.

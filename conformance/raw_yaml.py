@@ -19,6 +19,7 @@ document, one thread after another, so memory stays flat however long the trace.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 from types import TracebackType
@@ -51,11 +52,12 @@ class RawYamlWriter:
             spool = self._open_spools.enter_context(spool_file)
             self._spools[event.tid] = spool
         if isinstance(event, events.Ioctl) and event.run_exit is not None:
-            spool.write(self._run_line(event))
+            for seq in range(event.seq, event.seq + event.repeat):  # an entry per call
+                spool.write(self._run_line(event, seq))
         else:
             spool.write(f"    - {format_call(raw_entry(event))}\n")
 
-    def _run_line(self, event: events.Ioctl) -> str:
+    def _run_line(self, event: events.Ioctl, seq: int) -> str:
         """A VMM's KVM_RUN loop mostly repeats one exit: a thread's KVM_RUN equal to its last
         but for `seq` reuses that one's text after `seq` instead of formatting it again. The
         decoded fields are compared by repr, which unlike == tells mappings apart by key order.
@@ -63,11 +65,11 @@ class RawYamlWriter:
         fields = repr((event.inputs, event.run_entry, event.outputs, event.run_exit))
         run = (event.fd, event.fd_role, event.ret, event.errno, event.request, event.name,
                event.arg, event.new_fd_role, fields)  # fmt: skip
-        head = f"    - {{call: ioctl, seq: {event.seq}, "
+        head = f"    - {{call: ioctl, seq: {seq}, "
         last = self._last_runs.get(event.tid)
         if last is not None and last[0] == run:
             return head + last[1]
-        line = f"    - {format_call(raw_entry(event))}\n"
+        line = f"    - {format_call(raw_entry(dataclasses.replace(event, seq=seq)))}\n"
         if line.startswith(head):
             self._last_runs[event.tid] = (run, line[len(head) :])
         return line

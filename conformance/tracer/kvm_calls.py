@@ -73,6 +73,7 @@ class KvmCallDecoder:
         if request == KVM_RUN and self._decode_runs and target is not None:
             run_entry = self._runs.read_entry(stop, target, mappings)
             stop.exit_can_wait = _failure_is_traced(target, arg, mappings)
+            stop.run_address = _run_address_for_the_compiled_loop(target, mappings)
         return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry)
 
     def exit(
@@ -114,6 +115,7 @@ class KvmCallDecoder:
             new_fd_role=new_role,
             run_exit=run_exit,
             run_entry=pending.run_entry,
+            repeat=stop.repeat,
         )
 
     def _spec(self, request: int, kinds: FdKind | None) -> IoctlSpec | None:
@@ -186,6 +188,15 @@ def _failure_is_traced(vcpu: KvmObject, arg: int, mappings: RunMappings) -> bool
     """
     vm = vcpu.vm
     return vcpu.kind == "vcpu" and arg == 0 and vm is not None and vm.created_in is mappings
+
+
+def _run_address_for_the_compiled_loop(vcpu: KvmObject, mappings: RunMappings) -> int | None:
+    """Where the vCPU's kvm_run is, if the compiled loop can read all of an exit there: it
+    copies kvm_run's header and PIO data, not a coalesced MMIO ring."""
+    mapping = mappings.by_vcpu.get(vcpu)
+    if mapping is None or vcpu.vm is None or vcpu.vm.coalesced_mmio:
+        return None
+    return mapping.run_address
 
 
 def _vm_of(target: KvmObject | None) -> KvmObject | None:

@@ -36,14 +36,14 @@ PAGE_SIZE = 4096
 _RING_PAGE_OFFSET = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE
 _UNION_OFFSET: int = abi.kvm_run._anon0.offset
 _UNION_SIZE: int = abi.kvm_run._anon0.size
-_HEADER_SIZE = _UNION_OFFSET + _UNION_SIZE
+HEADER_SIZE = _UNION_OFFSET + _UNION_SIZE  # kvm_run up to the end of its exit union
 # exit_reason u32, (ready_for_interrupt_injection u8, if_flag u8), flags u16
 _STATUS = struct.Struct("<8xI2xH")
 _CONTROL = struct.Struct("<BB")  # request_interrupt_window, immediate_exit
 _RING_INDICES = struct.Struct("<II")  # first, last
 _RING_ENTRY_SIZE = ctypes.sizeof(abi.kvm_coalesced_mmio)
 _RING_CAPACITY = (PAGE_SIZE - ctypes.sizeof(abi.kvm_coalesced_mmio_ring)) // _RING_ENTRY_SIZE
-_IO_GUESS = 16  # bytes of IO data read speculatively with the header: covers non-string IO
+PIO_GUESS = 16  # bytes of IO data read speculatively with the header: covers non-string IO
 
 _UNION_MEMBERS: dict[str, type[Any]] = {name: kind for name, kind, *_ in abi.kvm_run_anon0._fields_}
 
@@ -163,10 +163,10 @@ class RunReader:
         if mapping is None or mapping.run_address is None:
             return None
         base = mapping.run_address
-        ranges = [(base, _HEADER_SIZE)]
+        ranges = [(base, HEADER_SIZE)]
         io_offset = self._io_data_offset.get(vcpu)
         if io_offset is not None:
-            ranges.append((base + io_offset, _IO_GUESS))
+            ranges.append((base + io_offset, PIO_GUESS))
         vm = vcpu.vm
         ring = mapping.ring_address if vm is not None and vm.coalesced_mmio else None
         if ring is not None:
@@ -186,7 +186,7 @@ class RunReader:
         if flags:  # KVM_RUN_X86_SMM, KVM_RUN_X86_BUS_LOCK: rare, and part of the exit when set
             fields["flags"] = flags
         member = _PAYLOAD_MEMBER.get(reason)
-        union = header[_UNION_OFFSET:_HEADER_SIZE]
+        union = header[_UNION_OFFSET:HEADER_SIZE]
         if member is None:
             if reason not in _KNOWN_REASONS:
                 fields["raw"] = union

@@ -97,9 +97,20 @@ class KvmRunFailures:
         if len(self._followed) == 1:
             (self.instance / _EVENT / "enable").write_text("1\n")
 
+    @property
+    def pipe(self) -> int:
+        """trace_pipe, non-blocking: the compiled loop reads it too and hands us the bytes."""
+        return self._pipe
+
     def return_value(self, tid: int) -> int:
-        """What `tid`'s oldest KVM_RUN not asked about yet returned: 0 or -errno."""
+        """What `tid`'s oldest KVM_RUN not asked about yet returned: 0 or -errno. Call it at a
+        stop of `tid`, which then has no KVM_RUN running."""
         self._drain()
+        return self.take(tid)
+
+    def take(self, tid: int) -> int:
+        """return_value() from what was read so far: for a KVM_RUN the compiled loop finished,
+        `tid` having run on since (a later call's failure may be in the pipe by now)."""
         failures = self._failures.get(tid)
         if not failures:
             return 0
@@ -107,6 +118,10 @@ class KvmRunFailures:
         if not failures:
             del self._failures[tid]
         return value
+
+    def queued_tids(self) -> list[int]:
+        """Tasks with a failure read but not taken yet."""
+        return list(self._failures)
 
     def forget(self, tid: int) -> None:
         """`tid` ended: drop the failures of the exits it took with it, stop following it."""
@@ -129,12 +144,16 @@ class KvmRunFailures:
                 return
             if not chunk:
                 return
-            lines = (self._partial + chunk).split(b"\n")
-            self._partial = lines.pop()
-            for line in lines:
-                match = _FAILURE_LINE.search(line)
-                if match is not None and int(match[1]) in self._followed:
-                    self._failures.setdefault(int(match[1]), deque()).append(-int(match[2]))
+            self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        """Bytes read from the pipe. (trace_pipe returns whole lines; a split one is joined.)"""
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            match = _FAILURE_LINE.search(line)
+            if match is not None and int(match[1]) in self._followed:
+                self._failures.setdefault(int(match[1]), deque()).append(-int(match[2]))
 
     def _write_filter(self) -> None:
         tids = sorted(self._followed)

@@ -194,6 +194,7 @@ class Recorder:
                 ret=ret,
                 errno=errno,
             )
+            self._seq += event.repeat - 1  # merged calls keep their numbers
             self._emit(event)
             if event.name == "KVM_CREATE_VCPU" and errno is None and self._exit_counters:
                 vcpu = fds.get(ret)

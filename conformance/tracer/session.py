@@ -17,7 +17,10 @@ as able to wait (`exit_can_wait`), the task runs on with PTRACE_CONT and the han
 exit at the task's next stop of any kind (its next selected syscall, a signal, its exit with
 PTRACE_O_TRACEEXIT, an exec, which is then stopped at); the return value comes from
 KvmRunFailures. A task that ends without another stop (SIGKILL) takes that exit with it, as it
-would a syscall it was in.
+would a syscall it was in. When the compiled loop (kvm_run_loop.py) is built, a KVM_RUN whose
+stop names its kvm_run (`run_address`) is handed to it: it handles that task's further KVM_RUN
+stops on registered vCPUs itself and gives back records, delivered as entry + exit here, before
+the next stop it returns; any other syscall of the process unregisters the process's vCPUs.
 
 Kill safety: the spawned child asks for SIGKILL when its parent thread dies (PR_SET_PDEATHSIG)
 before it stops itself for the tracer; once seized, PTRACE_O_EXITKILL kills every tracee if the
@@ -32,6 +35,7 @@ All calls must come from the thread that called spawn()/attach(): ptrace binds a
 from __future__ import annotations
 
 import contextlib
+import errno as errno_codes
 import os
 import signal
 import threading
@@ -45,8 +49,17 @@ from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
+from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
-from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
+from conformance.tracer.kvm_run_loop import KvmRunLoop, RunRecord
+from conformance.tracer.stops import (
+    RecordedStop,
+    SyscallStop,
+    TaskKind,
+    TraceHandler,
+    TraceResult,
+)
+from conformance.tracer.syscall_args import signed_int
 
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
@@ -86,6 +99,9 @@ class TraceSession:
         self._attached = False
         self._interrupted_by: int | None = None
         self._run_failures: KvmRunFailures | None = None
+        self._run_loop: KvmRunLoop | None = None
+        self._compiled_loop_used = False
+        self._ioctl_number = backend.syscall_number("ioctl")
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -148,6 +164,7 @@ class TraceSession:
             raise
         if run_failures is not None:
             run_failures.follow(pid)
+            self._run_loop = KvmRunLoop.load(run_failures.pipe)
         self._run_failures = run_failures
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
@@ -193,7 +210,7 @@ class TraceSession:
             while self._tasks or self._unannounced:
                 if not self._tasks:
                     self._adopt_unannounced()
-                waited = backend.wait_any()
+                waited = self._wait()
                 if waited is None:
                     break
                 tid, status = waited
@@ -208,8 +225,56 @@ class TraceSession:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self._run_loop is not None:
+                self._run_loop.close()
+                self._run_loop = None
         self._raise_if_exec_failed()
         return TraceResult(self._main_pid, self._main_status, self._interrupted_by)
+
+    @property
+    def compiled_loop_used(self) -> bool:
+        """Whether KVM_RUN stops went through the compiled loop (until run() ended)."""
+        return self._compiled_loop_used
+
+    def _wait(self) -> tuple[int, int] | None:
+        """The next (tid, status) for Python; None when no tracee is left. With the compiled
+        loop, the KVM_RUNs it finished meanwhile are delivered first, in order."""
+        loop = self._run_loop
+        if loop is None:
+            return backend.wait_any()
+        failures = self._run_failures
+        assert failures is not None
+        while True:
+            for tid in failures.queued_tids():
+                loop.mark_failure(tid)  # that task's running KVM_RUN failed: its record says so
+            waited = loop.wait()
+            if waited.failure_bytes:
+                failures.feed(waited.failure_bytes)
+            for record in waited.records:
+                self._deliver_record(record, failures)
+            if waited.stop is not None:
+                return waited.stop
+            if waited.error == errno_codes.ECHILD:
+                return None
+            if waited.error not in (0, errno_codes.EINTR):  # EINTR: a signal handler has run
+                raise OSError(waited.error, f"waitpid: {os.strerror(waited.error)}")
+
+    def _deliver_record(self, record: RunRecord, failures: KvmRunFailures) -> None:
+        self._compiled_loop_used = True
+        args = (record.fd, KVM_RUN, 0, 0, 0, 0)
+        if not record.adopted:
+            entry = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,
+                                 memory=record.entry)  # fmt: skip
+            if not self._handler.on_syscall_entry(entry):
+                return
+        if record.exit_live:  # the task is stopped at the stop returned with this record
+            stop = SyscallStop(record.tid, record.tgid, self._ioctl_number, args, 0)
+            stop.return_value = failures.return_value(record.tid)
+        else:
+            stop = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,
+                                repeat=record.repeat, memory=record.exit)  # fmt: skip
+            stop.return_value = failures.take(record.tid) if record.check_failure else 0
+        self._handler.on_syscall_exit(stop)
 
     def _on_stop(self, tid: int, status: int) -> None:
         task = self._tasks.get(tid)
@@ -283,12 +348,25 @@ class TraceSession:
 
     def _deliver_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
         stop = SyscallStop(tid, task.tgid, info.nr, info.args, info.instruction_pointer)
+        loop = self._run_loop
+        if loop is not None:
+            loop.forget_process(task.tgid)  # this call may change the process's fds or mappings
         if not self._handler.on_syscall_entry(stop):
             return
-        if stop.exit_can_wait and self._run_failures is not None:
-            task.exit_at_next_stop = stop
-        else:
+        if not stop.exit_can_wait or self._run_failures is None:
             task.awaiting_exit = stop
+        elif loop is not None and stop.run_address is not None and self._hand_over(stop, loop):
+            pass  # the compiled loop finishes it and takes this task's next KVM_RUNs
+        else:
+            task.exit_at_next_stop = stop
+
+    @staticmethod
+    def _hand_over(stop: SyscallStop, loop: KvmRunLoop) -> bool:
+        assert stop.run_address is not None
+        fd = signed_int(stop.args[0])
+        return loop.register(stop.tid, stop.tgid, fd, stop.run_address) and loop.adopt(
+            stop.tid, stop.tgid, fd, stop.run_address
+        )
 
     def _deliver_waiting_exit(self, tid: int, task: _Task, stop: SyscallStop) -> None:
         assert self._run_failures is not None

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from conformance.tracer import tracee_memory
+from conformance.tracer.errors import MemoryReadError
 
 TaskKind = Literal["thread", "process"]
 
@@ -25,8 +26,11 @@ class SyscallStop:
     instruction_pointer: int  # just past the task's `syscall` instruction
     return_value: int | None = None
     # Set by the handler at entry: the exit may be delivered at the task's next stop instead of
-    # at an exit stop of its own, its return value taken from KvmRunFailures (session.py).
+    # at an exit stop of its own, its return value taken from KvmRunFailures (session.py)...
     exit_can_wait: bool = False
+    # ... and, for a KVM_RUN, where its vCPU's kvm_run is: the compiled loop may take over.
+    run_address: int | None = None
+    repeat: int = 1  # identical calls in a row this stop stands for (the compiled loop's merges)
 
     def read(self, address: int, size: int) -> bytes:
         """`size` bytes of the task's memory (one process_vm_readv)."""
@@ -34,6 +38,28 @@ class SyscallStop:
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return tracee_memory.read_many(self.tid, ranges)
+
+
+@dataclass(slots=True)
+class RecordedStop(SyscallStop):
+    """A KVM_RUN stop the compiled loop handled: reads are served from the bytes it copied at
+    that stop (kvm_run's header and PIO data), the task having run on since."""
+
+    memory: dict[int, bytes] = field(default_factory=dict)  # address -> bytes copied there
+
+    def read(self, address: int, size: int) -> bytes:
+        return self.read_many([(address, size)])[0]
+
+    def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return [self._copied(address, size) for address, size in ranges]
+
+    def _copied(self, address: int, size: int) -> bytes:
+        for base, data in self.memory.items():
+            if base <= address and address + size <= base + len(data):
+                return data[address - base : address - base + size]
+        raise MemoryReadError(
+            f"task {self.tid}: {size} bytes at {address:#x} were not copied at its KVM_RUN stop"
+        )
 
 
 class TraceHandler(Protocol):

@@ -42,7 +42,7 @@ class TextWriter:
                    event.outputs, event.new_fd_role)  # fmt: skip
             if run != self._last_run:
                 self._last_run, self._last_run_line = run, format_event(event) + "\n"
-            self._stream.write(self._last_run_line)
+            self._stream.write(self._last_run_line * event.repeat)  # a line per call, as strace
             return
         self._stream.write(format_event(event) + "\n")
 

@@ -53,8 +53,8 @@ def full_mode_exits(events: list[Event]) -> Counter[str]:
         if isinstance(event, Ioctl) and event.name == "KVM_RUN" and event.run_exit is not None:
             reason = event.run_exit["exit_reason"]
             assert isinstance(reason, int)
-            counts["exits"] += 1
-            counts[_COUNTER_OF_REASON.get(reason, "other")] += 1
+            counts["exits"] += event.repeat
+            counts[_COUNTER_OF_REASON.get(reason, "other")] += event.repeat
     return counts
 
 
