@@ -93,6 +93,7 @@ struct task {
 struct kvmc {
     struct kvmc_layout layout;
     int failure_fd;
+    int signal_fd; /* Python's signal wakeup fd (read end), or -1 */
     struct task *tasks;
     int task_count, task_capacity;
     struct kvmc_record *records;
@@ -116,6 +117,7 @@ struct kvmc *kvmc_new(const struct kvmc_layout *layout, int failure_fd, uint32_t
     }
     ctx->layout = *layout;
     ctx->failure_fd = failure_fd;
+    ctx->signal_fd = -1;
     ctx->record_capacity = record_capacity;
     return ctx;
 }
@@ -199,6 +201,19 @@ int kvmc_adopt(struct kvmc *ctx, int tid, int tgid, int fd, uint64_t run_address
     task->pending_fd = fd;
     task->pending_run = run_address;
     return 0;
+}
+
+/*
+ * Python's signal handlers run only when this loop returns. Python writes a byte to its wakeup fd
+ * (signal.set_wakeup_fd) when a signal arrives; with its read end here, the loop returns before
+ * each waitpid once one has, as it does when waitpid itself is interrupted (EINTR).
+ */
+void kvmc_set_signal_fd(struct kvmc *ctx, int fd) { ctx->signal_fd = fd; }
+
+static int signal_arrived(const struct kvmc *ctx)
+{
+    uint8_t drained[64];
+    return ctx->signal_fd >= 0 && read(ctx->signal_fd, drained, sizeof drained) > 0;
 }
 
 /* Python is about to let a call of process `tgid` change fds or mappings: forget its vCPUs. */
@@ -318,7 +333,8 @@ static struct vcpu *kvm_run_vcpu(struct kvmc *ctx, struct task *task, int tid)
 
 /*
  * Wait until Python must act: a stop not handled here (KVMC_STOP: tid, status), records to
- * take (KVMC_FLUSH: the batch is full, or failure bytes arrived), or waitpid failed
+ * take or a signal handler to run (KVMC_FLUSH: the batch is full, failure bytes arrived, a
+ * signal arrived), or waitpid failed
  * (KVMC_WAIT_ERROR: errno in `error`; EINTR when a signal reached the tracer).
  * Records and failure bytes start anew at each call: Python takes them before calling again.
  */
@@ -329,6 +345,10 @@ int kvmc_wait(struct kvmc *ctx, struct kvmc_result *result)
     memset(result, 0, sizeof *result);
     for (;;) {
         int status;
+        if (signal_arrived(ctx)) {
+            result->kind = KVMC_FLUSH;
+            break;
+        }
         pid_t tid = waitpid(-1, &status, __WALL);
         if (tid < 0) {
             result->kind = KVMC_WAIT_ERROR;
@@ -344,7 +364,7 @@ int kvmc_wait(struct kvmc *ctx, struct kvmc_result *result)
             task->pending = 1;
             task->pending_fd = vcpu->fd;
             task->pending_run = vcpu->run_address;
-            if (ptrace(PTRACE_CONT, tid, 0, 0) != 0) {
+            if (ptrace(PTRACE_CONT, tid, NULL, NULL) != 0) {
                 /* Gone (SIGKILL): its end comes from waitpid and goes to Python. */
                 task->pending = 0;
             }

@@ -154,7 +154,7 @@ class KvmRunLoop:
             function = getattr(library, name)
             function.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                  ctypes.c_uint64)  # fmt: skip
-        for name in ("kvmc_forget_process", "kvmc_mark_failure"):
+        for name in ("kvmc_forget_process", "kvmc_mark_failure", "kvmc_set_signal_fd"):
             getattr(library, name).argtypes = (ctypes.c_void_p, ctypes.c_int)
         library.kvmc_wait.argtypes = (ctypes.c_void_p, ctypes.POINTER(_Result))
         library.kvmc_record_size.restype = ctypes.c_size_t
@@ -173,6 +173,11 @@ class KvmRunLoop:
     def forget_process(self, tgid: int) -> None:
         """A call of process `tgid` may change its fds or mappings: forget its vCPUs."""
         self._library.kvmc_forget_process(self._context, tgid)
+
+    def watch_signals(self, wakeup_fd: int) -> None:
+        """The read end of Python's signal wakeup fd: the loop returns when a signal arrives,
+        so that Python's handlers run (they only run between bytecodes)."""
+        self._library.kvmc_set_signal_fd(self._context, wakeup_fd)
 
     def mark_failure(self, tid: int) -> None:
         """KvmRunFailures holds a failure of `tid`: its next record must ask for it."""

@@ -40,7 +40,7 @@ import os
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -207,17 +207,8 @@ class TraceSession:
         """Deliver stops to the handler until every tracee has ended (or we were told to stop)."""
         previous = self._install_termination_handlers()
         try:
-            while self._tasks or self._unannounced:
-                if not self._tasks:
-                    self._adopt_unannounced()
-                waited = self._wait()
-                if waited is None:
-                    break
-                tid, status = waited
-                if os.WIFSTOPPED(status):
-                    self._on_stop(tid, status)
-                else:
-                    self._on_end(tid, status)
+            with self._signals_end_the_compiled_wait(bool(previous)):
+                self._loop()
         except BaseException:
             if not self._attached:
                 self._kill_all()  # a failing handler must not leave tracees stopped forever
@@ -230,6 +221,37 @@ class TraceSession:
                 self._run_loop = None
         self._raise_if_exec_failed()
         return TraceResult(self._main_pid, self._main_status, self._interrupted_by)
+
+    def _loop(self) -> None:
+        while self._tasks or self._unannounced:
+            if not self._tasks:
+                self._adopt_unannounced()
+            waited = self._wait()
+            if waited is None:
+                break
+            tid, status = waited
+            if os.WIFSTOPPED(status):
+                self._on_stop(tid, status)
+            else:
+                self._on_end(tid, status)
+
+    @contextlib.contextmanager
+    def _signals_end_the_compiled_wait(self, handlers_installed: bool) -> Iterator[None]:
+        """Our SIGINT/SIGTERM handlers run only when the compiled loop returns to Python: give
+        it Python's signal wakeup fd, written to when a signal arrives, to return on."""
+        loop = self._run_loop
+        if loop is None or not handlers_installed:
+            yield
+            return
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        loop.watch_signals(read_end)
+        try:
+            yield
+        finally:
+            signal.set_wakeup_fd(previous)
+            os.close(read_end)
+            os.close(write_end)
 
     @property
     def compiled_loop_used(self) -> bool:

@@ -27,7 +27,7 @@ from conformance.normalize import Normalizer
 from conformance.qemu_recording import reference_options
 from conformance.qemu_scenarios import qemu_scenario
 from conformance.snapshot import dump_document, load_document
-from conformance.tracer import attach, trace
+from conformance.tracer import attach, kvm_run_loop, trace
 from conformance.tracer.kvm_calls import KvmRunMode
 from conformance.vmm.machine import SCENARIOS
 
@@ -259,3 +259,14 @@ def test_the_compiled_loop_merges_identical_exits_and_loses_none() -> None:
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     last = max(events, key=lambda e: e.seq)
     assert last.seq == len(events) + sum(run.repeat - 1 for run in runs)  # no number skipped
+
+
+def test_without_the_compiled_loop_the_python_loop_traces_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A build without the C library (a source tree never built) still takes one stop per
+    KVM_RUN, in Python, and records what the plain path does."""
+    monkeypatch.setattr(kvm_run_loop, "_library_path", lambda: None)
+    fast = normalized(_scenario("hello"), fast_path=True, compiled_loop=False)
+    assert fast == normalized(_scenario("hello"), fast_path=False)
+    assert "req: KVM_RUN" in fast

@@ -294,3 +294,62 @@ def test_terminating_an_attached_trace_detaches_and_leaves_the_process_running(
     assert tracer_of(tracee.pid) == 0
     tracee.terminate()  # its handler exits 0: it still runs, untraced
     assert tracee.wait(timeout=5) == 0
+
+
+def _start_full_trace(output: Path) -> subprocess.Popen[str]:
+    """`kvm-conformance trace` in full mode of a guest that exits 100M times: its KVM_RUNs go
+    through the compiled loop for as long as the test lets it run."""
+    exits_guest = REPOSITORY / "benchmarks" / "exits_guest.py"
+    return subprocess.Popen(
+        [sys.executable, "-m", "conformance", "trace", "--kvm-run", "full", "-o", str(output),
+         "--", sys.executable, str(exits_guest), "100000000"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for_the_guest_to_run(session_id: int) -> None:
+    """Until the traced VMM has spent half a second of CPU time: running its guest by then."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "the traced VMM never got to run its guest"
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            # after the name: state ppid pgrp session ... utime stime are fields 14 and 15
+            if int(fields[3]) == session_id and b"exits_guest.py" in command:
+                ticks = int(fields[11]) + int(fields[12])
+                if ticks >= os.sysconf("SC_CLK_TCK") // 2:
+                    return
+        time.sleep(0.05)
+
+
+@pytest.mark.needs_kvm
+@pytest.mark.parametrize("termination", [signal.SIGINT, signal.SIGTERM])
+def test_terminating_the_tracer_inside_the_compiled_loop_ends_the_trace_and_keeps_it(
+    tmp_path: Path, termination: signal.Signals
+) -> None:
+    output = tmp_path / "trace.txt"
+    tracer = _start_full_trace(output)
+    _wait_for_the_guest_to_run(tracer.pid)
+    tracer.send_signal(termination)
+    _, stderr = tracer.communicate(timeout=10)
+    assert tracer.returncode == 128 + signal.SIGKILL, stderr  # the VMM's own end, reported
+    assert not wait_until_session_is_empty(tracer.pid, seconds=3)
+    assert "KVM_RUN" in output.read_text()  # the calls merged so far were written
+
+
+@pytest.mark.needs_kvm
+def test_a_sigkilled_tracer_inside_the_compiled_loop_leaves_no_tracee(tmp_path: Path) -> None:
+    output = tmp_path / "trace.txt"
+    tracer = _start_full_trace(output)
+    _wait_for_the_guest_to_run(tracer.pid)
+    tracer.kill()
+    tracer.communicate()
+    assert not wait_until_session_is_empty(tracer.pid, seconds=3)
