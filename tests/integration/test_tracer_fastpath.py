@@ -270,3 +270,17 @@ def test_without_the_compiled_loop_the_python_loop_traces_the_same(
     fast = normalized(_scenario("hello"), fast_path=True, compiled_loop=False)
     assert fast == normalized(_scenario("hello"), fast_path=False)
     assert "req: KVM_RUN" in fast
+
+
+@pytest.mark.needs_gcc
+def test_two_vcpu_threads_in_the_compiled_loop_equal_the_plain_path(
+    tmp_path: Path,
+) -> None:
+    """Two threads' KVM_RUN stops interleave in the compiled loop; each thread's identical exits
+    merge, its changing ones do not, and nothing is lost or moved between threads."""
+    binary = tmp_path / "two_vcpus"
+    subprocess.run(["gcc", "-O1", "-Wall", "-pthread", "-o", str(binary),
+                    str(_TRACEES / "two_vcpus.c")], check=True)  # fmt: skip
+    fast = normalized([str(binary)], fast_path=True, compiled_loop=True)
+    assert fast == normalized([str(binary)], fast_path=False)
+    assert fast.startswith("exit status 0\n")  # both vCPUs saw the exits they made
