@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from conformance import cli
 from conformance.compare import compare_documents
 from conformance.events import Event, Ioctl, KvmRunSummary
 from conformance.normalize import Normalizer
 from conformance.qemu_recording import reference_options
 from conformance.qemu_scenarios import qemu_scenario
 from conformance.snapshot import dump_document, load_document
-from conformance.tracer import attach, kvm_run_loop, trace
+from conformance.tracer import attach, kvm_run_failures, kvm_run_loop, trace
 from conformance.tracer.kvm_calls import KvmRunMode
 from conformance.vmm.machine import SCENARIOS
 
@@ -284,3 +285,19 @@ def test_two_vcpu_threads_in_the_compiled_loop_equal_the_plain_path(
     fast = normalized([str(binary)], fast_path=True, compiled_loop=True)
     assert fast == normalized([str(binary)], fast_path=False)
     assert fast.startswith("exit status 0\n")  # both vCPUs saw the exits they made
+
+
+def test_without_tracefs_full_mode_takes_two_stops_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(kvm_run_failures, "_TRACEFS", tmp_path / "no-tracefs")
+    events: list[Event] = []
+    with open(os.devnull, "w") as devnull:
+        outcome = trace(_scenario("hello"), events.append, stdout=devnull.fileno())
+    assert not outcome.one_stop_kvm_run and not outcome.compiled_loop_used
+    assert outcome.one_stop_unavailable is not None
+    assert "tracefs is not usable" in outcome.one_stop_unavailable
+    assert any(isinstance(e, Ioctl) and e.name == "KVM_RUN" and e.run_exit for e in events)
+    status = cli.main(["trace", "-o", str(tmp_path / "trace.txt"), "--", *_scenario("hello")])
+    assert status == 0
+    assert "two stops per KVM_RUN: tracefs is not usable" in capsys.readouterr().err
