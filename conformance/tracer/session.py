@@ -14,13 +14,7 @@ Entry and exit are told apart by PTRACE_GET_SYSCALL_INFO, not by counting stops 
 
 One stop per KVM_RUN (fast path, with a `KvmRunFailures`): when the handler marks a stop's exit
 as able to wait (`exit_can_wait`), the task runs on with PTRACE_CONT and the handler gets that
-exit at the task's next stop of any kind (its next selected syscall, a signal, its exit with
-PTRACE_O_TRACEEXIT, an exec, which is then stopped at); the return value comes from
-KvmRunFailures. A task that ends without another stop (SIGKILL) takes that exit with it, as it
-would a syscall it was in. When the compiled loop (kvm_run_loop.py) is built, a KVM_RUN whose
-stop names its kvm_run (`run_address`) is handed to it: it handles that task's further KVM_RUN
-stops on registered vCPUs itself and gives back records, delivered as entry + exit here, before
-the next stop it returns; any other syscall of the process unregisters the process's vCPUs.
+exit at the task's next stop, or the compiled loop takes it over (late_run_exits.py).
 
 Kill safety: the spawned child asks for SIGKILL when its parent thread dies (PR_SET_PDEATHSIG)
 before it stops itself for the tracer; once seized, PTRACE_O_EXITKILL kills every tracee if the
@@ -35,12 +29,11 @@ All calls must come from the thread that called spawn()/attach(): ptrace binds a
 from __future__ import annotations
 
 import contextlib
-import errno as errno_codes
 import os
 import signal
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -49,17 +42,9 @@ from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
-from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
-from conformance.tracer.kvm_run_loop import KvmRunLoop, RunRecord
-from conformance.tracer.stops import (
-    RecordedStop,
-    SyscallStop,
-    TaskKind,
-    TraceHandler,
-    TraceResult,
-)
-from conformance.tracer.syscall_args import signed_int
+from conformance.tracer.late_run_exits import LateRunExits
+from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
 
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
@@ -80,7 +65,7 @@ class _Task:
     tgid: int
     before_exec: bool = False  # spawned child still in our pre-exec code: report nothing
     awaiting_exit: SyscallStop | None = None
-    exit_at_next_stop: SyscallStop | None = None  # a KVM_RUN's, read at the next stop (see above)
+    exit_at_next_stop: SyscallStop | None = None  # a KVM_RUN's (late_run_exits.py)
     entered_unselected: bool = False  # at an entry stop whose exit nobody wants
 
 
@@ -98,10 +83,7 @@ class TraceSession:
         self._exec_error_pipe: int | None = None
         self._attached = False
         self._interrupted_by: int | None = None
-        self._run_failures: KvmRunFailures | None = None
-        self._run_loop: KvmRunLoop | None = None
-        self._compiled_loop_used = False
-        self._ioctl_number = backend.syscall_number("ioctl")
+        self._late_exits: LateRunExits | None = None
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -163,9 +145,7 @@ class TraceSession:
             backend.wait_for_stop(pid)  # reaps it: SIGKILL ends it
             raise
         if run_failures is not None:
-            run_failures.follow(pid)
-            self._run_loop = KvmRunLoop.load(run_failures.pipe)
-        self._run_failures = run_failures
+            self._late_exits = LateRunExits(self._handler, run_failures, pid)
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
         self._main_pid = pid
@@ -207,7 +187,7 @@ class TraceSession:
         """Deliver stops to the handler until every tracee has ended (or we were told to stop)."""
         previous = self._install_termination_handlers()
         try:
-            with self._signals_end_the_compiled_wait(bool(previous)):
+            with self._signals_end_the_wait(bool(previous)):
                 self._loop()
         except BaseException:
             if not self._attached:
@@ -216,9 +196,8 @@ class TraceSession:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if self._run_loop is not None:
-                self._run_loop.close()
-                self._run_loop = None
+            if self._late_exits is not None:
+                self._late_exits.close()
         self._raise_if_exec_failed()
         return TraceResult(self._main_pid, self._main_status, self._interrupted_by)
 
@@ -226,7 +205,7 @@ class TraceSession:
         while self._tasks or self._unannounced:
             if not self._tasks:
                 self._adopt_unannounced()
-            waited = self._wait()
+            waited = self._late_exits.wait() if self._late_exits else backend.wait_any()
             if waited is None:
                 break
             tid, status = waited
@@ -235,68 +214,17 @@ class TraceSession:
             else:
                 self._on_end(tid, status)
 
-    @contextlib.contextmanager
-    def _signals_end_the_compiled_wait(self, handlers_installed: bool) -> Iterator[None]:
-        """Our SIGINT/SIGTERM handlers run only when the compiled loop returns to Python: give
-        it Python's signal wakeup fd, written to when a signal arrives, to return on."""
-        loop = self._run_loop
-        if loop is None or not handlers_installed:
-            yield
-            return
-        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        loop.watch_signals(read_end)
-        try:
-            yield
-        finally:
-            signal.set_wakeup_fd(previous)
-            os.close(read_end)
-            os.close(write_end)
+    def _signals_end_the_wait(
+        self, handlers_installed: bool
+    ) -> contextlib.AbstractContextManager[None]:
+        if self._late_exits is None:
+            return contextlib.nullcontext()
+        return self._late_exits.signals_end_the_wait(handlers_installed)
 
     @property
     def compiled_loop_used(self) -> bool:
-        """Whether KVM_RUN stops went through the compiled loop (until run() ended)."""
-        return self._compiled_loop_used
-
-    def _wait(self) -> tuple[int, int] | None:
-        """The next (tid, status) for Python; None when no tracee is left. With the compiled
-        loop, the KVM_RUNs it finished meanwhile are delivered first, in order."""
-        loop = self._run_loop
-        if loop is None:
-            return backend.wait_any()
-        failures = self._run_failures
-        assert failures is not None
-        while True:
-            for tid in failures.queued_tids():
-                loop.mark_failure(tid)  # that task's running KVM_RUN failed: its record says so
-            waited = loop.wait()
-            if waited.failure_bytes:
-                failures.feed(waited.failure_bytes)
-            for record in waited.records:
-                self._deliver_record(record, failures)
-            if waited.stop is not None:
-                return waited.stop
-            if waited.error == errno_codes.ECHILD:
-                return None
-            if waited.error not in (0, errno_codes.EINTR):  # EINTR: a signal handler has run
-                raise OSError(waited.error, f"waitpid: {os.strerror(waited.error)}")
-
-    def _deliver_record(self, record: RunRecord, failures: KvmRunFailures) -> None:
-        self._compiled_loop_used = True
-        args = (record.fd, KVM_RUN, 0, 0, 0, 0)
-        if not record.adopted:
-            entry = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,
-                                 memory=record.entry)  # fmt: skip
-            if not self._handler.on_syscall_entry(entry):
-                return
-        if record.exit_live:  # the task is stopped at the stop returned with this record
-            stop = SyscallStop(record.tid, record.tgid, self._ioctl_number, args, 0)
-            stop.return_value = failures.return_value(record.tid)
-        else:
-            stop = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,
-                                repeat=record.repeat, memory=record.exit)  # fmt: skip
-            stop.return_value = failures.take(record.tid) if record.check_failure else 0
-        self._handler.on_syscall_exit(stop)
+        """Whether KVM_RUN stops went through the compiled loop."""
+        return self._late_exits is not None and self._late_exits.compiled_loop_used
 
     def _on_stop(self, tid: int, status: int) -> None:
         task = self._tasks.get(tid)
@@ -307,7 +235,7 @@ class TraceSession:
         event = status >> 16
         try:
             if task.exit_at_next_stop is not None:
-                self._deliver_waiting_exit(tid, task, task.exit_at_next_stop)
+                self._deliver_waiting_exit(task, task.exit_at_next_stop)
             if self._interrupted_by is not None and self._attached:
                 pending_signal = stop_signal if event == 0 and stop_signal != _SYSCALL_STOP else 0
                 backend.detach(tid, pending_signal)
@@ -370,31 +298,20 @@ class TraceSession:
 
     def _deliver_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
         stop = SyscallStop(tid, task.tgid, info.nr, info.args, info.instruction_pointer)
-        loop = self._run_loop
-        if loop is not None:
-            loop.forget_process(task.tgid)  # this call may change the process's fds or mappings
+        late_exits = self._late_exits
+        if late_exits is not None:
+            late_exits.before_entry(task.tgid)
         if not self._handler.on_syscall_entry(stop):
             return
-        if not stop.exit_can_wait or self._run_failures is None:
+        if not stop.exit_can_wait or late_exits is None:
             task.awaiting_exit = stop
-        elif loop is not None and stop.run_address is not None and self._hand_over(stop, loop):
-            pass  # the compiled loop finishes it and takes this task's next KVM_RUNs
-        else:
+        elif not late_exits.hand_over(stop):
             task.exit_at_next_stop = stop
 
-    @staticmethod
-    def _hand_over(stop: SyscallStop, loop: KvmRunLoop) -> bool:
-        assert stop.run_address is not None
-        fd = signed_int(stop.args[0])
-        return loop.register(stop.tid, stop.tgid, fd, stop.run_address) and loop.adopt(
-            stop.tid, stop.tgid, fd, stop.run_address
-        )
-
-    def _deliver_waiting_exit(self, tid: int, task: _Task, stop: SyscallStop) -> None:
-        assert self._run_failures is not None
+    def _deliver_waiting_exit(self, task: _Task, stop: SyscallStop) -> None:
+        assert self._late_exits is not None
         task.exit_at_next_stop = None
-        stop.return_value = self._run_failures.return_value(tid)
-        self._handler.on_syscall_exit(stop)
+        self._late_exits.deliver(stop)
 
     def _resume(self, tid: int, task: _Task, deliver_signal: int = 0) -> None:
         if self.seccomp_fast_path and task.awaiting_exit is None:
@@ -415,8 +332,8 @@ class TraceSession:
     def _announce(self, parent_tid: int, child: int, child_tgid: int) -> None:
         kind: TaskKind = "process" if child_tgid == child else "thread"
         self._tasks[child] = _Task(tgid=child_tgid)
-        if self._run_failures is not None:
-            self._run_failures.follow(child)  # before it runs: it is stopped until resumed
+        if self._late_exits is not None:
+            self._late_exits.follow(child)  # before it runs: it is stopped until resumed
         self._handler.on_new_task(parent_tid, child, kind)
         if child in self._unannounced:
             self._unannounced.discard(child)
@@ -454,8 +371,8 @@ class TraceSession:
         self._unannounced.discard(tid)
         if self._tasks.pop(tid, None) is None:
             return  # not a tracee (another child of this process) or already forgotten
-        if self._run_failures is not None:
-            self._run_failures.forget(tid)  # tids are reused: its failures must not outlive it
+        if self._late_exits is not None:
+            self._late_exits.forget(tid)
         if tid == self._main_pid:
             self._main_status = status
         self._handler.on_task_exit(tid, status)
