@@ -27,6 +27,7 @@ from dataclasses import dataclass
 _BPF_LD_W_ABS = 0x00 | 0x00 | 0x20  # BPF_LD | BPF_W | BPF_ABS
 _BPF_JEQ_K = 0x05 | 0x10 | 0x00  # BPF_JMP | BPF_JEQ | BPF_K
 _BPF_RET_K = 0x06 | 0x00  # BPF_RET | BPF_K
+_BPF_AND_K = 0x04 | 0x50 | 0x00  # BPF_ALU | BPF_AND | BPF_K
 # <linux/seccomp.h>
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_TRACE = 0x7FF00000
@@ -67,6 +68,11 @@ EXEC_SYSCALL_NAMES = ("execve", "execveat")
 # The fcntl commands a decoder follows: the only two that create a file descriptor, and F_SETFD,
 # which sets or clears close-on-exec (what an exec keeps of the fd table).
 _FCNTL_TRACED_COMMANDS = (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC, fcntl.F_SETFD)
+# ioctl requests of the terminal type ('T': TCGETS, TIOCGWINSZ, TIOCGPGRP...) are never KVM's:
+# Python's open() asks isatty() of every file it opens, ~150 stops while a Python VMM starts.
+# They run unstopped and unrecorded, even on a KVM fd (where KVM answers ENOTTY).
+_IOCTL_TYPE_MASK = 0xFF00
+_TERMINAL_IOCTL_TYPE = ord("T") << 8
 # A jump offset in classic BPF is one byte.
 _MAX_JUMP = 255
 
@@ -102,7 +108,9 @@ class SyscallSelection:
     def wants(self, nr: int, second_argument: int) -> bool:
         """What the BPF program decides, for a tracer that steps through every syscall."""
         if nr == self.ioctl_number:
-            return (second_argument & 0xFFFFFFFF) not in self.unstopped_ioctl_requests
+            request = second_argument & 0xFFFFFFFF
+            is_terminal = request & _IOCTL_TYPE_MASK == _TERMINAL_IOCTL_TYPE
+            return request not in self.unstopped_ioctl_requests and not is_terminal
         if nr == self.fcntl_number:
             return (second_argument & 0xFFFFFFFF) in _FCNTL_TRACED_COMMANDS
         return nr in self.traced_numbers
@@ -126,6 +134,8 @@ class SyscallSelection:
         program.load(_OFFSET_ARG1_LOW)
         for request in sorted(self.unstopped_ioctl_requests):
             program.jump_if_equal(request, if_true="ioctl-unstopped", if_false=None)
+        program.and_(_IOCTL_TYPE_MASK)
+        program.jump_if_equal(_TERMINAL_IOCTL_TYPE, if_true="ioctl-unstopped", if_false=None)
         program.ret(SECCOMP_RET_TRACE)
         program.label("ioctl-unstopped")
         program.ret(SECCOMP_RET_ALLOW)
@@ -155,6 +165,10 @@ class _Assembler:
     def jump_if_equal(self, value: int, *, if_true: str | None, if_false: str | None) -> None:
         """Compare the accumulator with `value`; None means fall through to the next one."""
         self._instructions.append((_BPF_JEQ_K, if_true, if_false, value))
+
+    def and_(self, mask: int) -> None:
+        """accumulator &= mask"""
+        self._instructions.append((_BPF_AND_K, None, None, mask))
 
     def ret(self, value: int) -> None:
         self._instructions.append((_BPF_RET_K, None, None, value))

@@ -214,3 +214,23 @@ def test_raw_yaml_stream_is_the_trace_format() -> None:
     [region] = [call for call in calls if call.get("req") == "KVM_SET_USER_MEMORY_REGION"]
     assert region["in"]["slot"] == 0 and region["fd_role"] == "vm" and region["ret"] == 0
     assert outcome.exit_status == 0
+
+
+def test_kvm_opened_through_a_symlink_or_a_relative_path_is_seen(tmp_path: Path) -> None:
+    """Opens of existing files that are not devices skip their exit stop; a link to /dev/kvm,
+    absolute or relative to a directory fd, is a device and is followed as before."""
+    (tmp_path / "kvm-link").symlink_to("/dev/kvm")
+    code = (
+        "import fcntl, os, sys\n"
+        "from conformance.abi import _generated as abi\n"
+        "directory = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)\n"
+        "absolute = os.open(os.path.join(sys.argv[1], 'kvm-link'), os.O_RDWR)\n"
+        "relative = os.open('kvm-link', os.O_RDWR, dir_fd=directory)\n"
+        "for fd in (absolute, relative):\n"
+        "    fcntl.ioctl(fd, abi.IOCTL_NUMBERS['KVM_GET_API_VERSION'], 0)\n"
+    )
+    outcome, events, _ = _traced([sys.executable, "-c", code, str(tmp_path)])
+    assert outcome.exit_status == 0
+    opened = [event.path for event in events if isinstance(event, OpenKvm)]
+    assert opened == [str(tmp_path / "kvm-link"), "kvm-link"]
+    assert [call.fd_role for call in _ioctls(events, "KVM_GET_API_VERSION")] == ["kvm", "kvm2"]

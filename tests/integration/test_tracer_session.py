@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections import Counter
@@ -353,3 +354,22 @@ def test_a_sigkilled_tracer_inside_the_compiled_loop_leaves_no_tracee(tmp_path: 
     tracer.kill()
     tracer.communicate()
     assert not wait_until_session_is_empty(tracer.pid, seconds=3)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_terminal_ioctls_are_never_stopped_at(mode: str) -> None:
+    """TCGETS and TIOCGWINSZ (type 'T') run unstopped in both modes; other ioctls stop."""
+    code = (
+        "import fcntl, os, termios\n"
+        "fd = os.open(os.devnull, os.O_RDWR)\n"
+        "for request in (termios.TCGETS, termios.TIOCGWINSZ, 0xAE00):\n"
+        "    try:\n"
+        "        fcntl.ioctl(fd, request, bytearray(64))\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    recorder, result = trace([sys.executable, "-c", code], mode)
+    assert result.shell_status == 0
+    requests = {key[1] for key in recorder.calls if key[0] == "ioctl"}
+    assert 0xAE00 in requests  # KVM_GET_API_VERSION's number, on a file that is not KVM's
+    assert not requests & {termios.TCGETS, termios.TIOCGWINSZ}
