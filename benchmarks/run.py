@@ -16,6 +16,10 @@ carry whole), `hello` (one vCPU, 48 exits, a few dozen setup ioctls), `exits-100
 port-IO exits; run through exits_guest.py, whose time limit suits a slow tracer), and QEMU
 `-S` setup (~185 KVM ioctls on two threads, then `quit` on the monitor).
 
+A second table times exits-100k once more by the VMM itself (exits_guest.py reports its own run,
+from its first line to the guest's end): what tracing costs the VMM's run, without the start-up
+of the tracer or of either interpreter.
+
 Tracer memory: tracer_rss.py traces the exits guest in a fresh process and reports its peak
 RSS: full mode at 10k and at 1M exits (every one decoded), summary mode at 1M. The integration
 test test_tracer_memory.py checks the plain path, where each exit is an event of its own, from
@@ -37,6 +41,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from exits_guest import VMM_RUN_MARK
 
 _HERE = Path(__file__).resolve().parent
 _PYTHON = sys.executable
@@ -104,6 +110,8 @@ SUBSETS = {
 @dataclass
 class Cell:
     seconds: list[float] = field(default_factory=list)
+    # exits-100k: the VMM's own run (exits_guest.py's report), without any start-up
+    vmm_seconds: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -125,7 +133,8 @@ def command(tracer: Tracer, workload: Workload, tracer_cpu: int, program_cpu: in
     return ["taskset", "-c", str(tracer_cpu), *tracer.argv, *program]
 
 
-def time_once(argv: Sequence[str], stdin: bytes) -> float:
+def time_once(argv: Sequence[str], stdin: bytes) -> tuple[float, float | None]:
+    """Wall seconds of the command, and the VMM's own run if it reported one."""
     start = time.perf_counter()
     completed = subprocess.run(
         argv, input=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
@@ -135,7 +144,12 @@ def time_once(argv: Sequence[str], stdin: bytes) -> float:
     if completed.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(argv)} failed ({completed.returncode}):\n"
                          f"{completed.stderr.decode(errors='replace')}")  # fmt: skip
-    return seconds
+    reports = [
+        float(line.removeprefix(VMM_RUN_MARK))
+        for line in completed.stderr.decode(errors="replace").splitlines()
+        if line.startswith(VMM_RUN_MARK)
+    ]
+    return seconds, reports[-1] if reports else None
 
 
 def measure(tracers: Sequence[Tracer], repetitions: int | None) -> dict[tuple[str, str, str], Cell]:
@@ -150,7 +164,10 @@ def measure(tracers: Sequence[Tracer], repetitions: int | None) -> dict[tuple[st
                         continue
                     argv = command(tracer, workload, tracer_cpu, program_cpu)
                     cell = cells.setdefault((workload.name, tracer.name, placement), Cell())
-                    cell.seconds.append(time_once(argv, workload.stdin))
+                    seconds, vmm_seconds = time_once(argv, workload.stdin)
+                    cell.seconds.append(seconds)
+                    if vmm_seconds is not None:
+                        cell.vmm_seconds.append(vmm_seconds)
     return cells
 
 
@@ -172,6 +189,26 @@ def table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tracer]) ->
                 shown = f"{cell.median:.2f} ({spread})"
                 row += f" {shown} | {cell.median / native:.2f} |"
             lines.append(row)
+    return lines
+
+
+def vmm_run_table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tracer]) -> list[str]:
+    """exits-100k once more, timed by the VMM itself: what tracing costs its run, start-ups
+    (the tracer's, and the interpreter's of both) left out."""
+    names = list(placements())
+    header = "| exits-100k, the VMM's own run | " + "".join(
+        f" {name}: median s (min-max) | x native |" for name in names
+    )
+    lines = [header, "|---|" + "---:|---:|" * len(names)]
+    for tracer in tracers:
+        row = f"| {tracer.name} |"
+        for placement in names:
+            runs = cells[("exits-100k", tracer.name, placement)].vmm_seconds
+            native = statistics.median(cells[("exits-100k", "native", placement)].vmm_seconds)
+            spread = f"{min(runs):.2f}-{max(runs):.2f}" if len(runs) > 1 else "1 run"
+            median = statistics.median(runs)
+            row += f" {median:.2f} ({spread}) | {median / native:.2f} |"
+        lines.append(row)
     return lines
 
 
@@ -228,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"Machine: {machine()}")
     print()
     print("\n".join(table(cells, tracers)))
+    print()
+    print("\n".join(vmm_run_table(cells, tracers)))
     if arguments.subset == "all" and not arguments.no_memory:
         print()
         print("\n".join(tracer_memory()))
