@@ -358,6 +358,10 @@ int kvmc_wait(struct kvmc *ctx, struct kvmc_result *result)
         struct task *task = find_task(ctx, tid);
         int seccomp_stop = WIFSTOPPED(status) && status >> 8 == (SIGTRAP | PTRACE_EVENT_SECCOMP << 8);
         struct vcpu *vcpu = task != NULL && seccomp_stop ? kvm_run_vcpu(ctx, task, tid) : NULL;
+        /* A thread that runs another vCPU than its pending call's goes through Python once: the
+         * snapshot below is the exit of the pending call only when both use one kvm_run. */
+        if (vcpu != NULL && task->pending && task->pending_run != vcpu->run_address)
+            vcpu = NULL;
         if (vcpu != NULL && take_snapshot(ctx, tid, vcpu->run_address, &ctx->scratch) == 0) {
             int flush = task->pending ? finish_pending(ctx, task, &ctx->scratch) : 0;
             memcpy(&task->entry, &ctx->scratch, sizeof task->entry);

@@ -11,6 +11,7 @@ When the compiled loop is built (kvm_run_loop.py), a KVM_RUN whose stop names it
 (`run_address`) is handed over: the loop takes that task's further KVM_RUN stops on registered
 vCPUs and gives back records, delivered here as entry + exit before the stop it returns. Any
 other syscall entry of the process unregisters its vCPUs (it may change fds or mappings).
+A thread that switches between vCPUs goes through Python at each switch.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class LateRunExits:
         failures.follow(pid)
         self._loop = KvmRunLoop.load(failures.pipe)
         self._ioctl_number = backend.syscall_number("ioctl")
-        self.compiled_loop_used = False
-        """Whether KVM_RUN stops went through the compiled loop."""
+        self.compiled_loop_calls = 0
+        """KVM_RUN calls whose stop the compiled loop took (not through Python)."""
 
     def follow(self, tid: int) -> None:
         """A new task, still stopped: its KVM_RUN failures count from now on."""
@@ -48,10 +49,14 @@ class LateRunExits:
         """A task ended: tids are reused, so its failures must not outlive it."""
         self._failures.forget(tid)
 
-    def before_entry(self, tgid: int) -> None:
-        """A selected syscall of process `tgid` is about to reach the handler."""
-        if self._loop is not None:
-            self._loop.forget_process(tgid)
+    def before_entry(self, stop: SyscallStop) -> None:
+        """A selected syscall is about to reach the handler: unless it is a KVM_RUN (which
+        changes no fd or mapping), the compiled loop forgets the process's vCPUs. Forgetting
+        them at one vCPU thread's KVM_RUN would send its sibling threads' next KVM_RUNs through
+        Python, and theirs this one's, every time."""
+        is_kvm_run = stop.nr == self._ioctl_number and stop.args[1] & 0xFFFFFFFF == KVM_RUN
+        if self._loop is not None and not is_kvm_run:
+            self._loop.forget_process(stop.tgid)
 
     def hand_over(self, stop: SyscallStop) -> bool:
         """Give a KVM_RUN whose entry the handler took to the compiled loop, which then also
@@ -114,7 +119,8 @@ class LateRunExits:
             self._loop = None
 
     def _deliver_record(self, record: RunRecord) -> None:
-        self.compiled_loop_used = True
+        if not record.adopted:
+            self.compiled_loop_calls += record.repeat
         args = (record.fd, KVM_RUN, 0, 0, 0, 0)
         if not record.adopted:
             entry = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,

@@ -222,9 +222,9 @@ class TraceSession:
         return self._late_exits.signals_end_the_wait(handlers_installed)
 
     @property
-    def compiled_loop_used(self) -> bool:
-        """Whether KVM_RUN stops went through the compiled loop."""
-        return self._late_exits is not None and self._late_exits.compiled_loop_used
+    def compiled_loop_calls(self) -> int:
+        """KVM_RUN calls whose stop the compiled loop took."""
+        return self._late_exits.compiled_loop_calls if self._late_exits is not None else 0
 
     def _on_stop(self, tid: int, status: int) -> None:
         task = self._tasks.get(tid)
@@ -300,7 +300,7 @@ class TraceSession:
         stop = SyscallStop(tid, task.tgid, info.nr, info.args, info.instruction_pointer)
         late_exits = self._late_exits
         if late_exits is not None:
-            late_exits.before_entry(task.tgid)
+            late_exits.before_entry(stop)
         if not self._handler.on_syscall_entry(stop):
             return
         if not stop.exit_can_wait or late_exits is None:

@@ -49,7 +49,7 @@ class TraceOutcome:
     # (kvm_run_failures.py), rather than at a syscall-exit stop of its own
     one_stop_kvm_run: bool = False
     one_stop_unavailable: str | None = None  # why not, when full mode wanted it
-    compiled_loop_used: bool = False  # KVM_RUN stops went through the compiled loop
+    compiled_loop_calls: int = 0  # KVM_RUN calls whose stop the compiled loop took
 
     @property
     def exit_status(self) -> int:
@@ -115,7 +115,7 @@ def trace(
         recorder.finish()
     return TraceOutcome(result, session.seccomp_fast_path, recorder.opened_kvm, counter.count,
                         argv[0], kvm_run, failures is not None, why_not,
-                        session.compiled_loop_used)  # fmt: skip
+                        session.compiled_loop_calls)  # fmt: skip
 
 
 def attach(
