@@ -334,8 +334,8 @@ static struct vcpu *kvm_run_vcpu(struct kvmc *ctx, struct task *task, int tid)
 /*
  * Wait until Python must act: a stop not handled here (KVMC_STOP: tid, status), records to
  * take or a signal handler to run (KVMC_FLUSH: the batch is full, failure bytes arrived, a
- * signal arrived), or waitpid failed
- * (KVMC_WAIT_ERROR: errno in `error`; EINTR when a signal reached the tracer).
+ * signal arrived), or waitpid failed (KVMC_WAIT_ERROR: errno in `error`; EINTR when a signal
+ * reached the tracer).
  * Records and failure bytes start anew at each call: Python takes them before calling again.
  */
 int kvmc_wait(struct kvmc *ctx, struct kvmc_result *result)
@@ -356,7 +356,8 @@ int kvmc_wait(struct kvmc *ctx, struct kvmc_result *result)
             break;
         }
         struct task *task = find_task(ctx, tid);
-        int seccomp_stop = WIFSTOPPED(status) && status >> 8 == (SIGTRAP | PTRACE_EVENT_SECCOMP << 8);
+        int seccomp_stop =
+            WIFSTOPPED(status) && status >> 8 == (SIGTRAP | PTRACE_EVENT_SECCOMP << 8);
         struct vcpu *vcpu = task != NULL && seccomp_stop ? kvm_run_vcpu(ctx, task, tid) : NULL;
         /* A thread that runs another vCPU than its pending call's goes through Python once: the
          * snapshot below is the exit of the pending call only when both use one kvm_run. */

@@ -26,7 +26,7 @@ class SyscallStop:
     instruction_pointer: int  # just past the task's `syscall` instruction
     return_value: int | None = None
     # Set by the handler at entry: the exit may be delivered at the task's next stop instead of
-    # at an exit stop of its own, its return value taken from KvmRunFailures (session.py)...
+    # at an exit stop of its own, its return value taken from KvmRunFailures (late_run_exits.py)...
     exit_can_wait: bool = False
     # ... and, for a KVM_RUN, where its vCPU's kvm_run is: the compiled loop may take over.
     run_address: int | None = None
