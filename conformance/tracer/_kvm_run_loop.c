@@ -263,6 +263,16 @@ static int take_snapshot(struct kvmc *ctx, int tid, uint64_t run, struct kvmc_sn
     return 0;
 }
 
+/* Copies the part of a snapshot that holds bytes: kvm_run's header and the PIO data read (a few
+ * hundred bytes, not the 5 KiB of the buffers), once per KVM_RUN. */
+static void copy_snapshot(struct kvmc_snapshot *to, const struct kvmc_snapshot *from,
+                          uint32_t header_size)
+{
+    to->io_length = from->io_length;
+    memcpy(to->header, from->header, header_size);
+    memcpy(to->io, from->io, from->io_length);
+}
+
 static int same_snapshot(const struct kvmc_snapshot *a, const struct kvmc_snapshot *b,
                          uint32_t header_size)
 {
@@ -312,9 +322,9 @@ static int finish_pending(struct kvmc *ctx, struct task *task, const struct kvmc
     record->repeat = 1;
     record->run_address = task->pending_run;
     if (!(flags & RECORD_ADOPTED))
-        memcpy(&record->entry, &task->entry, sizeof record->entry);
+        copy_snapshot(&record->entry, &task->entry, ctx->layout.header_size);
     if (exit != NULL)
-        memcpy(&record->exit, exit, sizeof record->exit);
+        copy_snapshot(&record->exit, exit, ctx->layout.header_size);
     return flush || ctx->record_count == ctx->record_capacity;
 }
 
@@ -365,7 +375,7 @@ int kvmc_wait(struct kvmc *ctx, struct kvmc_result *result)
             vcpu = NULL;
         if (vcpu != NULL && take_snapshot(ctx, tid, vcpu->run_address, &ctx->scratch) == 0) {
             int flush = task->pending ? finish_pending(ctx, task, &ctx->scratch) : 0;
-            memcpy(&task->entry, &ctx->scratch, sizeof task->entry);
+            copy_snapshot(&task->entry, &ctx->scratch, ctx->layout.header_size);
             task->pending = 1;
             task->pending_fd = vcpu->fd;
             task->pending_run = vcpu->run_address;
