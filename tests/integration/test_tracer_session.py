@@ -197,9 +197,9 @@ def start_tracer(mode: str, argv: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def live_processes_in_session(session_id: int) -> list[str]:
-    """Processes of the session that are not zombies (a zombie is dead; init reaps it)."""
-    found = []
+def processes_in_session(session_id: int) -> Iterator[tuple[Path, list[str]]]:
+    """(/proc/PID, its stat fields after the command name) of each process of the session:
+    state, ppid, pgrp, session, ..., utime and stime at 11 and 12."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -207,10 +207,18 @@ def live_processes_in_session(session_id: int) -> list[str]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        state, _ppid, _pgrp, session = stat.rsplit(")", 1)[1].split()[:4]
-        if int(session) == session_id and state != "Z":
-            found.append(f"{entry.name}:{state}")
-    return found
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == session_id:
+            yield entry, fields
+
+
+def live_processes_in_session(session_id: int) -> list[str]:
+    """Processes of the session that are not zombies (a zombie is dead; init reaps it)."""
+    return [
+        f"{entry.name}:{fields[0]}"
+        for entry, fields in processes_in_session(session_id)
+        if fields[0] != "Z"
+    ]
 
 
 def wait_until_session_is_empty(session_id: int, seconds: float) -> list[str]:
@@ -316,18 +324,14 @@ def _wait_for_the_guest_to_run(session_id: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         assert time.monotonic() < deadline, "the traced VMM never got to run its guest"
-        for entry in Path("/proc").iterdir():
+        for entry, fields in processes_in_session(session_id):
             try:
-                stat = (entry / "stat").read_text()
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            fields = stat.rsplit(")", 1)[1].split()
-            # after the name: state ppid pgrp session ... utime stime are fields 14 and 15
-            if int(fields[3]) == session_id and b"exits_guest.py" in command:
-                ticks = int(fields[11]) + int(fields[12])
-                if ticks >= os.sysconf("SC_CLK_TCK") // 2:
-                    return
+            ticks = int(fields[11]) + int(fields[12])  # utime + stime
+            if b"exits_guest.py" in command and ticks >= os.sysconf("SC_CLK_TCK") // 2:
+                return
         time.sleep(0.05)
 
 
