@@ -20,6 +20,12 @@ A second table times exits-100k once more by the VMM itself (exits_guest.py repo
 from its first line to the guest's end): what tracing costs the VMM's run, without the start-up
 of the tracer or of either interpreter.
 
+A third table takes our start-up apart, on one CPU, layer by layer (each row includes the one
+above): the interpreter, python-ptrace's import, everything `trace` imports, then a whole
+`trace -- true`; and the Python VMM running hello, native and under `off`, whose difference
+beyond `trace -- true` is the ptrace stops of the VMM's own start-up. Below it, the budgets
+the issue's two whole-command goals leave, from this run's medians.
+
 Tracer memory: tracer_rss.py traces the exits guest in a fresh process and reports its peak
 RSS: full mode at 10k and at 1M exits (every one decoded), summary mode at 1M. The integration
 test test_tracer_memory.py checks the plain path, where each exit is an event of its own, from
@@ -79,7 +85,7 @@ def _ours(mode: str) -> Tracer:
 
 
 WORKLOADS = (
-    # The fixed cost of each tracer: starting it (ours: Python and its imports, ~0.2 s here).
+    # The fixed cost of each tracer: starting it (ours: Python and its imports, ~0.1 s here).
     Workload("startup (true)", ("true",)),
     Workload("hello", (_PYTHON, "-m", "conformance", "run", "hello")),
     # The rows that stop at each of the 100k KVM_RUNs take 4-30 s each here (~75 s a
@@ -212,6 +218,57 @@ def vmm_run_table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tra
     return lines
 
 
+# Our start-up, layer by layer: (row, argv), each row doing what the row above does and more.
+STARTUP_LAYERS = (
+    ("python -c pass: the interpreter", (_PYTHON, "-c", "pass")),
+    ("+ import ptrace.binding (python-ptrace)", (_PYTHON, "-c", "import ptrace.binding")),
+    ("+ everything `trace` imports",
+     (_PYTHON, "-c", "import ptrace.binding, conformance.commands.trace")),
+    ("+ filter, fork, exec, exit: ours off -- true", (*_ours("off").argv, "true")),
+)  # fmt: skip
+# A short Python VMM run (hello: 48 exits), native and traced: what tracing adds beyond
+# `trace -- true` is the ptrace stops of the VMM's own start-up (its imports' openat, mmap...).
+_HELLO = (_PYTHON, "-m", "conformance", "run", "hello")
+STARTUP_VMM = (
+    ("the Python VMM runs hello: native", _HELLO),
+    ("the same: ours off", (*_ours("off").argv, *_HELLO)),
+)
+_STARTUP_REPETITIONS = 9
+
+
+def startup_medians(cpu: int) -> list[float]:
+    """Median wall milliseconds of each STARTUP_LAYERS and STARTUP_VMM row, rows interleaved,
+    every one on `cpu`."""
+    rows = (*STARTUP_LAYERS, *STARTUP_VMM)
+    runs: list[list[float]] = [[] for _ in rows]
+    for _ in range(_STARTUP_REPETITIONS):
+        for row, (_name, argv) in enumerate(rows):
+            runs[row].append(1000 * time_once(["taskset", "-c", str(cpu), *argv], b"")[0])
+    return [statistics.median(milliseconds) for milliseconds in runs]
+
+
+def startup_table(medians: Sequence[float], cells: dict[tuple[str, str, str], Cell]) -> list[str]:
+    layers, (native, traced) = medians[: len(STARTUP_LAYERS)], medians[len(STARTUP_LAYERS) :]
+    lines = ["| our start-up, one CPU | median ms | added ms |", "|---|---:|---:|"]
+    for row, (name, _argv) in enumerate(STARTUP_LAYERS):
+        added = f"{layers[row] - layers[row - 1]:.0f}" if row else "-"
+        lines.append(f"| {name} | {layers[row]:.0f} | {added} |")
+    for (name, _argv), milliseconds in zip(STARTUP_VMM, (native, traced), strict=True):
+        lines.append(f"| {name} | {milliseconds:.0f} | - |")
+    stops = traced - native - layers[-1]
+    lines.append(f"| its start-up's stops: off - native - `off -- true` | - | {stops:.0f} |")
+    exits_native = cells[("exits-100k", "native", "same CPU")].median
+    qemu_native = cells[("QEMU -S", "native", "same CPU")].median
+    qemu_strace = cells[("QEMU -S", "strace -f -X verbose", "same CPU")].median
+    lines += [
+        "",
+        f"Budgets on one CPU: exits-100k at 1.05x native leaves {50 * exits_native:.0f} ms "
+        f"over its {exits_native:.2f} s; QEMU -S under strace -f -X verbose takes "
+        f"{1000 * (qemu_strace - qemu_native):.0f} ms more than native.",
+    ]
+    return lines
+
+
 def tracer_memory() -> list[str]:
     probe = [_PYTHON, str(_HERE / "tracer_rss.py")]
     runs = (("full", 10_000), ("full", 1_000_000), ("summary", 1_000_000))
@@ -267,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\n".join(table(cells, tracers)))
     print()
     print("\n".join(vmm_run_table(cells, tracers)))
+    if arguments.subset == "all":
+        print()
+        print("\n".join(startup_table(startup_medians(placements()["same CPU"][0]), cells)))
     if arguments.subset == "all" and not arguments.no_memory:
         print()
         print("\n".join(tracer_memory()))
