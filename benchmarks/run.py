@@ -218,7 +218,7 @@ def vmm_run_table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tra
     return lines
 
 
-# Our start-up, layer by layer: (row, argv), each row doing what the row above does and more.
+# Our start-up, layer by layer: (name, argv), each row doing what the row above does and more.
 STARTUP_LAYERS = (
     ("python -c pass: the interpreter", (_PYTHON, "-c", "pass")),
     ("+ import ptrace.binding (python-ptrace)", (_PYTHON, "-c", "import ptrace.binding")),
@@ -234,6 +234,7 @@ STARTUP_VMM = (
     ("the same: ours off", (*_ours("off").argv, *_HELLO)),
 )
 _STARTUP_REPETITIONS = 9
+_GOAL_X_NATIVE = 1.05  # issue 8's bound for summary and off on exits-100k
 
 
 def startup_medians(cpu: int) -> list[float]:
@@ -262,7 +263,8 @@ def startup_table(medians: Sequence[float], cells: dict[tuple[str, str, str], Ce
     qemu_strace = cells[("QEMU -S", "strace -f -X verbose", "same CPU")].median
     lines += [
         "",
-        f"Budgets on one CPU: exits-100k at 1.05x native leaves {50 * exits_native:.0f} ms "
+        f"Budgets on one CPU: exits-100k at {_GOAL_X_NATIVE}x native leaves "
+        f"{1000 * (_GOAL_X_NATIVE - 1) * exits_native:.0f} ms "
         f"over its {exits_native:.2f} s; QEMU -S under strace -f -X verbose takes "
         f"{1000 * (qemu_strace - qemu_native):.0f} ms more than native.",
     ]
