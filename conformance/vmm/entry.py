@@ -59,7 +59,7 @@ def enter(vcpu: Vcpu, memory: GuestMemory, image: GuestImage, processor_signatur
     `processor_signature` is the guest's CPUID.1:EAX, which a processor leaves in EDX at reset.
     """
     if image.mode == "real":
-        _enter_real_mode(vcpu, image.entry)
+        enter_real_mode(vcpu, image.entry)
     elif image.mode == "long":
         _enter_long_mode(vcpu, memory, image)
     else:
@@ -86,7 +86,8 @@ def _enter_at_reset_vector(vcpu: Vcpu, processor_signature: int) -> None:
     vcpu.set_regs(regs)
 
 
-def _enter_real_mode(vcpu: Vcpu, entry: int) -> None:
+def enter_real_mode(vcpu: Vcpu, entry: int) -> None:
+    """Start `vcpu` in real mode at linear address `entry` (CS 0), interrupts off."""
     sregs = vcpu.get_sregs()
     sregs.cs.selector = 0
     sregs.cs.base = 0

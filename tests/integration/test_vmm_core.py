@@ -14,6 +14,7 @@ import pytest
 from conformance.abi import _generated as abi
 from conformance.errors import ConformanceError, GuestFault, KvmError, KvmUnavailableError
 from conformance.vmm import _sys
+from conformance.vmm.entry import enter_real_mode
 from conformance.vmm.exits import HltExit, IntrExit
 from conformance.vmm.guests import GuestImage
 from conformance.vmm.kvm import Kvm
@@ -138,12 +139,7 @@ def test_immediate_exit_returns_intr_and_is_cleared(vm: Vm) -> None:
         memory.register(0, 0, RAM)
         memory.write(0x1000, HLT)
         with vm.create_vcpu(0) as vcpu:
-            sregs = vcpu.get_sregs()
-            sregs.cs.selector, sregs.cs.base = 0, 0
-            vcpu.set_sregs(sregs)
-            regs = vcpu.get_regs()
-            regs.rip, regs.rflags = 0x1000, 0x2
-            vcpu.set_regs(regs)
+            enter_real_mode(vcpu, 0x1000)
             vcpu.request_immediate_exit()
             assert vcpu.run() == IntrExit()
             assert vcpu.run() == HltExit()
