@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from conformance.events import Event, Ioctl
+from conformance.model.events import Event, Ioctl
 from conformance.tracer import trace
 from conformance.tracer.kvm_calls import KvmRunMode
 

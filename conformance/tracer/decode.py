@@ -28,7 +28,7 @@ import ctypes
 from dataclasses import dataclass
 
 from conformance.abi.ioctls import ArgKind, Direction, IoctlSpec
-from conformance.events import Fields, FieldValue
+from conformance.model.events import Fields, FieldValue
 from conformance.tracer import fields as layout
 from conformance.tracer.errors import MemoryReadError
 from conformance.tracer.fdtable import KvmObject

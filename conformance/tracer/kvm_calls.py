@@ -18,7 +18,7 @@ from typing import Literal
 from conformance.abi import _generated as abi
 from conformance.abi import ioc
 from conformance.abi.ioctls import FdKind, IoctlSpec, by_name, by_number
-from conformance.events import Fields, Ioctl
+from conformance.model.events import Fields, Ioctl
 from conformance.tracer import decode
 from conformance.tracer.fdtable import FdTable, KvmObject, RoleNames
 from conformance.tracer.kvm_run import RunMappings, RunReader

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.abi import _generated as abi
-from conformance.events import Fields, FieldValue
+from conformance.model.events import Fields, FieldValue
 from conformance.tracer import fields as layout
 from conformance.tracer.fdtable import FdTable, KvmObject
 from conformance.tracer.stops import SyscallStop

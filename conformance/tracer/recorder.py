@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conformance.abi import _generated as abi
-from conformance.events import (
+from conformance.model.events import (
     CloseFd,
     DupFd,
     Event,

@@ -6,17 +6,17 @@
 fds show their role (`5<vcpu0>`), ioctls their name, flags their symbolic names, exit reasons
 theirs; MSR indices and CPUID leaves get a comment with their architectural name (xlat.py).
 Ints are hex except counts, ids and small enums (the same rule as the normalized trace, from
-conformance.symbolic). For reading, not parsing: the raw YAML stream is the machine format.
+conformance.model.symbolic). For reading, not parsing: the raw YAML stream is the machine format.
 """
 
 from __future__ import annotations
 
 from typing import TextIO
 
-from conformance import events
-from conformance import symbolic as names
 from conformance.abi.ioctls import by_name
-from conformance.document import Value
+from conformance.model import events
+from conformance.model import symbolic as names
+from conformance.model.document import Value
 from conformance.tracer import decode, xlat
 
 _MSR_FIELD_PARENTS = frozenset({"msr", "entries"})

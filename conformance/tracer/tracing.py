@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from conformance.events import Event
+from conformance.model.events import Event
 from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN, KvmRunMode
 from conformance.tracer.kvm_run_failures import KvmRunFailures

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType, MappingProxyType
 
 from conformance.abi import _generated as abi
-from conformance.errors import (
+from conformance.model.errors import (
     ConformanceError,
     GuestFault,
     KvmUnavailableError,

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from conformance.scenario_trace import trace_scenario
-from conformance.snapshot import dump_document
+from conformance.normalize.capture import trace_scenario
+from conformance.snapshot.store import dump_document
 from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.pytest_plugin import KvmConformance
+from conformance.pytest_plugin.plugin import KvmConformance
 from conformance.vmm.machine import SCENARIOS
 
 

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from conformance.compare import compare_documents
-from conformance.conformance_check import ConformanceResult, check_conformance
-from conformance.deviation_rules import load_rules, rules_beside
-from conformance.document import TraceDocument, Value
-from conformance.qemu_recording import NO_ASLR, find_qemu, record_qemu, reference_options
-from conformance.qemu_scenarios import QEMU_SCENARIOS, REFERENCE_FOR_SCENARIO, qemu_scenario
-from conformance.report_conformance import render_conformance
-from conformance.scenario_trace import trace_command, trace_scenario
-from conformance.snapshot import read_document
-from conformance.strace_import import STRACE_DECODED, import_strace_log
+from conformance.compare.allowances import load_rules, rules_beside
+from conformance.compare.conformance import ConformanceResult, check_conformance
+from conformance.compare.regression import compare_documents
+from conformance.model.document import TraceDocument, Value
+from conformance.normalize.capture import trace_command, trace_scenario
+from conformance.normalize.strace_import import STRACE_DECODED, import_strace_log
+from conformance.qemu.recording import NO_ASLR, find_qemu, record_qemu, reference_options
+from conformance.qemu.scenarios import QEMU_SCENARIOS, REFERENCE_FOR_SCENARIO, qemu_scenario
+from conformance.report.deviations import render_conformance
+from conformance.snapshot.store import read_document
 from conformance.vmm.machine import run_scenario
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
@@ -167,7 +167,7 @@ def _cut_to(ours: Value, theirs: Value) -> Value:
 
 def test_record_trace_qemu_bad_inputs(tmp_path: Path) -> None:
     def record_trace(*arguments: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "conformance.record", *arguments]
+        command = [sys.executable, "-m", "conformance.cli.record_trace", *arguments]
         return subprocess.run(command, capture_output=True, text=True, check=False)
 
     unknown = record_trace("qemu", "no-such-scenario", "-o", str(tmp_path / "x.yaml"))

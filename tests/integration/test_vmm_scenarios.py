@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.errors import UnknownScenarioError
+from conformance.model.errors import UnknownScenarioError
 from conformance.vmm.exits import HltExit, IoDirection, IoExit
 from conformance.vmm.machine import SCENARIOS, RunResult, run_scenario
 

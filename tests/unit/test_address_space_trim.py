@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conformance.address_space import AddressSpace, Mapping
+from conformance.normalize.address_space import AddressSpace, Mapping
 
 
 def _mapping(start: int, length: int) -> Mapping:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from conformance.conformance_check import check_conformance
-from conformance.deviation_rules import RulesError, load_rules
-from conformance.document import Entry, Hex, TraceCall, TraceDocument, Value
-from conformance.report_conformance import render_conformance
-from conformance.report_html import render_html
-from conformance.subsequence import align
+from conformance.compare.alignment import align
+from conformance.compare.allowances import RulesError, load_rules
+from conformance.compare.conformance import check_conformance
+from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value
+from conformance.report.deviations import render_conformance
+from conformance.report.html import render_html
 
 
 def _document(tool: str, **threads: list[Entry]) -> TraceDocument:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conformance.gate import GateReport, ScenarioResult, Verdict
-from conformance.rules import Finding, Severity
+from conformance.gate.verdict import GateReport, ScenarioResult, Verdict
+from conformance.lint import Finding, Severity
 
 
 def _finding(severity: Severity) -> Finding:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conformance.cli import main as cli_main
-from conformance.document import Hex, TraceDocument
-from conformance.qemu_scenarios import QEMU_SCENARIOS, REFERENCE_FOR_SCENARIO
-from conformance.reference_check import check_against_reference
-from conformance.snapshot import read_document, write_document
+from conformance.cli.main import main as cli_main
+from conformance.gate.references import check_against_reference
+from conformance.model.document import Hex, TraceDocument
+from conformance.qemu.scenarios import QEMU_SCENARIOS, REFERENCE_FOR_SCENARIO
+from conformance.snapshot.store import read_document, write_document
 
 REFERENCES = Path(__file__).parents[2] / "traces" / "qemu"
 
