@@ -21,14 +21,23 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from conformance.compare.regression import ABSENT, Compared, Difference
-from conformance.gate import verdict as gate
+from conformance.cli.arguments import add_lint_config_option, lint_config
+from conformance.compare.regression import Difference
 from conformance.gate.references import REFERENCE_DIRECTORY
-from conformance.lint import LintConfig, Severity, find_pyproject, has_errors, load_config
-from conformance.lint.output import render_text
-from conformance.model.document import Value
+from conformance.gate.verdict import (
+    ConformanceOutcome,
+    GateReport,
+    ScenarioResult,
+    SnapshotOutcome,
+    require_tracing_environment,
+    run_gate,
+)
+from conformance.lint import LintConfig, Severity
+from conformance.lint.output import finding_record, render_text
+from conformance.model.scenarios import select_scenarios
 from conformance.report.deviations import render_conformance
 from conformance.report.diff import render_comparison, use_color
+from conformance.report.values import json_value
 from conformance.snapshot.store import SnapshotStore
 
 EXIT_DIFFERENCE = 1
@@ -66,37 +75,32 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=Path,
         default=REFERENCE_DIRECTORY,
         metavar="DIR",
-        help="directory of QEMU reference traces and their rules (default: ./traces/qemu)",
+        help="directory of QEMU reference traces and their allowances (default: ./traces/qemu)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PYPROJECT",
-        help="[tool.kvm-conformance] lint settings (default: the nearest pyproject.toml)",
-    )
+    add_lint_config_option(parser)
     parser.set_defaults(command=_check)
 
 
 def _check(args: argparse.Namespace) -> int:
-    scenarios = gate.select_scenarios(args.scenario)
-    gate.require_tracing_environment()
-    lint_config = _lint_config(args.config)
+    scenarios = select_scenarios(args.scenario)
+    require_tracing_environment()
+    config = lint_config(args)
     store = SnapshotStore(args.expected, update=args.update)
     progress = _Progress(sys.stderr, len(scenarios))
     started = time.monotonic()
     text = args.format == "text"
 
-    def on_result(result: gate.ScenarioResult) -> None:
+    def on_result(result: ScenarioResult) -> None:
         progress.clear()  # a result line must not land after the "…" of the progress line
         if text:
             _print_line(result)
 
     try:
-        report = gate.run_gate(
+        report = run_gate(
             scenarios,
             store,
             references=args.references,
-            lint_config=lint_config,
+            lint_config=config,
             on_start=progress.start,
             on_result=on_result,
         )
@@ -104,16 +108,11 @@ def _check(args: argparse.Namespace) -> int:
         progress.clear()
     seconds = time.monotonic() - started
     if text:
-        _print_text_summary(report, seconds, lint_config)
+        _print_text_summary(report, seconds, config)
     else:
         json.dump(_json_report(report, seconds), sys.stdout, indent=2)
         sys.stdout.write("\n")
     return EXIT_DIFFERENCE if report.failed else 0
-
-
-def _lint_config(path: Path | None) -> LintConfig:
-    found = path if path is not None else find_pyproject(Path.cwd())
-    return load_config(found) if found is not None else LintConfig()
 
 
 class _Progress:
@@ -135,31 +134,29 @@ class _Progress:
             self._stream.flush()
 
 
-def _print_line(result: gate.ScenarioResult) -> None:
+def _print_line(result: ScenarioResult) -> None:
     differences = len(result.comparison.differences) if result.comparison is not None else 0
     note = ""
     if differences:
         note = f"  {differences} difference{'s' if differences > 1 else ''}"
-    elif result.verdict is gate.Verdict.MISSING:
+    elif result.snapshot_outcome is SnapshotOutcome.MISSING:
         note = f"  no {result.snapshot}; `kvm-conformance check --update` creates it"
     if result.host_differs:
         note += "  (another host's CPUID: its inputs not compared)"
-    if result.conformance is not None:
+    conformance = result.conformance_outcome
+    if conformance is not None and result.conformance is not None:
         reference = result.conformance.reference.path
         name = reference.stem if reference is not None else "reference"
-        verdict = "ok" if result.conformance.ok else "FAIL"
-        if not result.conformance.ok and result.deviates_on_purpose:
-            verdict = "deviates on purpose"
-        note += f"  qemu {name}: {verdict}"
+        note += f"  qemu {name}: {conformance.value}"
     note += f"  lint: {_lint_tally(result)}"
     print(
-        f"{result.verdict.value:<9} {result.scenario:<20} {result.calls:>7} calls "
+        f"{result.snapshot_outcome.value:<9} {result.scenario.name:<20} {result.calls:>7} calls "
         f"{result.seconds:>6.2f} s{note}",
         flush=True,  # each line as its scenario ends, also through a pipe (CI logs)
     )
 
 
-def _lint_tally(result: gate.ScenarioResult) -> str:
+def _lint_tally(result: ScenarioResult) -> str:
     errors = sum(1 for finding in result.findings if finding.severity is Severity.ERROR)
     warnings = len(result.findings) - errors
     if not result.findings:
@@ -167,72 +164,64 @@ def _lint_tally(result: gate.ScenarioResult) -> str:
     return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
 
 
-def _print_text_summary(report: gate.GateReport, seconds: float, lint_config: LintConfig) -> None:
+def _print_text_summary(report: GateReport, seconds: float, config: LintConfig) -> None:
     color = use_color(sys.stdout)
     for result in report.results:
+        name = result.scenario.name
         if result.comparison is not None and not result.comparison.ok:
             print()
             sys.stdout.write(render_comparison(result.comparison, color=color))
         # A scenario that deviates on purpose gets its one line; `diff` shows the deviations.
-        if result.conformance_fails and result.conformance is not None:
+        failed_reference = result.conformance_outcome is ConformanceOutcome.FAILED
+        if failed_reference and result.conformance is not None:
             print()
-            sys.stdout.write(render_conformance(result.conformance, result.scenario))
-        if has_errors(result.findings):
+            sys.stdout.write(render_conformance(result.conformance, name))
+        if result.lint_fails:
             print()
-            sys.stdout.write(render_text(result.findings, result.scenario, lint_config))
+            sys.stdout.write(render_text(result.findings, name, config))
     for path in report.unused:
         print(f"unused: {path} (no scenario of that name; not deleted)")
     counts: dict[str, int] = {}
     for result in report.results:
-        # A snapshot that matches while the reference or a rule fails is still a failure.
-        verdict = "failed" if result.fails and not result.verdict.fails else result.verdict.name
-        counts[verdict.lower()] = counts.get(verdict.lower(), 0) + 1
+        counts[result.tally] = counts.get(result.tally, 0) + 1
     tally = ", ".join(f"{count} {verdict}" for verdict, count in counts.items())
     total = len(report.results)
     print(f"{total} scenario{'s' if total != 1 else ''} in {seconds:.1f} s: {tally}")
 
 
-def _json_report(report: gate.GateReport, seconds: float) -> dict[str, object]:
+def _json_report(report: GateReport, seconds: float) -> dict[str, object]:
     return {
         "ok": not report.failed,
         "seconds": round(seconds, 3),
-        "scenarios": [
-            {
-                "scenario": result.scenario,
-                "result": result.verdict.name.lower(),
-                "snapshot": str(result.snapshot),
-                "calls": result.calls,
-                "host_cpuid_differs": result.host_differs,
-                "seconds": round(result.seconds, 3),
-                "differences": [
-                    _json_difference(difference)
-                    for difference in (result.comparison.differences if result.comparison else [])
-                ],
-                "conformance": None
-                if result.conformance is None
-                else {
-                    "reference": str(result.conformance.reference.path),
-                    "ok": result.conformance.ok,
-                    "deviates_on_purpose": result.deviates_on_purpose,
-                    "deviations_not_allowed": len(result.conformance.failures),
-                    "deviations_allowed": len(result.conformance.deviations)
-                    - len(result.conformance.failures),
-                },
-                "lint": [
-                    {
-                        "rule": finding.rule_id,
-                        "severity": finding.severity.value,
-                        "thread": finding.thread,
-                        "index": finding.index,
-                        "request": finding.request,
-                        "message": finding.message,
-                    }
-                    for finding in result.findings
-                ],
-            }
-            for result in report.results
-        ],
+        "scenarios": [_json_result(result) for result in report.results],
         "unused": [str(path) for path in report.unused],
+    }
+
+
+def _json_result(result: ScenarioResult) -> dict[str, object]:
+    conformance = result.conformance
+    outcome = result.conformance_outcome
+    return {
+        "scenario": result.scenario.name,
+        "result": result.snapshot_outcome.name.lower(),
+        "snapshot": str(result.snapshot),
+        "calls": result.calls,
+        "host_cpuid_differs": result.host_differs,
+        "seconds": round(result.seconds, 3),
+        "differences": [
+            _json_difference(difference)
+            for difference in (result.comparison.differences if result.comparison else [])
+        ],
+        "conformance": None
+        if conformance is None or outcome is None
+        else {
+            "reference": str(conformance.reference.path),
+            "ok": conformance.ok,
+            "outcome": outcome.name.lower(),
+            "deviations_not_allowed": len(conformance.failures),
+            "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
+        },
+        "lint": [finding_record(finding) for finding in result.findings],
     }
 
 
@@ -245,10 +234,6 @@ def _json_difference(difference: Difference) -> dict[str, object]:
         "actual_index": difference.actual_index,
         "expected_line": difference.expected_line,
         "field": difference.path,
-        "expected": _json_value(difference.expected),
-        "actual": _json_value(difference.actual),
+        "expected": json_value(difference.expected),
+        "actual": json_value(difference.actual),
     }
-
-
-def _json_value(value: Compared) -> Value | None:
-    return None if value is ABSENT or not isinstance(value, int | str | list | dict) else value

@@ -1,7 +1,7 @@
-"""`diff SUBJECT REFERENCE`: check a VMM's trace against QEMU's reference, as rules allow.
+"""`diff SUBJECT REFERENCE`: check a VMM's trace against QEMU's reference, as its allowances permit.
 
-Exit 0 when every deviation is allowed by a rule, 1 when one is not, 2 for unreadable input.
-The rules file defaults to the one beside the reference (REFERENCE.rules.yaml), if any.
+Exit 0 when every deviation is allowed, 1 when one is not, 2 for unreadable input. The
+allowances default to the file beside the reference (REFERENCE.allowances.yaml), if any.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from conformance.compare.allowances import Rules, load_rules, rules_beside
-from conformance.compare.conformance import check_conformance
+from conformance.compare.allowances import Allowances, allowances_beside, load_allowances
+from conformance.compare.conformance import compare_with_reference
 from conformance.model.errors import ConformanceError
 from conformance.report.deviations import render_conformance, side_by_side
 from conformance.report.html import render_html
@@ -29,10 +29,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("subject", type=Path, metavar="SUBJECT.yaml")
     parser.add_argument("reference", type=Path, metavar="REFERENCE.yaml")
     parser.add_argument(
-        "--rules",
+        "--allowances",
         type=Path,
-        metavar="RULES.yaml",
-        help="default: REFERENCE.rules.yaml if it exists",
+        metavar="ALLOWANCES.yaml",
+        help="the deviations allowed, each with its reason (default: "
+        "REFERENCE.allowances.yaml if it exists)",
     )
     parser.add_argument("--html", type=Path, metavar="OUT", help="also write an HTML report")
     parser.add_argument(
@@ -44,11 +45,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _diff(args: argparse.Namespace) -> int:
     subject = read_document(args.subject)
     reference = read_document(args.reference)
-    rules_path: Path | None = args.rules
-    if rules_path is None and rules_beside(args.reference).exists():
-        rules_path = rules_beside(args.reference)
-    rules = load_rules(rules_path) if rules_path is not None else Rules()
-    result = check_conformance(subject, reference, rules)
+    allowances_path: Path | None = args.allowances
+    if allowances_path is None and allowances_beside(args.reference).exists():
+        allowances_path = allowances_beside(args.reference)
+    allowances = load_allowances(allowances_path) if allowances_path is not None else Allowances()
+    result = compare_with_reference(subject, reference, allowances)
     name = str(subject.source.get("scenario") or args.subject)
     sys.stdout.write(render_conformance(result, name))
     if args.side_by_side:

@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from conformance.lint import LintConfig, find_pyproject, has_errors, lint, load_config
+from conformance.cli.arguments import add_lint_config_option, command_after_dashes, lint_config
+from conformance.lint import has_errors, lint
 from conformance.lint.output import render_json, render_text
 from conformance.lint.sarif import render_sarif
-from conformance.model.document import TraceDocument, Value
+from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
-from conformance.normalize.normalizer import Normalizer
+from conformance.normalize.capture import capture
 from conformance.snapshot.store import read_document
-from conformance.tracer import trace
 
 EXIT_FINDINGS = 1
 _STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced by
@@ -26,31 +26,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "rules; exit 1 when a rule reports an error",
     )
     parser.add_argument("--format", choices=("text", "json", "sarif"), default="text")
-    parser.add_argument(
-        "--config",
-        metavar="PYPROJECT",
-        type=Path,
-        help="read [tool.kvm-conformance] from this file (default: the nearest pyproject.toml "
-        "from the current directory up)",
-    )
+    add_lint_config_option(parser)
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="TRACE.yaml | -- CMD ARGS")
     parser.set_defaults(command=_lint)
 
 
 def _lint(args: argparse.Namespace) -> int:
-    config = _config(args.config)
+    config = lint_config(args)
+    label: str | None
     if args.argv[:1] == ["--"]:
-        command = list(args.argv[1:])
+        command = command_after_dashes(args.argv)
         if not command:
             raise ConformanceError("lint: give a command after `--`")
         document, label = _traced(command), None
+        shown = " ".join(command)
     elif len(args.argv) == 1:
-        label = args.argv[0]
+        label = shown = args.argv[0]
         document = read_document(Path(label))
     else:
         raise ConformanceError("lint: give one TRACE.yaml, or a command after `--`")
     findings = lint(document, config)
-    shown = label if label is not None else " ".join(args.argv[1:])
     if args.format == "sarif":
         sys.stdout.write(render_sarif(findings, label, config))
     elif args.format == "json":
@@ -60,16 +55,12 @@ def _lint(args: argparse.Namespace) -> int:
     return EXIT_FINDINGS if has_errors(findings) else 0
 
 
-def _config(path: Path | None) -> LintConfig:
-    found = path if path is not None else find_pyproject(Path.cwd())
-    return load_config(found) if found is not None else LintConfig()
-
-
 def _traced(command: list[str]) -> TraceDocument:
     """Run the command under the tracer; its stdout goes to our stderr, so that the report on
     stdout stays machine-readable."""
-    normalizer = Normalizer({"tool": "kvm-conformance lint", "argv": list[Value](command)})
-    outcome = trace(command, normalizer.add, stdout=_STDERR_FD)
-    if not outcome.opened_kvm:
-        raise ConformanceError(f"lint: {outcome.message}")
-    return normalizer.finish()
+    traced = capture(
+        command, {"tool": "kvm-conformance lint", "argv": list(command)}, stdout=_STDERR_FD
+    )
+    if not traced.outcome.opened_kvm:
+        raise ConformanceError(f"lint: {traced.outcome.message}")
+    return traced.document

@@ -6,7 +6,9 @@
 
 `qemu` writes traces/qemu/SCENARIO.yaml by default, with QEMU's own output in SCENARIO.log
 beside it; the others write to stdout unless given -o. An existing file is never replaced
-without --force. Exit status: 0 written, 2 usage or environment error (one line on stderr).
+without --force. Exit status: 0 written; an error's own status, as `kvm-conformance` exits
+with it (2 usage or environment, 127 a command that cannot be started), with one line on
+stderr.
 """
 
 from __future__ import annotations
@@ -16,16 +18,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from conformance.cli.arguments import command_after_dashes
 from conformance.gate.references import REFERENCE_DIRECTORY
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
-from conformance.normalize.capture import trace_command
+from conformance.normalize.capture import capture_output
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
 from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
 from conformance.snapshot.store import dump_document, write_document
-
-EXIT_USAGE = 2
 
 
 class OutputExistsError(ConformanceError):
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.command(args)
     except ConformanceError as error:
         print(f"record-trace: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return error.exit_status
     return result
 
 
@@ -93,25 +94,25 @@ def _record_qemu(args: argparse.Namespace) -> int:
     write_document(output, recording.document)
     log.write_text(recording.log, encoding="utf-8")
     _progress(
-        f"{_calls(recording.document)} calls on {len(recording.document.threads)} thread(s) in "
-        f"{recording.seconds:.2f} s; wrote {output} (QEMU's output: {log})"
+        f"{recording.document.call_count()} calls on {len(recording.document.threads)} "
+        f"thread(s) in {recording.seconds:.2f} s; wrote {output} (QEMU's output: {log})"
     )
     return 0
 
 
 def _record_vmm(args: argparse.Namespace) -> int:
-    command = list(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    command = command_after_dashes(args.argv)
     if not command:
         raise ConformanceError("vmm: give the VMM's command after `--`")
     if args.output is not None:
         _refuse_overwrite(args.output, args.force)
     _progress(f"tracing {' '.join(command)}")
-    traced = trace_command(command, {"tool": "vmm", "argv": list(command)})
+    traced = capture_output(command, {"tool": "vmm", "argv": list(command)})
     if traced.outcome.message is not None:
         _progress(traced.outcome.message)
     traced.document.source["exit_status"] = traced.outcome.exit_status
     _progress(
-        f"{traced.calls} calls in {traced.seconds:.2f} s; "
+        f"{traced.document.call_count()} calls in {traced.seconds:.2f} s; "
         f"the VMM exited with status {traced.outcome.exit_status}"
     )
     _write(traced.document, args.output)
@@ -139,10 +140,6 @@ def _write(document: TraceDocument, output: Path | None) -> None:
 def _refuse_overwrite(output: Path, force: bool) -> None:
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; give --force to replace it")
-
-
-def _calls(document: TraceDocument) -> int:
-    return sum(call.repeat for calls in document.threads.values() for call in calls)
 
 
 def _progress(message: str) -> None:

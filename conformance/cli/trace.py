@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
+from conformance.cli.arguments import command_after_dashes
 from conformance.model.document import Entry, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.events import Event
@@ -45,7 +46,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _trace(args: argparse.Namespace) -> int:
-    command = list(args.argv[1:] if args.argv[:1] == ["--"] else args.argv)
+    command = command_after_dashes(args.argv)
     if bool(command) == (args.pid is not None):
         raise ConformanceError("trace: give either a command after `--` or --pid, not both")
     with _output(args.output) as stream:

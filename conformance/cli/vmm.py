@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from conformance.abi import ioctls
+from conformance.model.scenarios import SCENARIOS
 from conformance.vmm import machine
 
 
@@ -34,8 +35,8 @@ def _abi(args: argparse.Namespace) -> int:
 
 
 def _scenarios(args: argparse.Namespace) -> int:
-    width = max(len(name) for name in machine.SCENARIOS)
-    for name, scenario in sorted(machine.SCENARIOS.items()):
+    width = max(len(name) for name in SCENARIOS)
+    for name, scenario in sorted(SCENARIOS.items()):
         print(f"{name:<{width}}  {scenario.description}")
     return 0
 

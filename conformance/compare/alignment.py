@@ -33,11 +33,6 @@ class Alignment:
     pairs: list[tuple[int, int]]  # (subject index, reference index), increasing in both
     unpaired: list[int]  # subject indices with no reference call
 
-    def reference_position(self, subject_index: int) -> int:
-        """Where an unpaired subject call would sit in the reference: before this index."""
-        before = [r for s, r in self.pairs if s < subject_index]
-        return before[-1] + 1 if before else 0
-
 
 def conformance_identity(call: TraceCall) -> tuple[str, ...]:
     """What makes two calls the same call: the regression identity, and for the ioctls whose

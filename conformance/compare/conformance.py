@@ -16,11 +16,13 @@ allowed.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from conformance.compare.alignment import align, conformance_identity
-from conformance.compare.allowances import AllowRule, Rules
+from conformance.compare.allowances import Allowance, Allowances, DeviationKind
 from conformance.compare.memory_layout import layout_differences
 from conformance.compare.regression import ABSENT, Compared, CompareOptions, field_differences
 from conformance.model.document import TraceCall, TraceDocument, thread_role_order
@@ -32,7 +34,7 @@ _NEVER_COMPARED = ("undecoded", "repeat")
 
 @dataclass(frozen=True, slots=True)
 class Deviation:
-    kind: str  # "extra", "field" or "missing"
+    kind: DeviationKind
     thread: str  # the subject's thread ("" for a missing required call)
     call: str
     subject_index: int | None
@@ -41,19 +43,29 @@ class Deviation:
     path: str = ""
     reference_value: Compared = ABSENT
     subject_value: Compared = ABSENT
-    note: str = ""  # what the check found out beyond the kind (order, a rule's reason)
-    allowed_by: AllowRule | None = None
+    note: str = ""  # what the check found out beyond the kind (order, a requirement's reason)
+    allowed_by: Allowance | None = None
 
     @property
     def allowed(self) -> bool:
         return self.allowed_by is not None
 
 
+class RowStatus(enum.Enum):
+    """How one line of the side-by-side view pairs a subject call with the reference."""
+
+    SAME = "same"  # paired on the reference thread of the same role, every field equal
+    DIFFERS = "differs"  # paired, a field differs
+    EXTRA = "extra"  # the subject's call, unpaired
+    SKIPPED = "skipped"  # the reference's call, which the subject does not make
+    ELSEWHERE = "elsewhere"  # paired, equal, on another reference thread
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """One line of the side-by-side view of a subject thread against the reference."""
 
-    status: str  # "same", "differs", "extra", "skipped" (reference only), "elsewhere"
+    status: RowStatus
     subject_index: int | None
     reference_thread: str | None
     reference_index: int | None
@@ -63,7 +75,7 @@ class Row:
 class ConformanceResult:
     subject: TraceDocument
     reference: TraceDocument
-    rules: Rules
+    allowances: Allowances
     deviations: list[Deviation] = field(default_factory=list)
     rows: dict[str, list[Row]] = field(default_factory=dict)  # by subject thread
     layout: list[str] = field(default_factory=list)
@@ -77,36 +89,43 @@ class ConformanceResult:
         return not self.failures
 
 
-def check_conformance(
-    subject: TraceDocument, reference: TraceDocument, rules: Rules | None = None
+def compare_with_reference(
+    subject: TraceDocument, reference: TraceDocument, allowances: Allowances | None = None
 ) -> ConformanceResult:
-    chosen = rules or Rules()
+    chosen = allowances or Allowances()
     result = ConformanceResult(
-        subject, reference, chosen, layout=layout_differences(subject, reference)
+        subject=subject,
+        reference=reference,
+        allowances=chosen,
+        layout=layout_differences(subject, reference),
     )
     options = CompareOptions(ignore=_NEVER_COMPARED)
     for role in sorted(subject.threads, key=thread_role_order):
         rows, deviations = _thread(role, subject, reference, options)
         result.rows[role] = rows
         result.deviations.extend(_judged(deviation, chosen) for deviation in deviations)
-    made = {call.name for calls in subject.threads.values() for call in calls}
+    made = {located.call.name for located in subject.calls()}
     for requirement in chosen.require:
         if requirement.call not in made:
             result.deviations.append(
-                Deviation("missing", "", requirement.call, None, note=requirement.reason)
+                Deviation(
+                    kind=DeviationKind.MISSING,
+                    thread="",
+                    call=requirement.call,
+                    subject_index=None,
+                    note=requirement.reason,
+                )
             )
     return result
 
 
-def _judged(deviation: Deviation, rules: Rules) -> Deviation:
-    rule = rules.allowing(deviation.kind, deviation.thread, deviation.call, deviation.path)
-    if rule is None:
+def _judged(deviation: Deviation, allowances: Allowances) -> Deviation:
+    allowance = allowances.allowing(
+        deviation.kind, deviation.thread, deviation.call, deviation.path
+    )
+    if allowance is None:
         return deviation
-    return Deviation(
-        deviation.kind, deviation.thread, deviation.call, deviation.subject_index,
-        deviation.reference_thread, deviation.reference_index, deviation.path,
-        deviation.reference_value, deviation.subject_value, deviation.note, rule,
-    )  # fmt: skip
+    return dataclasses.replace(deviation, allowed_by=allowance)
 
 
 def _thread(
@@ -151,10 +170,17 @@ def _thread(
         ):
             deviations.append(
                 Deviation(
-                    "field", role, call.name, index, other_role, other_index, path,
-                    reference_value, subject_value,
+                    kind=DeviationKind.FIELD,
+                    thread=role,
+                    call=call.name,
+                    subject_index=index,
+                    reference_thread=other_role,
+                    reference_index=other_index,
+                    path=path,
+                    reference_value=reference_value,
+                    subject_value=subject_value,
                 )
-            )  # fmt: skip
+            )
     return _rows(calls, primary, primary_role, paired, deviations), deviations
 
 
@@ -174,10 +200,14 @@ def _anywhere(
     """The reference call, on any thread, of the same identity that agrees best."""
     identity = conformance_identity(call)
     candidates = [
-        (disagreement(call, theirs), thread_role_order(role), index, role)
-        for role, calls in reference.threads.items()
-        for index, theirs in enumerate(calls)
-        if conformance_identity(theirs) == identity
+        (
+            disagreement(call, theirs.call),
+            thread_role_order(theirs.thread),
+            theirs.index,
+            theirs.thread,
+        )
+        for theirs in reference.calls()
+        if conformance_identity(theirs.call) == identity
     ]
     if not candidates:
         return None
@@ -196,7 +226,14 @@ def _extra(
             f"out of order: the reference makes {call.name} on thread {primary_role} "
             f"(#{later[0]}), but not at this point"
         )
-    return Deviation("extra", role, call.name, index, primary_role, None, note=note)
+    return Deviation(
+        kind=DeviationKind.EXTRA,
+        thread=role,
+        call=call.name,
+        subject_index=index,
+        reference_thread=primary_role,
+        note=note,
+    )
 
 
 def _other_threads(
@@ -234,7 +271,7 @@ def _rows(
     paired: dict[int, tuple[str, int]],
     deviations: list[Deviation],
 ) -> list[Row]:
-    differing = {deviation.subject_index for deviation in deviations if deviation.kind == "field"}
+    differing = {d.subject_index for d in deviations if d.kind is DeviationKind.FIELD}
     rows: list[Row] = []
     next_reference = 0
     for index in range(len(calls)):
@@ -243,16 +280,17 @@ def _rows(
             rows.extend(_skipped(primary_role, next_reference, where[1]))
             next_reference = where[1] + 1
         if where is None:
-            rows.append(Row("extra", index, None, None))
+            rows.append(Row(RowStatus.EXTRA, index, None, None))
+            continue
+        if index in differing:
+            status = RowStatus.DIFFERS
         else:
-            status = "differs" if index in differing else "same"
-            if where[0] != primary_role:
-                status = "elsewhere" if status == "same" else "differs"
-            rows.append(Row(status, index, where[0], where[1]))
+            status = RowStatus.SAME if where[0] == primary_role else RowStatus.ELSEWHERE
+        rows.append(Row(status, index, where[0], where[1]))
     rows.extend(_skipped(primary_role, next_reference, len(primary)))
     return rows
 
 
 def _skipped(role: str | None, start: int, stop: int) -> Iterator[Row]:
     for index in range(start, stop):
-        yield Row("skipped", None, role, index)
+        yield Row(RowStatus.SKIPPED, None, role, index)

@@ -37,14 +37,13 @@ def same_host_cpuid(expected: TraceDocument, actual: TraceDocument) -> bool:
 
 def _supported_cpuid(document: TraceDocument) -> list[Value] | None:
     """The entries of the first KVM_GET_SUPPORTED_CPUID that succeeded, in any thread."""
-    for calls in document.threads.values():
-        for call in calls:
-            entry = call.entry
-            out = entry.get("out")
-            if call.name == "KVM_GET_SUPPORTED_CPUID" and "errno" not in entry:
-                entries = out.get("entries") if isinstance(out, dict) else None
-                if isinstance(entries, list):
-                    return entries
+    for located in document.calls():
+        entry = located.entry
+        out = entry.get("out")
+        if located.call.name == "KVM_GET_SUPPORTED_CPUID" and "errno" not in entry:
+            entries = out.get("entries") if isinstance(out, dict) else None
+            if isinstance(entries, list):
+                return entries
     return None
 
 

@@ -58,28 +58,27 @@ def slots(document: TraceDocument) -> dict[int, Slot]:
     """Each slot's first registration with a non-zero size, across all threads."""
     mappings = _mappings(document)
     found: dict[int, Slot] = {}
-    for calls in document.threads.values():
-        for call in calls:
-            entry = call.entry
-            if not str(entry.get("req", "")).startswith("KVM_SET_USER_MEMORY_REGION"):
-                continue
-            fields = entry.get("in")
-            if not isinstance(fields, dict):
-                continue
-            number, size = fields.get("slot"), fields.get("memory_size")
-            if not isinstance(number, int) or not isinstance(size, int) or size == 0:
-                continue
-            if number in found:
-                continue
-            address = fields.get("userspace_addr")
-            flags = fields.get("flags")
-            found[number] = Slot(
-                number,
-                _int(fields.get("guest_phys_addr")),
-                size,
-                tuple(str(flag) for flag in flags) if isinstance(flags, list) else (),
-                _backing(mappings, address),
-            )
+    for located in document.calls():
+        entry = located.entry
+        if not str(entry.get("req", "")).startswith("KVM_SET_USER_MEMORY_REGION"):
+            continue
+        fields = entry.get("in")
+        if not isinstance(fields, dict):
+            continue
+        number, size = fields.get("slot"), fields.get("memory_size")
+        if not isinstance(number, int) or not isinstance(size, int) or size == 0:
+            continue
+        if number in found:
+            continue
+        address = fields.get("userspace_addr")
+        flags = fields.get("flags")
+        found[number] = Slot(
+            number,
+            _int(fields.get("guest_phys_addr")),
+            size,
+            tuple(str(flag) for flag in flags) if isinstance(flags, list) else (),
+            _backing(mappings, address),
+        )
     return found
 
 
@@ -136,11 +135,10 @@ def _overlap(first: Slot, second: Slot) -> bool:
 def _mappings(document: TraceDocument) -> dict[str, Entry]:
     """mmap calls by the name of the mapping they made."""
     made: dict[str, Entry] = {}
-    for calls in document.threads.values():
-        for call in calls:
-            name = call.entry.get("ret")
-            if call.entry.get("call") == "mmap" and isinstance(name, str):
-                made[name] = call.entry
+    for located in document.calls():
+        name = located.entry.get("ret")
+        if located.entry.get("call") == "mmap" and isinstance(name, str):
+            made[name] = located.entry
     return made
 
 

@@ -52,17 +52,17 @@ def gcc_missing() -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Resource:
+class Requirement:
     description: str  # what a test marked with it needs, as `pytest --markers` shows it
     missing: Callable[[], str | None]
 
 
-# Marker name -> resource. The names are the pytest markers; they are public API.
-RESOURCES: Mapping[str, Resource] = MappingProxyType(
+# Marker name -> what it requires. The names are the pytest markers; they are public API.
+REQUIREMENTS: Mapping[str, Requirement] = MappingProxyType(
     {
-        "needs_kvm": Resource("needs a usable /dev/kvm", kvm_missing),
-        "needs_ptrace": Resource("needs permission to ptrace child processes", ptrace_missing),
-        "needs_qemu": Resource("needs qemu-system-x86_64", qemu_missing),
-        "needs_gcc": Resource("needs gcc and the kernel headers (linux/kvm.h)", gcc_missing),
+        "needs_kvm": Requirement("needs a usable /dev/kvm", kvm_missing),
+        "needs_ptrace": Requirement("needs permission to ptrace child processes", ptrace_missing),
+        "needs_qemu": Requirement("needs qemu-system-x86_64", qemu_missing),
+        "needs_gcc": Requirement("needs gcc and the kernel headers (linux/kvm.h)", gcc_missing),
     }
 )

@@ -7,7 +7,13 @@ One module per family (memory, cpuid_msr, irq, lifecycle, capabilities), each ex
 """
 
 from conformance.lint.catalog import RULES, RULES_BY_ID
-from conformance.lint.config import LintConfig, LintConfigError, find_pyproject, load_config
+from conformance.lint.config import (
+    LintConfig,
+    LintConfigError,
+    find_pyproject,
+    load_config,
+    project_config,
+)
 from conformance.lint.engine import Finding, Hit, Rule, Severity
 from conformance.lint.runner import has_errors, lint
 
@@ -24,4 +30,5 @@ __all__ = [
     "has_errors",
     "lint",
     "load_config",
+    "project_config",
 ]

@@ -6,15 +6,9 @@ import ctypes
 from collections.abc import Iterator, Mapping
 
 from conformance.abi import _generated as abi
-from conformance.lint.calls import (
-    calls_in_order,
-    capability_answers,
-    fd,
-    process_of,
-    request,
-    section,
-)
+from conformance.lint.calls import calls_in_order, capability_answers
 from conformance.lint.engine import Hit, Rule, Severity
+from conformance.model.calls import fd, process_of, request, section
 from conformance.model.document import TraceDocument
 
 # The capability each ioctl's section of Documentation/virt/kvm/api.rst names on its

@@ -43,6 +43,13 @@ class LintConfig:
                 raise LintConfigError(f"{self.source}: disabling {rule_id} needs a reason")
 
 
+def project_config(explicit: Path | None, start: Path) -> LintConfig:
+    """The lint settings a command or test uses: `explicit` (--config), else those of the
+    nearest pyproject.toml from `start` up, else none (every rule on)."""
+    found = explicit if explicit is not None else find_pyproject(start)
+    return load_config(found) if found is not None else LintConfig()
+
+
 def find_pyproject(start: Path) -> Path | None:
     """The nearest pyproject.toml in `start` or a directory above it."""
     for directory in (start, *start.parents):

@@ -5,20 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 
 from conformance.compare.keyed_sets import GUEST_MUTABLE_CPUID, cpuid_differences
-from conformance.lint.calls import (
-    Located,
-    answer,
-    calls_in_order,
-    entries,
-    failed,
-    fd,
-    integer,
-    is_vcpu_fd,
-    request,
-    section,
-)
+from conformance.lint.calls import calls_in_order, is_vcpu_fd
 from conformance.lint.engine import Hit, Rule, Severity
-from conformance.model.document import TraceDocument, Value
+from conformance.model.calls import answer, entries, failed, fd, integer, request, section
+from conformance.model.document import Located, TraceDocument, Value
 
 # From arch/x86/include/asm/msr-index.h, which is not a uapi header and so not in the
 # generated ABI.
@@ -179,10 +169,10 @@ def _last_cpuid_per_vcpu(document: TraceDocument) -> dict[str, list[Mapping[str,
     """What each vCPU's CPUID was set to in any thread: the baseline for a thread that set none
     itself before running (cross-thread order is unknown, so this is the best available)."""
     found: dict[str, list[Mapping[str, Value]]] = {}
-    for calls in document.threads.values():
-        for call in calls:
-            if request(call.entry) == "KVM_SET_CPUID2" and not failed(call.entry):
-                found.setdefault(fd(call.entry), entries(section(call.entry, "in")))
+    for located in document.calls():
+        entry = located.entry
+        if request(entry) == "KVM_SET_CPUID2" and not failed(entry):
+            found.setdefault(fd(entry), entries(section(entry, "in")))
     return found
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from conformance.lint.calls import Located, calls_in_order, entries, failed, integer, request
-from conformance.lint.calls import section as fields
+from conformance.lint.calls import calls_in_order
 from conformance.lint.engine import Hit, Rule, Severity
-from conformance.model.document import TraceDocument
+from conformance.model.calls import entries, failed, integer, request
+from conformance.model.calls import section as fields
+from conformance.model.document import Located, TraceDocument
 
 # KVM_CREATE_IRQCHIP installs a default routing table for GSIs 0-23 (the PIC's 16 pins and the
 # IOAPIC's 24): kvm_setup_default_irq_routing, arch/x86/kvm/irq_comm.c.

@@ -4,34 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from conformance.lint.calls import (
-    Located,
-    address,
-    calls_in_order,
-    failed,
-    fd,
-    integer,
-    is_vcpu_fd,
-    refused,
-    request,
-)
+from conformance.lint.calls import calls_in_order, is_vcpu_fd, refused
 from conformance.lint.engine import Hit, Rule, Severity
-from conformance.model.document import TraceDocument
+from conformance.model.calls import address, failed, fd, integer, request
+from conformance.model.document import Located, TraceDocument
 
 # Calls that set state a later KVM_RUN depends on. If KVM refuses one, the guest runs on the
 # state from before it: for a VM-wide call any vCPU of the VM is affected, for a vCPU call that
 # vCPU. Probing calls (KVM_CHECK_EXTENSION, KVM_ENABLE_CAP, the GET_* size probes answered
 # E2BIG) are not here: failing is a normal answer to them.
-VM_STATE_CALLS = frozenset({
-    "KVM_SET_USER_MEMORY_REGION", "KVM_SET_TSS_ADDR", "KVM_SET_IDENTITY_MAP_ADDR",
-    "KVM_CREATE_IRQCHIP", "KVM_SET_IRQCHIP", "KVM_CREATE_PIT2", "KVM_SET_PIT2",
-    "KVM_SET_GSI_ROUTING", "KVM_IRQFD", "KVM_IOEVENTFD", "KVM_SET_CLOCK",
-})  # fmt: skip
-VCPU_STATE_CALLS = frozenset({
-    "KVM_SET_REGS", "KVM_SET_SREGS", "KVM_SET_SREGS2", "KVM_SET_CPUID2", "KVM_SET_MSRS",
-    "KVM_SET_FPU", "KVM_SET_XSAVE", "KVM_SET_XCRS", "KVM_SET_LAPIC", "KVM_SET_MP_STATE",
-    "KVM_SET_VCPU_EVENTS", "KVM_SET_DEBUGREGS", "KVM_SET_GUEST_DEBUG",
-})  # fmt: skip
+VM_STATE_CALLS = frozenset(
+    {
+        "KVM_SET_USER_MEMORY_REGION",
+        "KVM_SET_TSS_ADDR",
+        "KVM_SET_IDENTITY_MAP_ADDR",
+        "KVM_CREATE_IRQCHIP",
+        "KVM_SET_IRQCHIP",
+        "KVM_CREATE_PIT2",
+        "KVM_SET_PIT2",
+        "KVM_SET_GSI_ROUTING",
+        "KVM_IRQFD",
+        "KVM_IOEVENTFD",
+        "KVM_SET_CLOCK",
+    }
+)
+VCPU_STATE_CALLS = frozenset(
+    {
+        "KVM_SET_REGS",
+        "KVM_SET_SREGS",
+        "KVM_SET_SREGS2",
+        "KVM_SET_CPUID2",
+        "KVM_SET_MSRS",
+        "KVM_SET_FPU",
+        "KVM_SET_XSAVE",
+        "KVM_SET_XCRS",
+        "KVM_SET_LAPIC",
+        "KVM_SET_MP_STATE",
+        "KVM_SET_VCPU_EVENTS",
+        "KVM_SET_DEBUGREGS",
+        "KVM_SET_GUEST_DEBUG",
+    }
+)
 REGISTER_CALLS = frozenset({"KVM_SET_REGS", "KVM_SET_SREGS", "KVM_SET_SREGS2"})
 _KVM_RUN_MAPPING = "kvm_run:"  # how normalization names a vCPU fd's mapping at offset 0
 

@@ -5,21 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from conformance.lint.calls import (
-    PAGE_SIZE,
-    Located,
-    address,
-    calls_in_order,
-    capability_answers,
-    failed,
-    integer,
-    mapping_lengths,
-    process_of,
-    request,
-    section,
-)
+from conformance.lint.calls import PAGE_SIZE, calls_in_order, capability_answers, mapping_lengths
 from conformance.lint.engine import Hit, Rule, Severity
-from conformance.model.document import TraceDocument
+from conformance.model.calls import address, failed, integer, process_of, request, section
+from conformance.model.document import Located, TraceDocument
 
 _SET_REGION = "KVM_SET_USER_MEMORY_REGION"
 _SLOT_ID_BITS = 0xFFFF  # the low 16 bits are the slot id, the high 16 the address space id

@@ -36,25 +36,28 @@ def render_json(findings: Sequence[Finding], trace: str, config: LintConfig) -> 
     document = {
         "schema": JSON_SCHEMA,
         "trace": trace,
-        "findings": [
-            {
-                "rule": finding.rule_id,
-                "title": RULES_BY_ID[finding.rule_id].title,
-                "severity": finding.severity.value,
-                "thread": finding.thread,
-                "index": finding.index,
-                "request": finding.request,
-                "line": finding.line,
-                "message": finding.message,
-                "incidents": list(RULES_BY_ID[finding.rule_id].incidents),
-            }
-            for finding in findings
-        ],
+        "findings": [finding_record(finding) for finding in findings],
         "disabled": [
             {"id": rule_id, "reason": reason} for rule_id, reason in sorted(config.disabled.items())
         ],
     }
     return json.dumps(document, indent=2) + "\n"
+
+
+def finding_record(finding: Finding) -> dict[str, object]:
+    """One finding as JSON data: the shape of `lint --format json` and of `check --format json`."""
+    rule = RULES_BY_ID[finding.rule_id]
+    return {
+        "rule": finding.rule_id,
+        "title": rule.title,
+        "severity": finding.severity.value,
+        "thread": finding.thread,
+        "index": finding.index,
+        "request": finding.request,
+        "line": finding.line,
+        "message": finding.message,
+        "incidents": list(rule.incidents),
+    }
 
 
 def _count(number: int, noun: str) -> str:

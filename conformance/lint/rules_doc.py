@@ -48,8 +48,8 @@ def render_rules_markdown() -> str:
     sections = []
     for rule in RULES:
         cited = ", ".join(rule.incidents) or "none (KVM API documentation)"
-        rows.append(f"| [{rule.id}](#{rule.id.lower()}) | {rule.severity.value} | {rule.title} "
-                    f"| {cited} |")  # fmt: skip
+        link = f"[{rule.id}](#{rule.id.lower()})"
+        rows.append(f"| {link} | {rule.severity.value} | {rule.title} | {cited} |")
         sections.append(
             f"## {rule.id}\n\n**{rule.title}** ({rule.severity.value}; `{rule.name}`)\n\n"
             f"{rule.rationale}\n\nIncidents: {cited}.\n"

@@ -8,7 +8,7 @@ ints that are shown in hex (addresses, sizes, masks) without changing how they c
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -49,6 +49,19 @@ class TraceCall:
         return count if isinstance(count, int) else 1
 
 
+@dataclass(frozen=True, slots=True)
+class Located:
+    """One call with where it is: its thread role and its index in that thread's list."""
+
+    thread: str
+    index: int
+    call: TraceCall
+
+    @property
+    def entry(self) -> Entry:
+        return self.call.entry
+
+
 @dataclass(slots=True)
 class TraceDocument:
     source: Entry
@@ -57,6 +70,19 @@ class TraceDocument:
 
     def sorted_roles(self) -> list[str]:
         return sorted(self.threads, key=thread_role_order)
+
+    def calls(self, thread: str | None = None) -> Iterator[Located]:
+        """Every call, thread by thread in role order (`main`, vcpus by number, others), each
+        thread's calls in the order made; or one thread's. Order across threads is not
+        recorded (docs/trace-format.md), so this order means nothing between two threads."""
+        roles = self.sorted_roles() if thread is None else [thread]
+        for role in roles:
+            for index, call in enumerate(self.threads.get(role, ())):
+                yield Located(role, index, call)
+
+    def call_count(self) -> int:
+        """Calls made, a run-length-encoded KVM_RUN counted once per call it stands for."""
+        return sum(located.call.repeat for located in self.calls())
 
 
 _VCPU_ROLE = re.compile(r"^(?P<prefix>.*?)vcpu(?P<index>\d+)(?P<rest>.*)$")

@@ -12,7 +12,11 @@ for nested structs/unions, and lists for arrays (variable-length arrays cut to t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Literal, TypeAlias
+
+# What a trace records of KVM_RUN: every exit decoded ("full"), each vCPU's exit counters from
+# KVM's statistics ("summary"), or nothing ("off"); every other call is recorded in all three.
+KvmRunMode = Literal["full", "summary", "off"]
 
 FieldValue: TypeAlias = "int | bytes | list[FieldValue] | dict[str, FieldValue]"
 Fields: TypeAlias = dict[str, FieldValue]
@@ -35,6 +39,7 @@ class OpenKvm(Call):
 
     path: str
     flags: int
+    fd_role: str | None = None  # role of the fd it returned ("kvm", "kvm2"...); None if failed
 
 
 @dataclass(frozen=True, slots=True)

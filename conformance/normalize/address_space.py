@@ -1,7 +1,7 @@
 """A traced process's mappings and eventfds, so host addresses can be named by what they are.
 
 Host addresses change from run to run (ASLR); what a VMM does with them does not. Each mmap the
-tracer reports becomes a `Mapping`; an address a KVM call passes is named by the innermost live
+tracer reports becomes a `HostMapping`; an address a KVM call passes is named by the innermost live
 mapping containing it (`ram0+0x1000`). A mapping created inside another one (QEMU's MAP_FIXED
 guest RAM inside its PROT_NONE reservation) is that mapping's child, so the reservation is kept
 whenever the RAM in it is. Names are given only at the end, once it is known which mappings any
@@ -17,7 +17,7 @@ from conformance.model.document import Hex
 
 
 @dataclass(eq=False, slots=True)
-class Resource:
+class NamedResource:
     """Something a trace names only if a KVM call referenced it (a mapping, an eventfd)."""
 
     kind: str  # the name's stem: "ram", "region", "eventfd"; or the whole name when fixed
@@ -26,7 +26,7 @@ class Resource:
     fixed_name: str | None = None  # names that need no numbering ("kvm_run:vcpu0")
     relevant: bool = False
     name: str | None = None  # given by the normalizer at finish
-    origin: Resource | None = None  # for a forked child's copy: the parent's original
+    origin: NamedResource | None = None  # for a forked child's copy: the parent's original
 
     def mark_relevant(self) -> None:
         self.relevant = True
@@ -42,11 +42,11 @@ class Resource:
 
 
 @dataclass(eq=False, slots=True)
-class Mapping(Resource):
+class HostMapping(NamedResource):
     start: int = 0
     length: int = 0
-    parent: Mapping | None = None
-    children: list[Mapping] = field(default_factory=list)
+    parent: HostMapping | None = None
+    children: list[HostMapping] = field(default_factory=list)
     alive: bool = True
     # Bytes munmapped off the front and the back (QEMU trims its over-sized reservations to an
     # alignment): the kernel may map something else there, which this mapping must not claim.
@@ -77,7 +77,7 @@ class Mapping(Resource):
             self.trimmed_tail = self.start + self.length - start
 
     def mark_relevant(self) -> None:
-        Resource.mark_relevant(self)
+        NamedResource.mark_relevant(self)
         if self.parent is not None:
             self.parent.mark_relevant()
 
@@ -85,7 +85,7 @@ class Mapping(Resource):
         """Memory registered with KVM: named `ramN` rather than `regionN`."""
         if self.fixed_name is None:
             self.kind = "ram"
-        if self.origin is not None and isinstance(self.origin, Mapping):
+        if self.origin is not None and isinstance(self.origin, HostMapping):
             self.origin.mark_guest_memory()
 
 
@@ -93,7 +93,7 @@ class Mapping(Resource):
 class AddressRef:
     """An address inside a mapping: rendered `name+0xOFFSET` once the mapping is named."""
 
-    mapping: Mapping
+    mapping: HostMapping
     offset: int
 
     def render(self) -> str:
@@ -104,7 +104,7 @@ class AddressRef:
 class ResourceRef:
     """A mapping or eventfd by name (an mmap's result, an eventfd handed to KVM)."""
 
-    resource: Resource
+    resource: NamedResource
 
     def render(self) -> str:
         return self.resource.resolved_name()
@@ -115,9 +115,9 @@ class AddressSpace:
 
     def __init__(self) -> None:
         self._starts: list[int] = []
-        self._top: list[Mapping] = []
+        self._top: list[HostMapping] = []
 
-    def innermost(self, address: int) -> Mapping | None:
+    def innermost(self, address: int) -> HostMapping | None:
         index = bisect.bisect_right(self._starts, address) - 1
         if index < 0 or not self._top[index].contains(address):
             return None
@@ -132,7 +132,7 @@ class AddressSpace:
         mapping = self.innermost(address)
         return None if mapping is None else AddressRef(mapping, address - mapping.start)
 
-    def add(self, mapping: Mapping) -> None:
+    def add(self, mapping: HostMapping) -> None:
         """Record a new mapping; inside an existing one it becomes that one's child."""
         container = self.innermost(mapping.start)
         if container is not None and container.covers(mapping.start, mapping.length):
@@ -151,7 +151,7 @@ class AddressSpace:
     def remove(self, start: int, length: int) -> None:
         """munmap: forget every mapping the range covers entirely; cut the front or back off
         one it covers partly (the mapping and its name stay)."""
-        keep_top: list[Mapping] = []
+        keep_top: list[HostMapping] = []
         for mapping in self._top:
             if start <= mapping.live_start and mapping.live_end <= start + length:
                 _retire(mapping)
@@ -165,7 +165,7 @@ class AddressSpace:
         # Trimming moves live starts; top-level live ranges never overlap, so order is kept.
         self._starts, self._top = [mapping.live_start for mapping in keep_top], keep_top
 
-    def move(self, mapping: Mapping, new_start: int, new_length: int) -> None:
+    def move(self, mapping: HostMapping, new_start: int, new_length: int) -> None:
         """mremap: the same mapping, now elsewhere or another size."""
         if mapping.parent is None and mapping in self._top:
             index = self._top.index(mapping)
@@ -189,14 +189,14 @@ class AddressSpace:
         return child
 
 
-def _replaced(child: Mapping, new: Mapping) -> bool:
+def _replaced(child: HostMapping, new: HostMapping) -> bool:
     if new.start <= child.start and child.start + child.length <= new.start + new.length:
         _retire(child)
         return True
     return False
 
 
-def _cut_away(child: Mapping, start: int, length: int) -> bool:
+def _cut_away(child: HostMapping, start: int, length: int) -> bool:
     if start <= child.start and child.start + child.length <= start + length:
         _retire(child)
         return True
@@ -204,14 +204,14 @@ def _cut_away(child: Mapping, start: int, length: int) -> bool:
     return False
 
 
-def _retire(mapping: Mapping) -> None:
+def _retire(mapping: HostMapping) -> None:
     mapping.alive = False
     for child in mapping.children:
         _retire(child)
 
 
-def _copy_tree(mapping: Mapping, parent: Mapping | None) -> Mapping:
-    copy = Mapping(
+def _copy_tree(mapping: HostMapping, parent: HostMapping | None) -> HostMapping:
+    copy = HostMapping(
         kind=mapping.kind,
         creator=mapping.creator,
         position=mapping.position,

@@ -1,13 +1,13 @@
-"""Trace a command, or one of the VMM core's scenarios, into a normalized trace document.
+"""Trace a command into a normalized trace document: the one path from a program to a document.
 
-This is where the tracer and normalization meet: `trace_command` runs any argv under ptrace with
-the Normalizer as the event sink; `trace_scenario` runs `python -m conformance run SCENARIO` that
-way, with the provenance `check` and the pytest plugin store in `source:`.
+Every face that traces a program comes through here (`check`'s scenarios, `lint -- CMD`,
+`record-trace`, QEMU's references, the pytest plugin): `capture` runs any argv to its end under
+ptrace with the Normalizer as the event sink, and records the host it ran on in `source: host:`.
 
 The tracer and the traced program share one CPU (`trace(pin=True)`): the fast placement, about
 13 µs per stop against 40-60 µs across two. It also keeps a VMM deterministic that passes
 KVM_GET_SUPPORTED_CPUID's entries to KVM_SET_CPUID2 unchanged: those carry the APIC ID of the
-CPU that answered (CPUID 1 EBX[31:24], CPUID 0xB EDX). The VMM core writes its vCPU's own.
+CPU that answered (CPUID 1 EBX[31:24], CPUID 0xB EDX).
 """
 
 from __future__ import annotations
@@ -15,113 +15,124 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 from conformance.model.document import Entry, TraceDocument, Value
-from conformance.model.errors import ConformanceError, UnknownScenarioError
+from conformance.model.errors import ConformanceError
+from conformance.model.events import KvmRunMode
 from conformance.normalize.normalizer import Normalizer
 from conformance.tracer import TraceOutcome, trace
-from conformance.tracer.kvm_calls import KvmRunMode
 from conformance.vmm.kvm import Kvm
-from conformance.vmm.machine import SCENARIOS
 
-SCENARIO_TOOL = "kvm-conformance vmm core"
-# exits-100k exists to time 100,000 exits; stopping at each one under ptrace takes about 10 s,
-# which is the scenario's own wall-clock limit, so its trace would end wherever the limit cut it.
-# Its KVM_RUNs run unstopped and unrecorded; every other call of it is traced.
-_KVM_RUN_MODES: dict[str, KvmRunMode] = {"exits-100k": "off"}
-_FAILED_RUN_STATUSES = (2, 3)  # `kvm-conformance run`: usage/environment error, guest fault
-
-
-class ScenarioRunError(ConformanceError):
-    """The VMM core did not finish a scenario under the tracer; its trace would be truncated."""
+_PIPE_CAPACITY = 65536  # Linux's default pipe buffer: input written before the program starts
 
 
 @dataclass(frozen=True, slots=True)
-class TracedRun:
+class Capture:
     """A traced program's normalized trace, how it ended, and how long tracing took."""
 
     document: TraceDocument
     outcome: TraceOutcome
     seconds: float
-    error_output: str  # what the program wrote to stderr
-
-    @property
-    def calls(self) -> int:
-        """Calls in the trace, a run-length-encoded KVM_RUN counted once per exit."""
-        return sum(call.repeat for calls in self.document.threads.values() for call in calls)
+    output: str = ""  # what it wrote to stdout, when captured (capture_output)
+    error_output: str = ""  # what it wrote to stderr, when captured
 
 
-def trace_command(
+def capture(
     argv: Sequence[str],
     source: Mapping[str, Value],
     *,
     kvm_run: KvmRunMode = "full",
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
-) -> TracedRun:
-    """Run `argv` to its end under the tracer, tracer and program on one CPU.
-
-    The program's stdout goes to /dev/null: it is not part of a trace, and letting it through
-    would interleave a guest's serial text with a report written to the same terminal or pipe.
-    Its stderr goes to a file rather than a pipe, which nobody would drain while the tracer runs.
-    """
+) -> Capture:
+    """Run `argv` to its end under the tracer, tracer and program on one CPU. stdin, stdout,
+    stderr: the fds to give it (None: ours, so it reads and writes where we do)."""
     normalizer = Normalizer({**source, "host": host_facts()})
     started = time.monotonic()
-    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        with tempfile.TemporaryFile() as errors:
-            outcome = trace(
-                argv,
-                normalizer.add,
-                kvm_run=kvm_run,
-                # One CPU for tracer and program: a ptrace stop costs ~4x less than across two.
-                pin=True,
-                stdin=devnull,
-                stdout=devnull,
-                stderr=errors.fileno(),
-                env=env,
-                cwd=cwd,
-            )
-            errors.seek(0)
-            error_output = errors.read().decode("utf-8", errors="replace")
-    finally:
-        os.close(devnull)
+    outcome = trace(
+        argv,
+        normalizer.add,
+        kvm_run=kvm_run,
+        # One CPU for tracer and program: a ptrace stop costs ~4x less than across two.
+        pin=True,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        env=env,
+        cwd=cwd,
+    )
     seconds = time.monotonic() - started
-    return TracedRun(normalizer.finish(), outcome, seconds, error_output)
+    return Capture(normalizer.finish(), outcome, seconds)
 
 
-def trace_scenario(scenario: str) -> TracedRun:
-    """Our VMM core running `scenario`, traced: the document `expected/<scenario>.yaml` holds.
-
-    ScenarioRunError when the run failed (guest fault, run limit): a truncated trace must
-    neither pass as a difference to explain nor be stored as the expected one.
-    """
-    if scenario not in SCENARIOS:
-        raise UnknownScenarioError(
-            f"no scenario named {scenario!r} (known: {', '.join(sorted(SCENARIOS))})"
+def capture_output(
+    argv: Sequence[str],
+    source: Mapping[str, Value],
+    *,
+    kvm_run: KvmRunMode = "full",
+    input: bytes = b"",
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Capture:
+    """`capture`, with `input` as the program's whole stdin and its stdout and stderr kept as
+    text: nothing of the program reaches our terminal or pipe, where it would interleave with a
+    report. Output goes to files, not pipes, which nobody would drain while the tracer runs."""
+    if len(input) > _PIPE_CAPACITY:
+        raise ConformanceError(f"{argv[0]}: stdin input over {_PIPE_CAPACITY} bytes")
+    with _stdin_holding(input) as stdin, _spooled() as stdout, _spooled() as stderr:
+        captured = capture(
+            argv,
+            source,
+            kvm_run=kvm_run,
+            stdin=stdin,
+            stdout=stdout.fileno(),
+            stderr=stderr.fileno(),
+            env=env,
+            cwd=cwd,
         )
-    kvm_run = _KVM_RUN_MODES.get(scenario, "full")
-    source: dict[str, Value] = {"tool": SCENARIO_TOOL, "scenario": scenario}
-    if kvm_run != "full":
-        source["kvm_run"] = kvm_run
-    traced = trace_command(scenario_argv(scenario), source, kvm_run=kvm_run)
-    error_output = traced.error_output.strip()
-    if traced.outcome.exit_status in _FAILED_RUN_STATUSES and error_output:
-        last_line = error_output.splitlines()[-1]
-        raise ScenarioRunError(
-            f"scenario {scenario} failed under the tracer "
-            f"(status {traced.outcome.exit_status}): {last_line}"
-        )
-    return traced
+        output, error_output = _text(stdout), _text(stderr)
+    return Capture(
+        captured.document,
+        captured.outcome,
+        captured.seconds,
+        output=output,
+        error_output=error_output,
+    )
 
 
-def scenario_argv(scenario: str) -> list[str]:
-    return [sys.executable, "-m", "conformance", "run", scenario]
+@contextmanager
+def _stdin_holding(data: bytes) -> Iterator[int]:
+    """The read end of a pipe that holds `data` and then ends."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+        os.close(write_end)
+        write_end = -1
+        yield read_end
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+@contextmanager
+def _spooled() -> Iterator[IO[bytes]]:
+    with tempfile.TemporaryFile() as spool:
+        yield spool
+
+
+def _text(spool: IO[bytes]) -> str:
+    spool.seek(0)
+    return spool.read().decode("utf-8", errors="replace")
 
 
 @functools.cache

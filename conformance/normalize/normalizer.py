@@ -20,8 +20,13 @@ from typing import TypeAlias
 from conformance.abi.ioctls import IOCTLS, ArgKind
 from conformance.model import events, symbolic
 from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value, ordered_threads
-from conformance.normalize.address_space import AddressRef, AddressSpace, Resource, ResourceRef
-from conformance.normalize.address_space import Mapping as HostMapping
+from conformance.normalize.address_space import (
+    AddressRef,
+    AddressSpace,
+    HostMapping,
+    NamedResource,
+    ResourceRef,
+)
 from conformance.normalize.thread_roles import ThreadFacts, assign_roles
 
 Pending: TypeAlias = "Value | AddressRef | ResourceRef | list[Pending] | dict[str, Pending]"
@@ -34,7 +39,7 @@ _COMPACT_EVERY = 4096  # pending calls per thread between sweeps of calls that c
 @dataclass(eq=False, slots=True)
 class _PendingCall:
     entry: PendingEntry
-    anchor: Resource | None = None  # kept only if this resource turns out relevant
+    anchor: NamedResource | None = None  # kept only if this resource turns out relevant
     repeat: int = 1  # KVM_RUN run-length
 
 
@@ -42,7 +47,7 @@ class _PendingCall:
 class _Process:
     fork_path: tuple[int, ...]  # root processes (n,), their children (n, k), ...
     space: AddressSpace
-    eventfds: dict[int, Resource] = field(default_factory=dict)
+    eventfds: dict[int, NamedResource] = field(default_factory=dict)
     forks: int = 0
 
 
@@ -61,7 +66,7 @@ class Normalizer:
         self._threads: list[_Thread] = []
         self._live_threads: dict[int, _Thread] = {}  # tid -> thread (tids are reused)
         self._processes: dict[int, _Process] = {}  # pid -> live process
-        self._resources: list[Resource] = []
+        self._resources: list[NamedResource] = []
 
     # -- intake -----------------------------------------------------------------------------
 
@@ -118,7 +123,7 @@ class Normalizer:
         event: events.Call | events.KvmRunSummary,
         entry: PendingEntry,
         *,
-        anchor: Resource | None = None,
+        anchor: NamedResource | None = None,
         kvm_fd: bool = False,
     ) -> None:
         thread = self._thread(event.tid, event.pid)
@@ -136,16 +141,16 @@ class Normalizer:
             # so that a VMM churning through malloc arenas does not fill the pending lists.
             thread.calls = [call for call in calls if not _unreferenced_and_gone(call.anchor)]
 
-    def _new_resource(self, event: events.Call, kind: str, fixed_name: str | None) -> Resource:
+    def _new_resource(self, event: events.Call, kind: str, fixed_name: str | None) -> NamedResource:
         thread = self._thread(event.tid, event.pid)
-        resource = Resource(kind, thread.index, thread.made, fixed_name)
+        resource = NamedResource(kind, thread.index, thread.made, fixed_name)
         self._resources.append(resource)
         return resource
 
     def _open(self, event: events.OpenKvm) -> None:
         entry: PendingEntry = {"call": "open", "path": event.path}
         entry["flags"] = list(symbolic.open_flags(event.flags))
-        entry.update(_result(event, "kvm"))
+        entry.update(_result(event, event.fd_role))
         self._thread(event.tid, event.pid).facts.opened_kvm = True
         self._append(event, entry, kvm_fd=True)
 
@@ -358,7 +363,7 @@ def _host_pointer(
     return target
 
 
-def _unreferenced_and_gone(anchor: Resource | None) -> bool:
+def _unreferenced_and_gone(anchor: NamedResource | None) -> bool:
     return isinstance(anchor, HostMapping) and not anchor.alive and not anchor.relevant
 
 

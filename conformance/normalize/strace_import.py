@@ -12,6 +12,7 @@ live in the kvm_run page strace never reads.
 from __future__ import annotations
 
 import errno as errno_codes
+import fcntl
 import mmap
 import os
 import re
@@ -22,8 +23,10 @@ from typing import TypedDict
 from conformance.abi import _generated as kvm_abi
 from conformance.abi.ioctls import IOCTLS, ArgKind, IoctlSpec, by_number
 from conformance.model import events
+from conformance.model.calls import request
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.fd_roles import FdTable, RoleNames, vm_of
 from conformance.normalize.normalizer import Normalizer
 from conformance.normalize.strace_syntax import (
     ELIDED,
@@ -50,7 +53,8 @@ _CLONE_THREAD = 0x00010000
 _CLONE_FLAGS = re.compile(r"\bflags=(?P<flags>[\w|]+)")
 # Names strace prints for flag and enum arguments when not run with -X verbose.
 _SYMBOLS: dict[str, int] = {
-    **{name: value for name, value in vars(os).items() if name.startswith("O_")},
+    **{name: value for name, value in vars(os).items() if name.startswith(("O_", "EFD_"))},
+    **{name: value for name, value in vars(fcntl).items() if name.startswith("F_DUPFD")},
     **{name: value for name, value in vars(mmap).items() if name.startswith(("PROT_", "MAP_"))},
     **{name: value for name, value in vars(mmap).items() if name.startswith("MADV_")},
     **{
@@ -108,11 +112,9 @@ def import_strace_log(path: Path, *, lenient: bool = False) -> ImportedLog:
 class _Converter:
     source: dict[str, str]
     normalizer: Normalizer = field(init=False)
-    roles: dict[int, str] = field(default_factory=dict)  # fd -> KVM role
+    names: RoleNames = field(default_factory=RoleNames)  # the tracer's namer: the same roles
+    fds: dict[int, FdTable] = field(default_factory=dict)  # pid -> its fd table
     process_of: dict[int, int] = field(default_factory=dict)  # tid -> pid
-    undecoded: dict[int, str] = field(default_factory=dict)  # seq of an ioctl -> why
-    vms: int = 0
-    counters: dict[str, int] = field(default_factory=dict)
     opened_kvm: bool = False
     seq: int = 0
 
@@ -135,24 +137,21 @@ class _Converter:
         errno = _errno_number(call.errno) if call.errno else None
         return {"seq": self.seq, "tid": tid, "pid": pid, "ret": call.ret or 0, "errno": errno}
 
+    def table(self, common: _Common) -> FdTable:
+        return self.fds.setdefault(common["pid"], FdTable())
+
     def finish(self) -> TraceDocument:
         document = self.normalizer.finish()
-        for calls in document.threads.values():
-            for traced in calls:
-                entry = traced.entry
-                spec = IOCTLS.get(str(entry.get("req", "")))
-                if spec is None or spec.arg_kind in (ArgKind.INTEGER, ArgKind.NONE):
-                    continue
-                if spec.name not in STRACE_DECODED:
-                    entry["undecoded"] = "pointer"
-                elif any(_elided(spec, entry.get(part)) for part in ("in", "out")):
-                    entry["undecoded"] = "elided"
+        for located in document.calls():
+            entry = located.entry
+            spec = IOCTLS.get(request(entry))
+            if spec is None or spec.arg_kind in (ArgKind.INTEGER, ArgKind.NONE):
+                continue
+            if spec.name not in STRACE_DECODED:
+                entry["undecoded"] = "pointer"
+            elif any(_elided(spec, entry.get(part)) for part in ("in", "out")):
+                entry["undecoded"] = "elided"
         return document
-
-    def new_role(self, kind: str) -> str:
-        count = self.counters.get(kind, 0)
-        self.counters[kind] = count + 1
-        return f"{kind}{count}"
 
 
 def _open(converter: _Converter, call: StraceCall) -> None:
@@ -164,15 +163,20 @@ def _open(converter: _Converter, call: StraceCall) -> None:
     converter.opened_kvm = True
     common = converter.common(call)
     flags = _integer(arguments[path_index + 1])
-    converter.normalizer.add(events.OpenKvm(**common, path=path, flags=flags))
+    role = None
     if call.errno is None and call.ret is not None:
-        converter.roles[call.ret] = "kvm"
+        kvm = converter.names.kvm()
+        converter.table(common).add(call.ret, kvm, close_on_exec=bool(flags & os.O_CLOEXEC))
+        role = kvm.role
+    converter.normalizer.add(events.OpenKvm(**common, path=path, flags=flags, fd_role=role))
 
 
 def _ioctl(converter: _Converter, call: StraceCall) -> None:
     fd = call.first_fd()
-    role = converter.roles.get(fd) if fd is not None else None
-    if fd is None or role is None:
+    common = converter.common(call)
+    fds = converter.table(common)
+    target = fds.get(fd) if fd is not None else None
+    if fd is None or target is None:
         return  # a terminal, a socket...: not KVM, and its arguments are not ours to parse
     arguments = call.arguments()
     request = arguments[1]
@@ -191,15 +195,16 @@ def _ioctl(converter: _Converter, call: StraceCall) -> None:
     else:
         raw_argument = _integer(argument)
     new_role = None
-    if spec.creates is not None and call.errno is None and call.ret is not None:
-        new_role = _created_role(converter, spec.creates, raw_argument)
-        converter.roles[call.ret] = new_role
-    common = converter.common(call)
+    # KVM_CREATE_DEVICE returns its fd inside a struct strace does not decode: not followed.
+    if spec.creates not in (None, "device") and call.errno is None and call.ret is not None:
+        created = converter.names.created(str(spec.creates), vm_of(target), raw_argument)
+        fds.add(call.ret, created, close_on_exec=True)  # KVM makes every fd O_CLOEXEC
+        new_role = created.role
     converter.normalizer.add(
         events.Ioctl(
             **common,
             fd=fd,
-            fd_role=role,
+            fd_role=target.role,
             request=spec.number,
             name=spec.name,
             arg=raw_argument,
@@ -210,27 +215,20 @@ def _ioctl(converter: _Converter, call: StraceCall) -> None:
     )
 
 
-def _created_role(converter: _Converter, kind: str, argument: int) -> str:
-    if kind == "vm":
-        converter.vms += 1
-        return "vm" if converter.vms == 1 else f"vm{converter.vms}"
-    if kind == "vcpu":
-        return f"vcpu{argument}"
-    return converter.new_role(kind)
-
-
 def _mmap(converter: _Converter, call: StraceCall) -> None:
     address, length, prot, flags, fd, offset = call.arguments()[:6]
     fd_number = _integer(fd)
+    common = converter.common(call)
+    target = converter.table(common).get(fd_number)
     converter.normalizer.add(
         events.Mmap(
-            **converter.common(call),
+            **common,
             addr=_integer(address),
             length=_integer(length),
             prot=_integer(prot),
             flags=_integer(flags),
             fd=fd_number,
-            fd_role=converter.roles.get(fd_number),
+            fd_role=target.role if target is not None else None,
             offset=_integer(offset),
         )
     )
@@ -265,9 +263,55 @@ def _madvise(converter: _Converter, call: StraceCall) -> None:
 
 def _close(converter: _Converter, call: StraceCall) -> None:
     fd = call.first_fd()
-    role = converter.roles.pop(fd, None) if fd is not None else None
-    if fd is not None and role is not None and call.errno is None:
-        converter.normalizer.add(events.CloseFd(**converter.common(call), fd=fd, fd_role=role))
+    if fd is None or call.errno == "EBADF":
+        return
+    common = converter.common(call)
+    # Linux releases the fd even when close() reports an error (EINTR, EIO), as the tracer
+    # records it.
+    target = converter.table(common).close(fd)
+    if target is not None:
+        converter.normalizer.add(events.CloseFd(**common, fd=fd, fd_role=target.role))
+
+
+def _dup(converter: _Converter, call: StraceCall) -> None:
+    if call.errno is not None or call.ret is None:
+        return
+    arguments = call.arguments()
+    old_fd = _integer(arguments[0])
+    if call.name == "fcntl":
+        command = _integer(arguments[1])
+        if command not in (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC):
+            return  # F_SETFD's close-on-exec flag only matters at an exec strace shows anyway
+        new_fd, close_on_exec = call.ret, command == fcntl.F_DUPFD_CLOEXEC
+    elif call.name == "dup":
+        new_fd, close_on_exec = call.ret, False
+    else:
+        new_fd = _integer(arguments[1])
+        close_on_exec = call.name == "dup3" and bool(_integer(arguments[2]) & os.O_CLOEXEC)
+    common = converter.common(call)
+    made = converter.table(common).duplicate(old_fd, new_fd, close_on_exec=close_on_exec)
+    if made.closed is not None:
+        closed: _Common = {**common, "ret": 0}
+        converter.normalizer.add(events.CloseFd(**closed, fd=new_fd, fd_role=made.closed.role))
+    if made.target is not None:
+        converter.normalizer.add(
+            events.DupFd(**common, syscall=call.name, old_fd=old_fd, fd_role=made.target.role)
+        )
+
+
+def _execve(converter: _Converter, call: StraceCall) -> None:
+    if call.errno is None:
+        converter.table(converter.common(call)).after_exec()
+
+
+def _eventfd(converter: _Converter, call: StraceCall) -> None:
+    arguments = call.arguments()
+    flags = _integer(arguments[1]) if call.name == "eventfd2" and len(arguments) > 1 else 0
+    common = converter.common(call)
+    if call.errno is None and call.ret is not None:
+        eventfd = converter.names.numbered("eventfd")
+        converter.table(common).add(call.ret, eventfd, close_on_exec=bool(flags & os.O_CLOEXEC))
+    converter.normalizer.add(events.EventFd(**common, initval=_integer(arguments[0]), flags=flags))
 
 
 def _clone(converter: _Converter, call: StraceCall) -> None:
@@ -284,6 +328,8 @@ def _clone(converter: _Converter, call: StraceCall) -> None:
     common = converter.common(call)
     child_pid = common["pid"] if thread else call.ret
     converter.process_of[call.ret] = child_pid
+    if not thread:  # a fork: the child starts with copies of its parent's fds
+        converter.fds[child_pid] = converter.table(common).copy()
     converter.normalizer.add(
         events.TaskStarted(
             seq=converter.seq,
@@ -304,6 +350,13 @@ _HANDLERS = {
     "mprotect": _mprotect,
     "madvise": _madvise,
     "close": _close,
+    "dup": _dup,
+    "dup2": _dup,
+    "dup3": _dup,
+    "fcntl": _dup,
+    "execve": _execve,
+    "eventfd": _eventfd,
+    "eventfd2": _eventfd,
     "clone": _clone,
     "clone3": _clone,
 }

@@ -4,7 +4,7 @@
         kvm_conformance.trace(["./my-vmm", "guest.bin"]).matches("my-vmm-boot")
 
     def test_our_hello(kvm_conformance):
-        kvm_conformance.check("hello")  # the VMM core's scenario against its snapshot
+        kvm_conformance.matches_scenario("hello")  # the VMM core's scenario against its snapshot
 
     def test_usage(kvm_conformance):
         kvm_conformance.lint(kvm_conformance.trace(["./my-vmm", "guest.bin"]))  # KVM usage rules
@@ -30,12 +30,13 @@ from typing import TypeVar
 import pytest
 
 from conformance.compare.regression import CompareOptions
-from conformance.gate.resources import RESOURCES
-from conformance.lint import Finding, LintConfig, find_pyproject, has_errors, lint, load_config
+from conformance.gate.resources import REQUIREMENTS
+from conformance.gate.scenarios import trace_scenario
+from conformance.lint import Finding, LintConfig, has_errors, lint, project_config
 from conformance.lint.output import render_text
 from conformance.model.document import TraceDocument, Value
 from conformance.model.errors import ConformanceError
-from conformance.normalize.capture import TracedRun, trace_command, trace_scenario
+from conformance.normalize.capture import Capture, capture_output
 from conformance.pytest_plugin.snapshots import SnapshotSession
 
 SNAPSHOTS_INI = "kvm_conformance_snapshots"
@@ -69,7 +70,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)  # after the terminal reporter exists: it knows about colour
 def pytest_configure(config: pytest.Config) -> None:
-    for marker, resource in RESOURCES.items():
+    for marker, resource in REQUIREMENTS.items():
         config.addinivalue_line(
             "markers", f"{marker}: {resource.description} (skipped where it is missing)"
         )
@@ -101,7 +102,7 @@ def pytest_deselected(items: Sequence[pytest.Item]) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker, resource in RESOURCES.items():
+    for marker, resource in REQUIREMENTS.items():
         if item.get_closest_marker(marker) is not None:
             reason = resource.missing()
             if reason is not None:
@@ -167,12 +168,14 @@ class KvmConformance:
         __tracebackhide__ = True
         source: dict[str, Value] = {"tool": PYTEST_TOOL, "argv": list(argv)}
         directory = None if cwd is None else str(cwd)
-        traced = _failing_on_error(lambda: trace_command(argv, source, env=env, cwd=directory))
+        traced = _failing_on_error(lambda: capture_output(argv, source, env=env, cwd=directory))
         if traced.outcome.message is not None:
             pytest.fail(_with_stderr(traced.outcome.message, traced), pytrace=False)
         return self._wrap(traced)
 
-    def check(self, scenario: str, *, options: CompareOptions | None = None) -> TracedCommand:
+    def matches_scenario(
+        self, scenario: str, *, options: CompareOptions | None = None
+    ) -> TracedCommand:
         """Trace the VMM core's `scenario` and require it to equal snapshot `scenario`."""
         __tracebackhide__ = True
         traced = self._wrap(_failing_on_error(lambda: trace_scenario(scenario)))
@@ -188,7 +191,7 @@ class KvmConformance:
         """
         __tracebackhide__ = True
         document = traced.document if isinstance(traced, TracedCommand) else traced
-        chosen = config or _failing_on_error(self._project_lint_config)
+        chosen = config or _failing_on_error(lambda: project_config(None, self._project))
         findings = lint(document, chosen)
         if has_errors(findings):
             argv = document.source.get("argv")
@@ -196,11 +199,7 @@ class KvmConformance:
             pytest.fail(render_text(findings, name, chosen), pytrace=False)
         return findings
 
-    def _project_lint_config(self) -> LintConfig:
-        found = find_pyproject(self._project)
-        return load_config(found) if found is not None else LintConfig()
-
-    def _wrap(self, traced: TracedRun) -> TracedCommand:
+    def _wrap(self, traced: Capture) -> TracedCommand:
         return TracedCommand(
             traced.document, traced.outcome.exit_status, traced.error_output, self._session
         )
@@ -219,7 +218,7 @@ def _failing_on_error(action: Callable[[], _Result]) -> _Result:
     pytest.fail(message, pytrace=False)
 
 
-def _with_stderr(message: str, traced: TracedRun) -> str:
+def _with_stderr(message: str, traced: Capture) -> str:
     output = traced.error_output.strip()
     return f"{message}\nits stderr:\n{output}" if output else message
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from conformance.compare.regression import CompareOptions
+from conformance.model.calls import request
 from conformance.model.document import Entry, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.normalize.capture import host_facts
@@ -50,10 +51,9 @@ def reference_options(document: TraceDocument) -> CompareOptions:
     of every TSC entry of KVM_SET_MSRS (by its position, so the other MSRs are still compared)."""
     tsc_values = {
         f"in.entries[{position}].data"
-        for calls in document.threads.values()
-        for call in calls
-        if call.entry.get("req") == "KVM_SET_MSRS"
-        for position, item in enumerate(_entries(call.entry.get("in")))
+        for located in document.calls()
+        if request(located.entry) == "KVM_SET_MSRS"
+        for position, item in enumerate(_entries(located.entry.get("in")))
         if isinstance(item, dict) and item.get("index") == MSR_IA32_TSC
     }
     return CompareOptions(ignore=(*NONDETERMINISTIC_FIELDS, *sorted(tsc_values)))

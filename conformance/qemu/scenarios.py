@@ -3,8 +3,8 @@
 Each scenario is a QEMU command line that runs to its end by itself: the `-S` ones stop before
 the first instruction and are ended with `quit` on the monitor (fed on stdin), `tiny-bios` runs
 the same 64 KiB image our VMM core runs and ends through isa-debug-exit, which makes QEMU exit
-with (value << 1) | 1. `reference_for` maps our VMM core's scenarios to the reference they are
-checked against.
+with (value << 1) | 1. Which of them a built-in scenario is held against is that scenario's
+record's (model/scenarios.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 
-from conformance.model.errors import UnknownScenarioError
+from conformance.model.scenarios import named
 
 QEMU_BINARY = "qemu-system-x86_64"
 QEMU_APT_PACKAGE = "qemu-system-x86"
@@ -95,29 +95,6 @@ QEMU_SCENARIOS: Mapping[str, QemuScenario] = MappingProxyType(
     }
 )
 
-# Our VMM core's scenario -> the QEMU reference it is checked against.
-REFERENCE_FOR_SCENARIO: Mapping[str, str] = MappingProxyType(
-    {
-        "memory-setup": "memory-1g",
-        "qemu-memory-layout": "memory-1g",
-        "tiny-bios": "tiny-bios",
-    }
-)
-
-# Scenarios that deviate from their reference on purpose. `check` shows their deviations and
-# does not fail on them; a deviation a scenario is not listed for fails.
-DEVIATES_ON_PURPOSE: Mapping[str, str] = MappingProxyType(
-    {
-        "memory-setup": "the seed article's program maps 256 KiB directly where QEMU reserves "
-        "and maps 1 GiB: this scenario exists to show those deviations",
-    }
-)
-
 
 def qemu_scenario(name: str) -> QemuScenario:
-    scenario = QEMU_SCENARIOS.get(name)
-    if scenario is None:
-        raise UnknownScenarioError(
-            f"no QEMU scenario named {name!r} (known: {', '.join(sorted(QEMU_SCENARIOS))})"
-        )
-    return scenario
+    return named(QEMU_SCENARIOS, name, "QEMU scenario")

@@ -9,9 +9,10 @@ ok    thread main, call #3 KVM_SET_TSS_ADDR: extra call, allowed: QEMU does it o
 
 from __future__ import annotations
 
-from conformance.compare.conformance import ConformanceResult, Deviation
-from conformance.compare.regression import ABSENT, Compared
-from conformance.model.flow_yaml import format_call, format_value
+from conformance.compare.allowances import DeviationKind
+from conformance.compare.conformance import ConformanceResult, Deviation, RowStatus
+from conformance.model.flow_yaml import format_call
+from conformance.report.values import ROW_MARKS, value_text
 
 _FOLDED_AFTER = 3  # allowed deviations of one call by one rule shown one by one up to this
 _SKIPPED_SHOWN = 2  # reference-only calls shown around a run of skipped ones
@@ -37,7 +38,7 @@ def render_conformance(result: ConformanceResult, name: str) -> str:
 def _allowed_lines(result: ConformanceResult) -> list[str]:
     """Allowed deviations, those allowed by one rule for one call folded into one line when
     there are more than a few (CPUID tables, KVM_RUN exits)."""
-    groups: dict[tuple[str, str, str], list[Deviation]] = {}
+    groups: dict[tuple[DeviationKind, str, str], list[Deviation]] = {}
     for deviation in result.deviations:
         if deviation.allowed_by is not None:
             key = (deviation.kind, deviation.call, deviation.allowed_by.reason)
@@ -51,7 +52,9 @@ def _allowed_lines(result: ConformanceResult) -> list[str]:
                 {deviation.path.split("[")[0] for deviation in members if deviation.path}
             )
             what = f" ({', '.join(paths)})" if paths else ""
-            lines.append(f"{len(members)} {kind} deviations of {call}{what}; allowed: {reason}")
+            lines.append(
+                f"{len(members)} {kind.value} deviations of {call}{what}; allowed: {reason}"
+            )
     return lines
 
 
@@ -62,10 +65,10 @@ def reference_name(result: ConformanceResult) -> str:
 
 def describe_deviation(deviation: Deviation, reference: str = "QEMU") -> str:
     """One line: where, which call, which field, both values, and the rule or finding."""
-    if deviation.kind == "missing":
+    if deviation.kind is DeviationKind.MISSING:
         return f"{deviation.call}: never made; required: {deviation.note}"
     head = f"thread {deviation.thread}, call #{deviation.subject_index} {deviation.call}"
-    if deviation.kind == "extra":
+    if deviation.kind is DeviationKind.EXTRA:
         note = deviation.note.replace("the reference", reference)
         text = f"{head}: extra call ({note})"
     else:
@@ -77,12 +80,6 @@ def describe_deviation(deviation: Deviation, reference: str = "QEMU") -> str:
     if deviation.allowed_by is not None:
         text += f"; allowed: {deviation.allowed_by.reason}"
     return text
-
-
-def value_text(value: Compared) -> str:
-    if value is ABSENT or not isinstance(value, int | str | list | dict):
-        return "(absent)"
-    return format_value(value)
 
 
 def side_by_side(result: ConformanceResult, thread: str, width: int = 70) -> list[str]:
@@ -109,17 +106,14 @@ def side_by_side(result: ConformanceResult, thread: str, width: int = 70) -> lis
             right = format_call(reference.entry)
             if row.reference_thread != thread:
                 right = f"[{row.reference_thread} #{row.reference_index}] {right}"
-        line = f"{left:{width}} {_MARKS[row.status]} {right}".rstrip()
-        if row.status == "skipped":
+        line = f"{left:{width}} {ROW_MARKS[row.status]} {right}".rstrip()
+        if row.status is RowStatus.SKIPPED:
             skipped.append(line)
             continue
         flush()
         lines.append(line)
     flush()
     return lines
-
-
-_MARKS = {"same": "=", "differs": "≠", "extra": "+", "skipped": "|", "elsewhere": "~"}
 
 
 def _cut(text: str, width: int) -> str:

@@ -17,9 +17,10 @@ import os
 from collections.abc import Iterator
 from typing import TextIO
 
-from conformance.compare.regression import ABSENT, Compared, Comparison, Difference, DifferenceKind
+from conformance.compare.regression import Comparison, Difference, DifferenceKind
 from conformance.model.document import TraceCall
-from conformance.model.flow_yaml import format_call, format_value
+from conformance.model.flow_yaml import format_call
+from conformance.report.values import value_text
 
 CONTEXT_CALLS = 2
 _CALL_KINDS = (DifferenceKind.MISSING_CALL, DifferenceKind.EXTRA_CALL)
@@ -52,9 +53,9 @@ def describe(difference: Difference) -> str:
     thread = f"thread {difference.thread}"
     match difference.kind:
         case DifferenceKind.MISSING_THREAD:
-            return f"{thread}: missing ({_value(difference.expected)} calls expected)"
+            return f"{thread}: missing ({value_text(difference.expected)} calls expected)"
         case DifferenceKind.EXTRA_THREAD:
-            return f"{thread}: not expected ({_value(difference.actual)} calls made)"
+            return f"{thread}: not expected ({value_text(difference.actual)} calls made)"
         case DifferenceKind.MISSING_CALL:
             return f"{thread}, call #{difference.expected_index} {difference.call_name}: missing"
         case DifferenceKind.EXTRA_CALL:
@@ -64,15 +65,7 @@ def describe(difference: Difference) -> str:
         position += f" (expected #{difference.expected_index})"
     return (
         f"{thread}, call {position} {difference.call_name}: {difference.path}: "
-        f"expected {_value(difference.expected)}, got {_value(difference.actual)}"
-    )
-
-
-def _value(value: Compared) -> str:
-    return (
-        "(absent)"
-        if value is ABSENT or not isinstance(value, int | str | list | dict)
-        else (format_value(value))
+        f"expected {value_text(difference.expected)}, got {value_text(difference.actual)}"
     )
 
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import html
 
-from conformance.compare.conformance import ConformanceResult, Row
+from conformance.compare.conformance import ConformanceResult, Row, RowStatus
 from conformance.model.flow_yaml import format_call
 from conformance.report.deviations import describe_deviation, reference_name
+from conformance.report.values import ROW_MARKS
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; }
@@ -22,7 +23,6 @@ tr.differs td { background: #fff3cd; } tr.extra td { background: #f8d7da; }
 tr.elsewhere td { background: #e8f0fe; } tr.skipped td { color: #777; }
 li.allowed { color: #555; } li.failure { color: #b00020; font-weight: bold; }
 """
-_MARKS = {"same": "=", "differs": "≠", "extra": "+", "skipped": "", "elsewhere": "~"}
 
 
 def render_html(result: ConformanceResult, name: str) -> str:
@@ -78,7 +78,7 @@ def _table(result: ConformanceResult, thread: str, rows: list[Row]) -> list[str]
 
     for row in rows:
         line = _row(result, thread, row)
-        if row.status == "skipped":
+        if row.status is RowStatus.SKIPPED:
             skipped.append(line)
         else:
             flush()
@@ -99,8 +99,8 @@ def _row(result: ConformanceResult, thread: str, row: Row) -> str:
         where = "" if row.reference_thread == thread else f"[{row.reference_thread}] "
         right = f"{where}#{row.reference_index} {format_call(entry)}"
     return (
-        f'<tr class="{row.status}"><td>{_e(left)}</td>'
-        f'<td class="mark">{_MARKS[row.status]}</td><td>{_e(right)}</td></tr>'
+        f'<tr class="{row.status.value}"><td>{_e(left)}</td>'
+        f'<td class="mark">{ROW_MARKS[row.status]}</td><td>{_e(right)}</td></tr>'
     )
 
 

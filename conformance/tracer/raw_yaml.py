@@ -1,4 +1,4 @@
-"""The `yaml` output of the tracer: the trace format of DESIGN.md with raw, unnormalized values.
+"""The `yaml` output of the tracer: the trace format (docs/trace-format.md) with raw values.
 
     schema: kvm-conformance/1
     source: {...}
@@ -41,8 +41,8 @@ class RawYamlWriter:
         self._source = source
         self._spools: dict[int, IO[str]] = {}
         self._open_spools = contextlib.ExitStack()
-        # tid -> its last KVM_RUN's fields but `seq`, and its line's text after `seq`
-        self._last_runs: dict[int, tuple[tuple[object, ...], str]] = {}
+        # tid -> its last KVM_RUN as text but for `seq`, and its line's text after `seq`
+        self._last_runs: dict[int, tuple[str, str]] = {}
 
     def __call__(self, event: events.Event) -> None:
         spool = self._spools.get(event.tid)
@@ -62,9 +62,7 @@ class RawYamlWriter:
         but for `seq` reuses that one's text after `seq` instead of formatting it again. The
         decoded fields are compared by repr, which unlike == tells mappings apart by key order.
         """
-        fields = repr((event.inputs, event.run_entry, event.outputs, event.run_exit))
-        run = (event.fd, event.fd_role, event.ret, event.errno, event.request, event.name,
-               event.arg, event.new_fd_role, fields)  # fmt: skip
+        run = repr(dataclasses.replace(event, seq=0, repeat=1))
         head = f"    - {{call: ioctl, seq: {seq}, "
         last = self._last_runs.get(event.tid)
         if last is not None and last[0] == run:

@@ -11,6 +11,7 @@ conformance.model.symbolic). For reading, not parsing: the raw YAML stream is th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TextIO
 
 from conformance.abi.ioctls import by_name
@@ -32,14 +33,12 @@ class TextWriter:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._last_run: tuple[object, ...] = ()
+        self._last_run: events.Ioctl | None = None
         self._last_run_line = ""
 
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.Ioctl) and event.run_exit is not None:
-            run = (event.tid, event.fd, event.fd_role, event.ret, event.errno, event.request,
-                   event.name, event.arg, event.run_entry, event.run_exit, event.inputs,
-                   event.outputs, event.new_fd_role)  # fmt: skip
+            run = dataclasses.replace(event, seq=0, repeat=1)  # the call, wherever it came
             if run != self._last_run:
                 self._last_run, self._last_run_line = run, format_event(event) + "\n"
             self._stream.write(self._last_run_line * event.repeat)  # a line per call, as strace

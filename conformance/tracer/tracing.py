@@ -24,9 +24,9 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from conformance.model.events import Event
+from conformance.model.events import Event, KvmRunMode
 from conformance.tracer.errors import TracerError
-from conformance.tracer.kvm_calls import KVM_RUN, KvmRunMode
+from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.recorder import Recorder
 from conformance.tracer.session import TraceSession

@@ -14,10 +14,10 @@ import pytest
 from conformance.cli.main import main
 from conformance.lint import Finding, Severity, lint
 from conformance.model.document import TraceDocument
+from conformance.model.scenarios import SCENARIOS
 from conformance.normalize.normalizer import Normalizer
 from conformance.tracer import trace
 from conformance.vmm.guests import guest
-from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 

@@ -23,14 +23,13 @@ import pytest
 
 from conformance.cli import main as cli
 from conformance.compare.regression import compare_documents
-from conformance.model.events import Event, Ioctl, KvmRunSummary
+from conformance.model.events import Event, Ioctl, KvmRunMode, KvmRunSummary
+from conformance.model.scenarios import SCENARIOS
 from conformance.normalize.normalizer import Normalizer
 from conformance.qemu.recording import reference_options
 from conformance.qemu.scenarios import qemu_scenario
 from conformance.snapshot.store import dump_document, load_document
 from conformance.tracer import attach, kvm_run_failures, kvm_run_loop, trace
-from conformance.tracer.kvm_calls import KvmRunMode
-from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 

@@ -38,7 +38,7 @@ class Events:
         return (next(self._seq), self.tid, self.pid, ret, failed)
 
     def open_kvm(self, fd: int = 9) -> events.OpenKvm:
-        return events.OpenKvm(*self._call(fd), "/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        return events.OpenKvm(*self._call(fd), "/dev/kvm", os.O_RDWR | os.O_CLOEXEC, "kvm")
 
     def ioctl(
         self,
