@@ -1,4 +1,5 @@
-"""What several commands parse alike: the traced command after `--`, and the lint settings."""
+"""What several commands parse alike: the traced command after `--`, and the project's
+configuration (its scenarios, snapshot directory and lint settings)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from conformance.lint import LintConfig, project_config
+from conformance.gate.project import Project, load_project
+from conformance.lint import LintConfig
 
 
 def command_after_dashes(remainder: Sequence[str]) -> list[str]:
@@ -15,17 +17,21 @@ def command_after_dashes(remainder: Sequence[str]) -> list[str]:
     return list(remainder[1:] if remainder[:1] == ["--"] else remainder)
 
 
-def add_lint_config_option(parser: argparse.ArgumentParser) -> None:
+def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        metavar="PYPROJECT",
+        metavar="FILE",
         type=Path,
-        help="read [tool.kvm-conformance] from this file (default: the nearest pyproject.toml "
-        "from the current directory up)",
+        help="the project's configuration: a kvm-conformance.toml, or a pyproject.toml's "
+        "[tool.kvm-conformance] (default: the nearest of either from the current directory up)",
     )
 
 
-def lint_config(args: argparse.Namespace) -> LintConfig:
-    """The settings `--config` names, else the nearest pyproject.toml's."""
+def project(args: argparse.Namespace) -> Project:
+    """The project `--config` names, else the nearest configuration's."""
     explicit: Path | None = args.config
-    return project_config(explicit, Path.cwd())
+    return load_project(explicit, Path.cwd())
+
+
+def lint_config(args: argparse.Namespace) -> LintConfig:
+    return project(args).lint

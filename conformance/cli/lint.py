@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from conformance.cli.arguments import add_lint_config_option, command_after_dashes, lint_config
+from conformance.cli.arguments import add_config_option, command_after_dashes, lint_config
 from conformance.lint import has_errors, lint
 from conformance.lint.output import render_json, render_text
 from conformance.lint.sarif import render_sarif
@@ -26,7 +26,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "rules; exit 1 when a rule reports an error",
     )
     parser.add_argument("--format", choices=("text", "json", "sarif"), default="text")
-    add_lint_config_option(parser)
+    add_config_option(parser)
     parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="TRACE.yaml | -- CMD ARGS")
     parser.set_defaults(command=_lint)
 

@@ -30,6 +30,8 @@ _COMMAND_MODULES = {
     "check": "conformance.cli.check",
     "lint": "conformance.cli.lint",
     "diff": "conformance.cli.diff",
+    "review": "conformance.cli.review",
+    "init": "conformance.cli.init",
 }
 
 

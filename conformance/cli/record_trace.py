@@ -1,14 +1,18 @@
 """`record-trace`: write a normalized trace document from QEMU, any VMM, or an strace log.
 
     record-trace qemu SCENARIO [-o FILE] [--qemu PATH] [--force]
+    record-trace qemu -o FILE [--exit-status N] [--stdin TEXT] [--force] -- QEMU ARGS...
     record-trace vmm [-o FILE] [--force] -- CMD ARGS...
     record-trace strace-log LOG [-o FILE] [--lenient] [--force]
 
-`qemu` writes traces/qemu/SCENARIO.yaml by default, with QEMU's own output in SCENARIO.log
-beside it; the others write to stdout unless given -o. An existing file is never replaced
-without --force. Exit status: 0 written; an error's own status, as `kvm-conformance` exits
-with it (2 usage or environment, 127 a command that cannot be started), with one line on
-stderr.
+`qemu SCENARIO` records one of the project's own QEMU scenarios; in kvm-conformance's
+repository it writes conformance/qemu/references/SCENARIO.yaml by default (the references that
+ship with the package), elsewhere it needs -o. `qemu -- QEMU ARGS` records any QEMU command
+line as a reference for a project's scenarios (`reference = "FILE"` in its configuration). Both
+write QEMU's own output to FILE's .log beside it; the others write to stdout unless given -o.
+An existing file is never replaced without --force. Exit status: 0 written; an error's own
+status, as `kvm-conformance` exits with it (2 usage or environment, 127 a command that cannot
+be started), with one line on stderr.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from conformance.cli.arguments import command_after_dashes
-from conformance.gate.references import REFERENCE_DIRECTORY
+from conformance.gate.project import load_project
+from conformance.gate.references import REFERENCES_IN_SOURCE
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.normalize.capture import capture_output
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
-from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
+from conformance.qemu.scenarios import QEMU_SCENARIOS, QemuScenario, qemu_scenario
 from conformance.snapshot.store import dump_document, write_document
 
 
@@ -51,16 +56,49 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="SOURCE")
 
     qemu = commands.add_parser(
-        "qemu", help="run QEMU for a scenario under the tracer and write its reference trace"
+        "qemu",
+        help="run QEMU under the tracer (a scenario of ours, or your command line) and write "
+        "the reference trace",
+        description="Record QEMU's use of /dev/kvm as a reference: one of kvm-conformance's QEMU\n"
+        f"scenarios ({', '.join(sorted(QEMU_SCENARIOS))}), or any QEMU command line after `--`,\n"
+        'for a project\'s scenarios to be held against (`reference = "FILE"`). QEMU runs\n'
+        "pinned to one CPU with address space randomization off, and must end with\n"
+        "--exit-status; its output goes to FILE's .log beside it.",
+        epilog="examples:\n"
+        "  record-trace qemu tiny-bios\n"
+        "  record-trace qemu -o qemu/boot.yaml --stdin 'quit\\n' -- \\\n"
+        "      qemu-system-x86_64 -accel kvm -m 64M -nographic -nodefaults -S -monitor stdio\n"
+        "  record-trace qemu -o qemu/bios.yaml --exit-status 33 -- qemu-system-x86_64 \\\n"
+        "      -accel kvm -bios fw.bin -device isa-debug-exit,iobase=0xf4,iosize=0x04 "
+        "-nographic -nodefaults",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     qemu.add_argument(
-        "scenario",
-        metavar="SCENARIO",
-        help=f"one of: {', '.join(sorted(QEMU_SCENARIOS))}",
+        "-o",
+        "--output",
+        type=Path,
+        help="the reference file (default for SCENARIO in kvm-conformance's repository: "
+        "conformance/qemu/references/SCENARIO.yaml)",
     )
-    qemu.add_argument("-o", "--output", type=Path, help="default: traces/qemu/SCENARIO.yaml")
-    qemu.add_argument("--qemu", metavar="PATH", help="QEMU binary (default: qemu-system-x86_64)")
+    qemu.add_argument(
+        "--qemu", metavar="PATH", help="QEMU binary for SCENARIO (default: qemu-system-x86_64)"
+    )
+    qemu.add_argument(
+        "--exit-status",
+        type=int,
+        default=0,
+        metavar="N",
+        help="how QEMU ends when your command line ran to its end (default: 0)",
+    )
+    qemu.add_argument(
+        "--stdin",
+        default="",
+        metavar="TEXT",
+        help="QEMU's whole standard input, e.g. monitor commands ('quit\\n'; backslash "
+        "escapes are decoded)",
+    )
     qemu.add_argument("--force", action="store_true", help="replace an existing file")
+    qemu.add_argument("what", nargs=argparse.REMAINDER, metavar="SCENARIO | -- QEMU ARGS")
     qemu.set_defaults(command=_record_qemu)
 
     vmm = commands.add_parser("vmm", help="run any VMM command under the tracer")
@@ -83,10 +121,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _record_qemu(args: argparse.Namespace) -> int:
-    scenario = qemu_scenario(args.scenario)
-    output: Path = args.output or REFERENCE_DIRECTORY / f"{scenario.name}.yaml"
+    scenario, qemu, output = _qemu_to_record(args)
     _refuse_overwrite(output, args.force)
-    qemu = find_qemu(args.qemu)
     _progress(f"recording {scenario.name}: {' '.join(scenario.argv(qemu))}")
     recording = record_qemu(scenario, qemu)
     log = output.with_suffix(".log")
@@ -98,6 +134,35 @@ def _record_qemu(args: argparse.Namespace) -> int:
         f"thread(s) in {recording.seconds:.2f} s; wrote {output} (QEMU's output: {log})"
     )
     return 0
+
+
+def _qemu_to_record(args: argparse.Namespace) -> tuple[QemuScenario, str, Path]:
+    """The QEMU scenario to record, the binary, and the file to write."""
+    output: Path | None = args.output
+    if args.what[:1] == ["--"]:
+        command = command_after_dashes(args.what)
+        if not command:
+            raise ConformanceError("qemu: give QEMU's command line after `--`")
+        if output is None:
+            raise ConformanceError("qemu: give the reference file to write with -o FILE")
+        name = output.name.removesuffix(".yaml")
+        stdin = args.stdin.encode().decode("unicode_escape").encode()
+        scenario = QemuScenario(
+            name, f"{name}: {' '.join(command)}", tuple(command[1:]), stdin, args.exit_status
+        )
+        return scenario, find_qemu(command[0]), output
+    if len(args.what) != 1:
+        raise ConformanceError("qemu: give one SCENARIO, or QEMU's command line after `--`")
+    scenario = qemu_scenario(args.what[0])
+    if output is None:
+        project = load_project(None, Path.cwd())
+        if not project.is_this_repository:
+            raise ConformanceError(
+                f"qemu {scenario.name}: give the file to write with -o FILE (the shipped "
+                "references are rewritten only from kvm-conformance's repository)"
+            )
+        output = project.root / REFERENCES_IN_SOURCE / f"{scenario.name}.yaml"
+    return scenario, find_qemu(args.qemu), output
 
 
 def _record_vmm(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ class _Absent:
 
 ABSENT = _Absent()
 Compared: TypeAlias = "Value | _Absent"
+EXIT_STATUS = "exit_status"  # the key of `source:` that records how the traced program ended
 
 
 class DifferenceKind(enum.Enum):
@@ -42,6 +43,7 @@ class DifferenceKind(enum.Enum):
     EXTRA_CALL = "extra call"  # made, not expected
     MISSING_THREAD = "missing thread"
     EXTRA_THREAD = "extra thread"
+    EXIT_STATUS = "exit status"  # the VMM ended otherwise (source.exit_status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +148,27 @@ def compare_documents(
     scenario: str,
     options: CompareOptions | None = None,
 ) -> Comparison:
-    """Regression: every thread's calls, aligned, field by field."""
+    """Regression: how the VMM ended, then every thread's calls, aligned, field by field."""
     chosen = options or CompareOptions()
     comparison = Comparison(scenario, expected, actual)
+    # The exit status is the one result in `source:`; documents that both record it compare it.
+    expected_status = expected.source.get(EXIT_STATUS)
+    actual_status = actual.source.get(EXIT_STATUS)
+    if (
+        isinstance(expected_status, int)
+        and isinstance(actual_status, int)
+        and expected_status != actual_status
+    ):
+        comparison.differences.append(
+            Difference(
+                DifferenceKind.EXIT_STATUS,
+                "",
+                "",
+                path=EXIT_STATUS,
+                expected=expected_status,
+                actual=actual_status,
+            )
+        )
     roles = sorted(set(expected.threads) | set(actual.threads), key=thread_role_order)
     for role in roles:
         if role not in actual.threads:

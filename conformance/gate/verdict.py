@@ -8,9 +8,13 @@
    deviations without failing on them.
 3. Lint: no KVM usage rule finds an error in it.
 
+A scenario whose VMM did not run to its end (another exit status than its record's, its
+timeout, a signal) is judged on that alone: its trace is neither compared nor stored.
+
 The verdict is assembled here and only here (`ScenarioResult.fails`, `.tally`); the command
-renders it. Every snapshot is read before the first scenario is traced, so a malformed file or
-a missing directory is reported in a second, not after a minute of tracing.
+renders it. Every snapshot is read before the first scenario is traced, so a malformed file is
+reported in a second, not after a minute of tracing; and nothing is written until the last
+scenario has been judged (`SnapshotStore.commit`), so an interrupted gate changes no file.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from conformance.compare.host_answers import HOST_DERIVED_INPUTS, same_host_cpui
 from conformance.compare.regression import CompareOptions, Comparison, compare_documents
 from conformance.gate.references import judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
-from conformance.gate.scenarios import trace_scenario
+from conformance.gate.scenarios import ScenarioRunError, trace_scenario
 from conformance.lint import Finding, LintConfig, has_errors, lint
 from conformance.model.document import TraceDocument
-from conformance.model.errors import ConformanceError, KvmUnavailableError
-from conformance.model.scenarios import SCENARIOS, Scenario
+from conformance.model.errors import KvmUnavailableError
+from conformance.model.scenarios import Scenario
 from conformance.normalize.capture import Capture
-from conformance.snapshot.store import SnapshotStore
+from conformance.snapshot.store import SnapshotStore, dump_document
 
 
 class SnapshotOutcome(enum.Enum):
@@ -44,10 +48,11 @@ class SnapshotOutcome(enum.Enum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
+    RUN_FAILED = "error"  # the VMM did not run to its end: nothing compared, nothing stored
 
     @property
     def fails(self) -> bool:
-        return self in (SnapshotOutcome.FAILED, SnapshotOutcome.MISSING)
+        return self in (SnapshotOutcome.FAILED, SnapshotOutcome.MISSING, SnapshotOutcome.RUN_FAILED)
 
 
 class ConformanceOutcome(enum.Enum):
@@ -68,9 +73,12 @@ class ScenarioResult:
     comparison: Comparison | None = None  # set when compared (pass or FAIL)
     conformance: ConformanceResult | None = None  # set when the scenario has a QEMU reference
     findings: tuple[Finding, ...] = ()
+    lint_config: LintConfig = field(default_factory=LintConfig)  # the settings it was linted with
     # The snapshot's host reported other supported CPUID: the inputs that follow it were not
     # compared (host_answers.HOST_DERIVED_INPUTS).
     host_differs: bool = False
+    run_failure: str | None = None  # why the VMM did not run to its end (RUN_FAILED)
+    pending: Path | None = None  # the NAME.yaml.new written for review
 
     @property
     def conformance_outcome(self) -> ConformanceOutcome | None:
@@ -116,10 +124,6 @@ class GateReport:
         return any(result.fails for result in self.results)
 
 
-class ExpectedDirectoryError(ConformanceError):
-    """The snapshot directory to compare against does not exist."""
-
-
 def require_tracing_environment() -> None:
     """KvmUnavailableError naming what is missing, before any work starts."""
     for missing in (kvm_missing, ptrace_missing):
@@ -132,41 +136,64 @@ def run_gate(
     scenarios: Sequence[Scenario],
     store: SnapshotStore,
     *,
-    references: Path,
-    lint_config: LintConfig,
+    lint_for: Callable[[Scenario], LintConfig],
+    references: Path | None = None,
+    pending: bool = False,
+    every_scenario: bool = False,
     on_start: Callable[[int, str], None] = lambda index, scenario: None,
     on_result: Callable[[ScenarioResult], None] = lambda result: None,
 ) -> GateReport:
-    """Trace each scenario and compare it with its snapshot (or store it, if `store.update`),
-    with the QEMU reference in `references` it is held against, and lint it.
+    """Trace each scenario and compare it with its snapshot (or stage it, if `store.update`),
+    hold it against its QEMU reference (a shipped one is looked up in `references`, when
+    given), and lint it with `lint_for(scenario)`. `pending`: a missing or differing snapshot
+    is written beside it as NAME.yaml.new. `every_scenario`: these are all of the project's
+    scenarios, so snapshots none of them asked for are reported as unused.
 
-    `on_start(index, scenario name)` before each trace (0-based index) and `on_result` after it
-    are for progress.
+    What the run writes is written when the last scenario has been judged. `on_start(index,
+    scenario name)` before each trace (0-based index) and `on_result` after it are for progress.
     """
-    if not store.update and not store.directory.is_dir():
-        raise ExpectedDirectoryError(
-            f"{store.directory}: no such directory of expected traces; run from the repository "
-            "root, pass --expected DIR, or create it with --update"
-        )
     expected = {} if store.update else {s.name: store.load(s.name) for s in scenarios}
     report = GateReport()
     for index, scenario in enumerate(scenarios):
         on_start(index, scenario.name)
-        traced = trace_scenario(scenario.name)
-        result = dataclasses.replace(
-            _judge(scenario, traced, store, expected.get(scenario.name)),
-            conformance=judge_against_reference(scenario, traced.document, references),
-            findings=tuple(lint(traced.document, lint_config)),
-        )
+        try:
+            traced = trace_scenario(scenario)
+        except ScenarioRunError as error:
+            result = _not_run(scenario, store, str(error))
+        else:
+            settings = lint_for(scenario)
+            result = dataclasses.replace(
+                _judge(scenario, traced, store, expected.get(scenario.name), pending=pending),
+                conformance=judge_against_reference(scenario, traced.document, references),
+                findings=tuple(lint(traced.document, settings)),
+                lint_config=settings,
+            )
         report.results.append(result)
         on_result(result)
-    if {scenario.name for scenario in scenarios} == set(SCENARIOS):
+    if every_scenario:
         report.unused = [store.path_for(name) for name in store.report().unused]
+    store.commit()
     return report
 
 
+def _not_run(scenario: Scenario, store: SnapshotStore, why: str) -> ScenarioResult:
+    return ScenarioResult(
+        scenario=scenario,
+        snapshot_outcome=SnapshotOutcome.RUN_FAILED,
+        snapshot=store.path_for(scenario.name),
+        calls=0,
+        seconds=0.0,
+        run_failure=why,
+    )
+
+
 def _judge(
-    scenario: Scenario, traced: Capture, store: SnapshotStore, expected: TraceDocument | None
+    scenario: Scenario,
+    traced: Capture,
+    store: SnapshotStore,
+    expected: TraceDocument | None,
+    *,
+    pending: bool,
 ) -> ScenarioResult:
     path = store.path_for(scenario.name)
     judged = ScenarioResult(
@@ -177,18 +204,32 @@ def _judge(
         seconds=traced.seconds,
     )
     if store.update:
-        outcome = SnapshotOutcome(store.save(scenario.name, traced.document))
+        outcome = SnapshotOutcome(store.stage(scenario.name, traced.document))
         return dataclasses.replace(judged, snapshot_outcome=outcome)
     if expected is None:
-        return judged
+        return _with_pending(judged, store, traced.document, pending)
     host_differs = not same_host_cpuid(expected, traced.document)
     options = CompareOptions(ignore=HOST_DERIVED_INPUTS) if host_differs else None
     comparison = compare_documents(
         expected, traced.document, scenario=scenario.name, options=options
     )
-    return dataclasses.replace(
+    judged = dataclasses.replace(
         judged,
         snapshot_outcome=SnapshotOutcome.PASSED if comparison.ok else SnapshotOutcome.FAILED,
         comparison=comparison,
         host_differs=host_differs,
     )
+    if comparison.ok:
+        if pending:
+            store.stage_pending_removal(scenario.name)
+        return judged
+    return _with_pending(judged, store, traced.document, pending)
+
+
+def _with_pending(
+    judged: ScenarioResult, store: SnapshotStore, document: TraceDocument, pending: bool
+) -> ScenarioResult:
+    if not pending:
+        return judged
+    written = store.stage_pending(judged.scenario.name, dump_document(document))
+    return dataclasses.replace(judged, pending=written)

@@ -1,8 +1,9 @@
 """The normalized trace document: what normalization builds, snapshots store and comparisons read.
 
-A document is plain data: `source` (provenance, never compared) and `threads`, each thread role
-mapped to its calls in order. A call is an ordered mapping of YAML-ready values; `Hex` marks the
-ints that are shown in hex (addresses, sizes, masks) without changing how they compare.
+A document is plain data: `source` (provenance, never compared but for `exit_status`, how the
+traced program ended) and `threads`, each thread role mapped to its calls in order. A call is an
+ordered mapping of YAML-ready values; `Hex` marks the ints that are shown in hex (addresses,
+sizes, masks) without changing how they compare.
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
 """pytest plugin (entry point `pytest11: kvm_conformance`): VMM traces as snapshot tests.
 
-    def test_boot(kvm_conformance):
-        kvm_conformance.trace(["./my-vmm", "guest.bin"]).matches("my-vmm-boot")
+The `kvm_conformance` fixture is fixture.py's. Snapshots are `<name>.yaml` in one directory:
+the ini option `kvm_conformance_snapshots` (relative to the ini file), by default the project's
+`snapshots` (`expected` in its root), the directory `kvm-conformance check` reads, so both
+gates share one set of reviewed files. Every option and ini name carries our prefix, so the
+plugin loads beside syrupy, pytest-regressions and other snapshot plugins:
 
-    def test_our_hello(kvm_conformance):
-        kvm_conformance.matches_scenario("hello")  # the VMM core's scenario against its snapshot
+    --kvm-snapshot-update         create missing and rewrite differing snapshots
+    --kvm-snapshot-pending        write each missing or differing one as NAME.yaml.new
+    --kvm-snapshot-delete-unused  delete snapshots no test used (only when every test passed)
+    --kvm-snapshot-force          write even when CI is set (nothing is written there otherwise)
 
-    def test_usage(kvm_conformance):
-        kvm_conformance.lint(kvm_conformance.trace(["./my-vmm", "guest.bin"]))  # KVM usage rules
-
-Snapshots are `<name>.yaml` in one directory: the ini option `kvm_conformance_snapshots`,
-relative to the ini file's directory (or rootdir), default `expected` — the directory
-`kvm-conformance check` reads, so both gates share one set of reviewed files. `--snapshot-update`
-creates and rewrites them; without it a missing or differing snapshot fails the test with the
-readable diff. The terminal summary says what was compared or written, and which snapshots no
-test used (listed, never deleted).
+Snapshots are written once, by one process, at the session's end, and only when the session
+was not interrupted; under pytest-xdist the workers hand what they saw to the controller, which
+writes and prints the one summary. Unused snapshots are reported only when every test ran.
 
 Markers `needs_kvm`, `needs_ptrace`, `needs_qemu`, `needs_gcc` skip a test only when this host
 lacks the resource; a test using the `kvm_conformance` fixture gets needs_kvm and needs_ptrace.
@@ -22,49 +21,139 @@ lacks the resource; a test using the `kvm_conformance` fixture gets needs_kvm an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol
 
 import pytest
 
-from conformance.compare.regression import CompareOptions
+from conformance.gate.project import Project, load_project
 from conformance.gate.resources import REQUIREMENTS
-from conformance.gate.scenarios import trace_scenario
-from conformance.lint import Finding, LintConfig, has_errors, lint, project_config
-from conformance.lint.output import render_text
-from conformance.model.document import TraceDocument, Value
 from conformance.model.errors import ConformanceError
-from conformance.normalize.capture import Capture, capture_output
-from conformance.pytest_plugin.snapshots import SnapshotSession
+from conformance.pytest_plugin.fixture import KvmConformance, default_snapshot_name
+from conformance.pytest_plugin.snapshots import Ending, SnapshotSession
+from conformance.snapshot.store import running_on_ci
 
 SNAPSHOTS_INI = "kvm_conformance_snapshots"
-DEFAULT_SNAPSHOTS = "expected"
-PYTEST_TOOL = "kvm-conformance pytest"
 _FIXTURE = "kvm_conformance"
-_SESSION = pytest.StashKey[SnapshotSession]()
-_DESELECTED = pytest.StashKey[int]()
-_RAN_EVERY_TEST = pytest.StashKey[bool]()
-_Result = TypeVar("_Result")
+_WORKER_OUTPUT = "kvm_conformance"
+_STATE = pytest.StashKey["_State"]()
+
+
+class _Worker(Protocol):
+    """What pytest_testnodedown hands over of an xdist worker."""
+
+    workeroutput: dict[str, object]
+
+
+@dataclass
+class _State:
+    """The plugin's state for one pytest process; the project and snapshot session are made
+    when a test first needs them, so that a project that never asserts a snapshot never has its
+    configuration read."""
+
+    config: pytest.Config
+    update: bool
+    pending: bool
+    ci_note: str | None
+    deselected: int = 0
+    not_passed: set[str] = field(default_factory=set)  # node ids of tests that did not pass
+    workers_interrupted: bool = False
+    workers_lost: bool = False
+    _project: Project | None = None
+    _session: SnapshotSession | None = None
+
+    def project(self) -> Project:
+        if self._project is None:
+            self._project = load_project(None, self.config.rootpath)
+        return self._project
+
+    def session(self) -> SnapshotSession:
+        if self._session is None:
+            self._session = SnapshotSession(
+                self._directory(),
+                update=self.update,
+                pending=self.pending,
+                color=_terminal_has_colour(self.config),
+            )
+        return self._session
+
+    @property
+    def started(self) -> bool:
+        return self._session is not None
+
+    # Hooks that need the state: this object is registered as a plugin of its own.
+
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed or report.skipped:
+            self.not_passed.add(report.nodeid)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: _Worker, error: object) -> None:
+        """pytest-xdist's controller, as each worker ends: add what it saw."""
+        output = getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT)
+        if not isinstance(output, dict):
+            self.workers_lost = True  # a worker that crashed: its record is gone
+            return
+        self.deselected += int(output.get("deselected", 0))
+        self.workers_interrupted |= bool(output.get("interrupted"))
+        record = output.get("record")
+        if isinstance(record, dict):
+            try:
+                self.session().merge(record)
+            except ConformanceError as problem:  # the project's configuration, say
+                self.workers_lost = True
+                self.ci_note = str(problem)
+
+    def _directory(self) -> Path:
+        configured = str(self.config.getini(SNAPSHOTS_INI))
+        if not configured:
+            return self.project().snapshots
+        inifile = self.config.inipath
+        base = inifile.parent if inifile is not None else self.config.rootpath
+        return base / configured
 
 
 # -- options, markers, skips ----------------------------------------------------------------
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("kvm-conformance", "KVM call snapshots")
+    group = parser.getgroup("kvm-conformance", "KVM call snapshots (kvm-conformance)")
     group.addoption(
-        "--snapshot-update",
+        "--kvm-snapshot-update",
         action="store_true",
         default=False,
-        help="create missing and rewrite differing KVM trace snapshots instead of failing",
+        help="create missing and rewrite differing KVM trace snapshots instead of failing "
+        "(written at the session's end, never from an interrupted session)",
+    )
+    group.addoption(
+        "--kvm-snapshot-pending",
+        action="store_true",
+        default=False,
+        help="write each missing or differing KVM trace snapshot beside it as NAME.yaml.new, "
+        "for `kvm-conformance review`; the test still fails",
+    )
+    group.addoption(
+        "--kvm-snapshot-delete-unused",
+        action="store_true",
+        default=False,
+        help="delete KVM trace snapshots no test used, when every test ran and passed",
+    )
+    group.addoption(
+        "--kvm-snapshot-force",
+        action="store_true",
+        default=False,
+        help="write KVM trace snapshots even when CI is set (otherwise nothing is written on CI)",
     )
     parser.addini(
         SNAPSHOTS_INI,
-        help=f"directory of KVM trace snapshots, relative to the ini file (default: "
-        f"{DEFAULT_SNAPSHOTS})",
-        default=DEFAULT_SNAPSHOTS,
+        help="directory of KVM trace snapshots, relative to the ini file (default: the "
+        "project's `snapshots`, ./expected beside its pyproject.toml)",
+        default="",
     )
 
 
@@ -74,13 +163,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers", f"{marker}: {resource.description} (skipped where it is missing)"
         )
-    base = config.inipath.parent if config.inipath is not None else config.rootpath
-    config.stash[_SESSION] = SnapshotSession(
-        base / str(config.getini(SNAPSHOTS_INI)),
-        update=bool(config.getoption("snapshot_update")),
-        color=_terminal_has_colour(config),
-    )
-    config.stash[_DESELECTED] = 0
+    update = bool(config.getoption("kvm_snapshot_update"))
+    pending = bool(config.getoption("kvm_snapshot_pending")) and not update
+    note = None
+    if (update or pending) and running_on_ci() and not config.getoption("kvm_snapshot_force"):
+        asked = "--kvm-snapshot-update" if update else "--kvm-snapshot-pending"
+        note = f"CI is set: {asked} writes nothing on CI (add --kvm-snapshot-force); comparing"
+        update = pending = False
+    state = _State(config, update=update, pending=pending, ci_note=note)
+    config.stash[_STATE] = state
+    config.pluginmanager.register(state, "kvm-conformance-snapshots")
 
 
 def _terminal_has_colour(config: pytest.Config) -> bool:
@@ -96,11 +188,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker("needs_ptrace")
 
 
-def pytest_deselected(items: Sequence[pytest.Item]) -> None:
-    if items:
-        items[0].config.stash[_DESELECTED] += len(items)
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker, resource in REQUIREMENTS.items():
         if item.get_closest_marker(marker) is not None:
@@ -109,121 +196,81 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
                 pytest.skip(reason)
 
 
+# -- the end of the session -------------------------------------------------------------------
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # Runs before the terminal summary (the reporter writes it after every sessionfinish).
-    stopped_early = bool(session.shouldfail or session.shouldstop)  # -x, --maxfail
-    stopped_early |= exitstatus == pytest.ExitCode.INTERRUPTED  # Ctrl-C
-    session.config.stash[_RAN_EVERY_TEST] = (
-        not stopped_early and session.config.stash[_DESELECTED] == 0
+    config = session.config
+    state = config.stash[_STATE]
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or state.workers_interrupted
+    workeroutput = getattr(config, "workeroutput", None)
+    if isinstance(workeroutput, dict):  # an xdist worker: the controller writes
+        workeroutput[_WORKER_OUTPUT] = {
+            "record": state.session().export() if state.started else None,
+            "deselected": state.deselected,
+            "interrupted": interrupted,
+        }
+        return
+    if not state.started:
+        return
+    snapshots = state.session()
+    ending = Ending(
+        interrupted=interrupted or state.workers_lost,
+        complete=_every_test_ran(session, state) and not interrupted,
+        all_passed=not state.not_passed and session.testsfailed == 0,
+        delete_unused=bool(config.getoption("kvm_snapshot_delete_unused")),
+        not_run=frozenset(default_snapshot_name(test) for test in state.not_passed),
     )
+    try:
+        snapshots.finish(ending)
+    except KeyboardInterrupt:  # held while writing, so it came after every file was written
+        session.exitstatus = pytest.ExitCode.INTERRUPTED
+    except ConformanceError as problem:  # a snapshot that could not be written
+        state.ci_note = str(problem)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if snapshots.record.clashes and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _every_test_ran(session: pytest.Session, state: _State) -> bool:
+    """Whether the whole suite ran: no -k/-m/--deselect, --lf, --sw, path or node selection,
+    -x/--maxfail stop, nor a lost worker. Only then can a snapshot be known to be unused."""
+    config = session.config
+    if session.shouldfail or session.shouldstop or state.deselected or state.workers_lost:
+        return False
+    if any(config.getoption(name, False) for name in ("lf", "stepwise", "stepwise_skip")):
+        return False
+    if config.args_source is not pytest.Config.ArgsSource.ARGS:
+        return True
+    whole = {config.rootpath.resolve()} | {
+        (config.rootpath / path).resolve() for path in config.getini("testpaths")
+    }
+    invoked = config.invocation_params.dir
+    return all((invoked / argument).resolve() in whole for argument in config.args)
 
 
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
-    session = config.stash[_SESSION]
-    if not session.asserted:
+    state = config.stash.get(_STATE, None)
+    if state is None or hasattr(config, "workerinput") or not state.started:
         return
-    terminalreporter.section(f"kvm-conformance snapshots ({session.store.directory})")
-    complete = config.stash.get(_RAN_EVERY_TEST, False)
-    for line in session.summary_lines(complete_run=complete):
+    snapshots = state.session()
+    if not snapshots.asserted and state.ci_note is None:
+        return
+    terminalreporter.section(f"kvm-conformance snapshots ({snapshots.store.directory})")
+    if state.ci_note is not None:
+        terminalreporter.write_line(state.ci_note)
+    for line in snapshots.summary_lines():
         terminalreporter.write_line(line)
 
 
 # -- the fixture ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TracedCommand:
-    """A traced program: its normalized trace, how it ended, what it wrote to stderr."""
-
-    document: TraceDocument
-    exit_status: int
-    error_output: str
-    _session: SnapshotSession
-
-    def matches(self, snapshot: str, *, options: CompareOptions | None = None) -> None:
-        """Fail the test with the diff unless the trace equals snapshot `snapshot`
-        (`--snapshot-update`: store it instead). `options` opts kernel answers in, fields out.
-        """
-        __tracebackhide__ = True
-        _failing_on_error(lambda: self._session.assert_matches(snapshot, self.document, options))
-
-
-class KvmConformance:
-    """The `kvm_conformance` fixture: trace a VMM, compare with snapshots, lint its KVM usage."""
-
-    def __init__(self, session: SnapshotSession, project: Path) -> None:
-        self._session = session
-        self._project = project  # where the nearest pyproject.toml's lint settings are found
-
-    def trace(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | Path | None = None,
-    ) -> TracedCommand:
-        """Run `argv` to its end under the tracer. Fails the test if it never opened /dev/kvm."""
-        __tracebackhide__ = True
-        source: dict[str, Value] = {"tool": PYTEST_TOOL, "argv": list(argv)}
-        directory = None if cwd is None else str(cwd)
-        traced = _failing_on_error(lambda: capture_output(argv, source, env=env, cwd=directory))
-        if traced.outcome.message is not None:
-            pytest.fail(_with_stderr(traced.outcome.message, traced), pytrace=False)
-        return self._wrap(traced)
-
-    def matches_scenario(
-        self, scenario: str, *, options: CompareOptions | None = None
-    ) -> TracedCommand:
-        """Trace the VMM core's `scenario` and require it to equal snapshot `scenario`."""
-        __tracebackhide__ = True
-        traced = self._wrap(_failing_on_error(lambda: trace_scenario(scenario)))
-        traced.matches(scenario, options=options)
-        return traced
-
-    def lint(
-        self, traced: TracedCommand | TraceDocument, *, config: LintConfig | None = None
-    ) -> list[Finding]:
-        """Fail the test with the findings when a KVM usage rule finds an error in the trace;
-        return every finding (warnings too). `config` defaults to [tool.kvm-conformance] of the
-        nearest pyproject.toml, where rules are disabled with a reason.
-        """
-        __tracebackhide__ = True
-        document = traced.document if isinstance(traced, TracedCommand) else traced
-        chosen = config or _failing_on_error(lambda: project_config(None, self._project))
-        findings = lint(document, chosen)
-        if has_errors(findings):
-            argv = document.source.get("argv")
-            name = " ".join(map(str, argv)) if isinstance(argv, list) else str(document.path)
-            pytest.fail(render_text(findings, name, chosen), pytrace=False)
-        return findings
-
-    def _wrap(self, traced: Capture) -> TracedCommand:
-        return TracedCommand(
-            traced.document, traced.outcome.exit_status, traced.error_output, self._session
-        )
-
-
-def _failing_on_error(action: Callable[[], _Result]) -> _Result:
-    """`action()`, or a test failure whose whole text is the project error's message: a diff,
-    a snapshot's file:line, a command that cannot run. No traceback into the plugin.
-    """
-    __tracebackhide__ = True
-    try:
-        return action()
-    except ConformanceError as error:
-        message = str(error)
-    # Outside the except block, so that the failure is not shown chained to the error.
-    pytest.fail(message, pytrace=False)
-
-
-def _with_stderr(message: str, traced: Capture) -> str:
-    output = traced.error_output.strip()
-    return f"{message}\nits stderr:\n{output}" if output else message
-
-
 @pytest.fixture
 def kvm_conformance(request: pytest.FixtureRequest) -> KvmConformance:
-    """Trace VMMs and compare their KVM calls with snapshots (this module's docstring)."""
-    return KvmConformance(request.config.stash[_SESSION], request.config.rootpath)
+    """Trace VMMs and compare their KVM calls with snapshots (fixture.py's docstring)."""
+    state = request.config.stash[_STATE]
+    return KvmConformance(state.session, state.project, request)

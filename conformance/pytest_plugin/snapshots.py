@@ -1,25 +1,31 @@
-"""One test session's snapshot assertions: compare a trace with its snapshot, or write it.
+"""One test session's snapshot assertions: compare traces with snapshots, and what to write.
 
 The pytest plugin's engine, kept free of pytest so that it reads (and is tested) on its own.
-Without `update`, a trace must equal its stored snapshot; a missing snapshot fails too, so that
-a new test cannot pass by comparing with nothing. With `update`, the trace is stored (created,
-updated or left unchanged) and the assertion passes.
+Without `update`, a trace must equal its stored snapshot; a missing one fails too, so that a new
+test cannot pass by comparing with nothing. With `update`, the assertion passes and the trace is
+what the snapshot will be. With `pending`, a missing or differing snapshot's trace is written
+beside it as NAME.yaml.new for `kvm-conformance review` (the test still fails).
 
-Snapshots are written when the assertion runs, not at session end as syrupy does: syrupy batches
-because several snapshots share one file, while here each snapshot is a file of its own, written
-atomically (temp file + rename). An interrupted session keeps every snapshot it confirmed and no
-half-written one.
+Nothing is written while tests run: as syrupy does, the session writes at its end, and only
+when it was not interrupted (`finish`). A session is therefore plain data until then, which is
+also how pytest-xdist's workers hand theirs to the controller, the one writer (`export`,
+`merge`). Each snapshot name belongs to one test: a second test claiming it fails, naming
+both, and a name two workers' tests claimed is written by neither.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.compare.regression import CompareOptions, Comparison, compare_documents
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.report.diff import render_comparison
-from conformance.snapshot.store import SnapshotStore, StoreReport
+from conformance.snapshot.store import SnapshotStore, StoreReport, dump_document
+
+UPDATE_OPTION = "--kvm-snapshot-update"
 
 
 class SnapshotMismatch(ConformanceError):
@@ -34,59 +40,201 @@ class SnapshotMissing(ConformanceError):
     """No snapshot to compare with, and updating was not asked for."""
 
 
+class SnapshotNameClash(ConformanceError):
+    """Two tests claim one snapshot name."""
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """What a session saw and means to write: names -> the test that claimed them, and texts.
+    Plain data, so that it crosses from an xdist worker to the controller as it is."""
+
+    claims: dict[str, str] = field(default_factory=dict)  # snapshot name -> test id
+    compared: set[str] = field(default_factory=set)
+    differing: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+    updates: dict[str, str] = field(default_factory=dict)  # name -> its new YAML
+    pending: dict[str, str] = field(default_factory=dict)  # name -> YAML for NAME.yaml.new
+    settled: set[str] = field(default_factory=set)  # matching now: a stale NAME.yaml.new goes
+    clashes: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> both tests
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How the session ended, as far as writing and reporting snapshots go."""
+
+    interrupted: bool  # Ctrl-C, SIGTERM, a worker that never reported: nothing is written
+    complete: bool  # every test of the suite ran (no -k, --lf, path selection, -x stop)
+    all_passed: bool  # and none failed or was skipped: unused snapshots may then be deleted
+    delete_unused: bool  # asked for (--kvm-snapshot-delete-unused)
+    not_run: frozenset[str] = frozenset()  # default snapshot names of tests that did not pass
+
+
 class SnapshotSession:
-    def __init__(self, directory: Path, *, update: bool, color: bool) -> None:
+    def __init__(self, directory: Path, *, update: bool, pending: bool, color: bool) -> None:
         self.store = SnapshotStore(directory, update=update)
+        self.pending_enabled = pending
         self._color = color
-        self._compared: set[str] = set()
-        self._differing: set[str] = set()
-        self._missing: set[str] = set()
+        self.record = SessionRecord()
+        self._report: StoreReport | None = None
+        self._unused: list[str] = []
+        self._deleted: list[str] = []
+        self._interrupted = False
+        self._write_error: str | None = None
+
+    @property
+    def update(self) -> bool:
+        return self.store.update
 
     @property
     def asserted(self) -> bool:
         """Whether any test asserted a snapshot: the terminal summary is shown only then."""
-        report = self.store.report()
-        written = report.created or report.updated or report.unchanged
-        return bool(self._compared or self._missing or written)
+        return bool(self.record.claims or self.record.clashes)
+
+    def claim(self, name: str, test: str) -> None:
+        """Snapshot `name` is `test`'s; SnapshotNameClash when another test has it."""
+        self.store.path_for(name)  # a name no file can have fails here, in its test
+        owner = self.record.claims.setdefault(name, test)
+        if owner != test:
+            self.record.clashes.setdefault(name, (owner, test))
+            raise SnapshotNameClash(
+                f"snapshot {name!r} is claimed by two tests: {owner} and {test}; give one of "
+                "them another name (matches(NAME))"
+            )
 
     def assert_matches(
-        self, name: str, document: TraceDocument, options: CompareOptions | None = None
+        self,
+        name: str,
+        document: TraceDocument,
+        test: str,
+        options: CompareOptions | None = None,
     ) -> None:
         """Raise SnapshotMismatch / SnapshotMissing unless `document` equals snapshot `name`;
-        when updating, store it instead. SnapshotError for a file that cannot be read.
-        """
+        when updating, it becomes the snapshot at the session's end. SnapshotError for a file
+        that cannot be read, SnapshotNameClash for a name another test claimed."""
+        self.claim(name, test)
+        text = dump_document(document)
         if self.store.update:
-            self.store.save(name, document)
+            self.record.updates[name] = text
             return
         expected = self.store.load(name)
         if expected is None:
-            self._missing.add(name)
+            self.record.missing.add(name)
+            self._stage_pending(name, text)
             raise SnapshotMissing(
-                f"no snapshot {self.store.path_for(name)}; "
-                "run pytest with --snapshot-update to create it"
+                f"no snapshot {self.store.path_for(name)}; run pytest with {UPDATE_OPTION} to "
+                f"create it{self._pending_note(name)}"
             )
         comparison = compare_documents(expected, document, scenario=name, options=options)
-        self._compared.add(name)
-        if not comparison.ok:
-            self._differing.add(name)
-            raise SnapshotMismatch(comparison, render_comparison(comparison, color=self._color))
+        self.record.compared.add(name)
+        if comparison.ok:
+            if self.pending_enabled:
+                self.record.settled.add(name)
+            return
+        self.record.differing.add(name)
+        self._stage_pending(name, text)
+        rendered = render_comparison(comparison, color=self._color) + self._pending_note(name)
+        raise SnapshotMismatch(comparison, rendered.rstrip("\n"))
 
-    def summary_lines(self, *, complete_run: bool) -> list[str]:
-        """What this session did to the snapshots, syrupy-style; `unused` only when every test
-        ran (after -k, -m or -x, snapshots of tests that did not run would look unused).
-        """
-        report = self.store.report()
+    def _stage_pending(self, name: str, text: str) -> None:
+        if self.pending_enabled:
+            self.record.pending[name] = text
+
+    def _pending_note(self, name: str) -> str:
+        if not self.pending_enabled:
+            return ""
+        return f"\n(pending: {self.store.pending_path_for(name).name}; `kvm-conformance review`)"
+
+    # -- xdist: workers hand their records to the controller ---------------------------------
+
+    def export(self) -> dict[str, object]:
+        """The record as basic types (what execnet carries)."""
+        record = self.record
+        return {
+            "claims": dict(record.claims),
+            "compared": sorted(record.compared),
+            "differing": sorted(record.differing),
+            "missing": sorted(record.missing),
+            "updates": dict(record.updates),
+            "pending": dict(record.pending),
+            "settled": sorted(record.settled),
+            "clashes": {name: list(tests) for name, tests in record.clashes.items()},
+        }
+
+    def merge(self, exported: Mapping[str, object]) -> None:
+        """Add a worker's record; a name claimed by tests of two workers is a clash."""
+        record = self.record
+        for name, test in _mapping(exported, "claims").items():
+            owner = record.claims.setdefault(name, str(test))
+            if owner != test:
+                record.clashes.setdefault(name, (owner, str(test)))
+        for name, tests in _mapping(exported, "clashes").items():
+            first, second = (str(test) for test in _list(tests))
+            record.clashes.setdefault(name, (first, second))
+        record.compared.update(map(str, _list(exported.get("compared"))))
+        record.differing.update(map(str, _list(exported.get("differing"))))
+        record.missing.update(map(str, _list(exported.get("missing"))))
+        record.settled.update(map(str, _list(exported.get("settled"))))
+        record.updates.update({k: str(v) for k, v in _mapping(exported, "updates").items()})
+        record.pending.update({k: str(v) for k, v in _mapping(exported, "pending").items()})
+
+    # -- the end of the session ------------------------------------------------------------
+
+    def finish(self, ending: Ending) -> None:
+        """Write what the session decided, unless it was interrupted; find unused snapshots
+        when every test ran, and delete them only when asked and every test passed. A clashing
+        name is written by neither of its tests. A KeyboardInterrupt while writing comes after
+        the whole write (the store holds the signal until then) and is passed on."""
+        self._interrupted = ending.interrupted
+        if ending.interrupted:
+            return
+        record = self.record
+        for name in sorted(set(record.updates) - set(record.clashes)):
+            self.store.stage_text(name, record.updates[name])
+        for name in sorted(set(record.pending) - set(record.clashes)):
+            self.store.stage_pending(name, record.pending[name])
+        for name in sorted(record.settled - set(record.pending)):
+            self.store.stage_pending_removal(name)
+        if ending.complete:
+            used = set(record.claims) | ending.not_run
+            self._unused = [name for name in self.store.names() if name not in used]
+            if ending.delete_unused and ending.all_passed:
+                for name in self._unused:
+                    self.store.stage_removal(name)
+                self._deleted = list(self._unused)
+        self._report = self.store.report()
+        self.store.commit()
+
+    def summary_lines(self) -> list[str]:
+        """What this session did to the snapshots, syrupy-style."""
+        record = self.record
+        lines = [
+            f"snapshot {name!r} claimed by {first} and {second}: not written"
+            for name, (first, second) in sorted(record.clashes.items())
+        ]
+        if self._interrupted:
+            return [*lines, "interrupted: no snapshot written"]
+        report = self._report or StoreReport()
         if self.store.update:
-            lines = [_written(report)]
+            lines.append(_written(report))
         else:
-            lines = [
-                f"{len(self._compared)} compared, {len(self._differing)} differing"
-                + (f", {len(self._missing)} missing" if self._missing else "")
-            ]
-        if complete_run and report.unused:
-            files = ", ".join(self.store.path_for(name).name for name in report.unused)
-            lines.append(f"{len(report.unused)} unused (not deleted): {files}")
+            lines.append(
+                f"{len(record.compared)} compared, {len(record.differing)} differing"
+                + (f", {len(record.missing)} missing" if record.missing else "")
+            )
+        if report.pending:
+            lines.append(
+                f"{len(report.pending)} pending (NAME.yaml.new): {', '.join(report.pending)}; "
+                "`kvm-conformance review` to accept or reject"
+            )
+        if self._deleted:
+            lines.append(f"{len(self._deleted)} unused, deleted: {self._files(self._deleted)}")
+        elif self._unused:
+            lines.append(f"{len(self._unused)} unused (not deleted): {self._files(self._unused)}")
         return lines
+
+    def _files(self, names: list[str]) -> str:
+        return ", ".join(self.store.path_for(name).name for name in names)
 
 
 def _written(report: StoreReport) -> str:
@@ -100,3 +248,12 @@ def _written(report: StoreReport) -> str:
         if names
     ]
     return ", ".join(parts) or "no snapshots written"
+
+
+def _mapping(exported: Mapping[str, object], key: str) -> Mapping[str, object]:
+    value = exported.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []

@@ -52,6 +52,11 @@ def describe(difference: Difference) -> str:
     """One line saying what differs, where."""
     thread = f"thread {difference.thread}"
     match difference.kind:
+        case DifferenceKind.EXIT_STATUS:
+            return (
+                f"exit status: expected {value_text(difference.expected)}, "
+                f"got {value_text(difference.actual)}"
+            )
         case DifferenceKind.MISSING_THREAD:
             return f"{thread}: missing ({value_text(difference.expected)} calls expected)"
         case DifferenceKind.EXTRA_THREAD:

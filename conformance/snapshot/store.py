@@ -2,31 +2,57 @@
 
 The YAML itself (deterministic dump, strict load, SnapshotError) is `snapshot.format`'s; this
 module adds the files: reads that report unreadable or non-UTF-8 files as SnapshotErrors, writes
-that readers never see half done, and `SnapshotStore`, which never overwrites a snapshot unless
-asked to, as syrupy's --snapshot-update.
+that readers never see half done, and `SnapshotStore`, a directory of NAME.yaml snapshots that
+never overwrites one unless asked to (as syrupy's --snapshot-update), with pending snapshots
+beside them (NAME.yaml.new, as insta's .snap.new) for `kvm-conformance review`.
+
+A store writes nothing while a run goes on: what a run would write is staged, and `commit()`
+writes it all once the run has finished, with SIGINT and SIGTERM held for the few milliseconds
+that takes. A run interrupted before its end (Ctrl-C, SIGTERM) therefore changes no file, and
+one interrupted while committing changes all it meant to.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.snapshot.format import SnapshotError, dump_document, load_document
 
 __all__ = [
+    "PENDING_SUFFIX",
     "SnapshotError",
     "SnapshotOverwriteError",
     "SnapshotStore",
     "StoreReport",
+    "WriteOutcome",
     "dump_document",
     "load_document",
     "read_document",
+    "running_on_ci",
     "write_document",
+    "write_text",
 ]
+
+
+PENDING_SUFFIX = ".new"  # NAME.yaml.new: a snapshot waiting for review beside NAME.yaml
+WriteOutcome = Literal["created", "updated", "unchanged"]
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_NOT_CI = ("", "0", "false", "no")
+
+
+def running_on_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether `CI` is set, as CI services set it: nothing is written there unless forced, so
+    that a CI run can never bless its own output (insta's rule)."""
+    return environ.get("CI", "").strip().lower() not in _NOT_CI
 
 
 class SnapshotOverwriteError(ConformanceError):
@@ -51,6 +77,11 @@ def read_document(path: Path) -> TraceDocument:
 
 def write_document(path: Path, document: TraceDocument) -> None:
     _write_atomically(path, dump_document(document).encode("utf-8"))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Any text file the project writes (a configuration), as atomically as a snapshot."""
+    _write_atomically(path, text.encode("utf-8"))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -93,37 +124,48 @@ class StoreReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # NAME.yaml.new written for review
 
 
 class SnapshotStore:
-    """A directory of `<scenario>.yaml` snapshots; never overwrites one unless `update` is set."""
+    """A directory of `<name>.yaml` snapshots; never overwrites one unless `update` is set.
+
+    `stage` and `stage_pending` decide what a run writes; `commit` writes it.
+    """
 
     def __init__(self, directory: Path, *, update: bool = False) -> None:
         self.directory = directory
         self.update = update
         self._report = StoreReport()
         self._used: set[str] = set()
+        self._staged: dict[Path, bytes | None] = {}  # None: remove the file
 
-    def path_for(self, scenario: str) -> Path:
-        if not scenario or "/" in scenario or scenario.startswith("."):
-            raise SnapshotError(self.directory / scenario, None, "not a valid scenario name")
-        return self.directory / f"{scenario}.yaml"
+    def path_for(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise SnapshotError(self.directory / name, None, "not a valid snapshot name")
+        return self.directory / f"{name}.yaml"
 
-    def load(self, scenario: str) -> TraceDocument | None:
+    def pending_path_for(self, name: str) -> Path:
+        path = self.path_for(name)
+        return path.with_name(path.name + PENDING_SUFFIX)
+
+    def load(self, name: str) -> TraceDocument | None:
         """The stored snapshot, or None when there is none yet."""
-        path = self.path_for(scenario)
-        self._used.add(scenario)
+        path = self.path_for(name)
+        self._used.add(name)
         return read_document(path) if path.exists() else None
 
-    def save(self, scenario: str, document: TraceDocument) -> str:
-        """Store a snapshot; returns "created", "updated" or "unchanged"."""
-        path = self.path_for(scenario)
-        self._used.add(scenario)
-        new = dump_document(document).encode("utf-8")
-        try:
-            old = path.read_bytes() if path.exists() else None
-        except OSError as error:
-            raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
+    def stage(self, name: str, document: TraceDocument) -> WriteOutcome:
+        """Stage `document` as snapshot `name`: "created", "updated" or "unchanged" once
+        committed. SnapshotOverwriteError when it differs and updating was not asked for."""
+        return self.stage_text(name, dump_document(document))
+
+    def stage_text(self, name: str, text: str) -> WriteOutcome:
+        path = self.path_for(name)
+        self._used.add(name)
+        new = text.encode("utf-8")
+        old = _read_if_present(path)
+        outcome: WriteOutcome
         if old == new:
             outcome = "unchanged"
         elif old is None:
@@ -132,24 +174,117 @@ class SnapshotStore:
             outcome = "updated"
         else:
             raise SnapshotOverwriteError(
-                f"{path}: the snapshot differs; run with --snapshot-update to replace it"
+                f"{path}: the snapshot differs, and updating it was not asked for"
             )
         if outcome != "unchanged":
-            self.directory.mkdir(parents=True, exist_ok=True)
-            _write_atomically(path, new)
-        getattr(self._report, outcome).append(scenario)
+            self._staged[path] = new
+        self._staged.setdefault(self.pending_path_for(name), None)  # superseded by this
+        getattr(self._report, outcome).append(name)
         return outcome
+
+    def stage_pending(self, name: str, text: str) -> Path:
+        """Stage NAME.yaml.new: what the run saw where the snapshot is missing or differs."""
+        path = self.pending_path_for(name)
+        self._staged[path] = text.encode("utf-8")
+        self._report.pending.append(name)
+        return path
+
+    def stage_pending_removal(self, name: str) -> None:
+        """A pending snapshot the run has made stale (the snapshot now matches)."""
+        self._staged.setdefault(self.pending_path_for(name), None)
+
+    def stage_removal(self, name: str) -> None:
+        self._staged[self.path_for(name)] = None
+
+    def commit(self) -> None:
+        """Write (or remove) every staged file, each atomically, with SIGINT and SIGTERM held
+        until the last is done: all of them, or (after an error) those before it."""
+        staged, self._staged = self._staged, {}
+        changes = {
+            path: data
+            for path, data in staged.items()
+            if data is not None or path.exists() or path.is_symlink()
+        }
+        if not changes:
+            return
+        with _signals_held():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for path, data in sorted(changes.items()):
+                if data is None:
+                    _remove(path)
+                else:
+                    _write_atomically(path, data)
+
+    def discard_staged(self) -> None:
+        """Forget what was staged: the run did not finish."""
+        self._staged.clear()
+
+    def pending(self) -> list[str]:
+        """Names with a NAME.yaml.new on disk, sorted."""
+        suffix = ".yaml" + PENDING_SUFFIX
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            path.name.removesuffix(suffix)
+            for path in self.directory.glob(f"*{suffix}")
+            if not path.name.startswith(".")
+        )
+
+    def accept_pending(self, name: str) -> None:
+        """NAME.yaml.new becomes NAME.yaml (one rename: never half of either)."""
+        pending = self.pending_path_for(name)
+        read_document(pending)  # a file that is not a snapshot is never accepted
+        with _signals_held():
+            try:
+                os.replace(pending, self.path_for(name))
+            except OSError as error:
+                raise SnapshotError(pending, None, f"cannot accept: {error.strerror}") from None
+
+    def reject_pending(self, name: str) -> None:
+        _remove(self.pending_path_for(name))
+
+    def names(self) -> list[str]:
+        """The snapshots stored in the directory, sorted."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(
+            path.stem for path in self.directory.glob("*.yaml") if not path.name.startswith(".")
+        )
 
     def report(self) -> StoreReport:
         """Created/updated/unchanged in this session, and stored snapshots no one asked for."""
-        stored = (
-            sorted(path.stem for path in self.directory.glob("*.yaml"))
-            if self.directory.is_dir()
-            else []
-        )
+        stored = self.names()
         return StoreReport(
             created=sorted(self._report.created),
             updated=sorted(self._report.updated),
             unchanged=sorted(self._report.unchanged),
-            unused=[scenario for scenario in stored if scenario not in self._used],
+            unused=[name for name in stored if name not in self._used],
+            pending=sorted(self._report.pending),
         )
+
+
+def _read_if_present(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        raise SnapshotError(path, None, f"cannot remove: {error.strerror}") from None
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (then arrive, as KeyboardInterrupt or
+    as the termination they are): a set of snapshot files is written whole."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

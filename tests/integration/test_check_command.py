@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conformance.gate.references import shipped_references
 from conformance.model.scenarios import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +89,7 @@ def test_json_names_the_difference(expected_copy: Path) -> None:
     assert difference["call"] == "KVM_SET_USER_MEMORY_REGION"
     assert difference["field"] == "in.guest_phys_addr"
     assert (difference["expected"], difference["actual"]) == (0x1000, 0)
-    assert difference["expected_line"] == 15  # the line of that call in the file
+    assert difference["expected_line"] == 16  # the line of that call in the file
 
 
 def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Path) -> None:
@@ -107,9 +108,15 @@ def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Pa
 
 
 def test_usage_and_environment_errors_exit_2(tmp_path: Path) -> None:
-    absent = _check(cwd=tmp_path)
+    unconfigured = _check(cwd=tmp_path)
+    assert unconfigured.returncode == 2
+    assert f"no kvm-conformance.toml or pyproject.toml in {tmp_path} or above" in (
+        unconfigured.stderr
+    )
+
+    absent = _check("--expected", str(tmp_path / "nowhere"))
     assert absent.returncode == 2
-    assert "expected: no such directory of expected traces" in absent.stderr
+    assert "nowhere: no such directory of snapshots; create it with --update" in absent.stderr
 
     unknown = _check("--scenario", "no-such-scenario")
     assert unknown.returncode == 2
@@ -160,7 +167,7 @@ def test_update_rewrites_only_what_changed_and_leaves_no_temporary_files(
 
 def test_a_deviation_from_the_qemu_reference_fails_and_is_named(tmp_path: Path) -> None:
     references = tmp_path / "qemu"
-    shutil.copytree(REPO / "traces" / "qemu", references)
+    shutil.copytree(shipped_references(), references)
     # Without the rules beside it, every deviation from QEMU's tiny-bios run is unexplained.
     (references / "tiny-bios.allowances.yaml").unlink()
 

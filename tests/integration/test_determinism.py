@@ -21,8 +21,10 @@ RUNS = int(os.environ.get("KVM_CONFORMANCE_DETERMINISM_RUNS", "3"))
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_every_trace_of_a_scenario_is_byte_identical(scenario: str) -> None:
-    first = dump_document(trace_scenario(scenario).document)
+    first = dump_document(trace_scenario(SCENARIOS[scenario]).document)
     differing = [
-        run for run in range(1, RUNS) if dump_document(trace_scenario(scenario).document) != first
+        run
+        for run in range(1, RUNS)
+        if dump_document(trace_scenario(SCENARIOS[scenario]).document) != first
     ]
     assert not differing, f"runs {differing} of {RUNS} differ from run 0"

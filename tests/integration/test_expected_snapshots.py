@@ -1,5 +1,5 @@
 """The VMM core's scenarios against expected/, through our own pytest plugin: what
-`kvm-conformance check` gates, as a VMM author would write it. `pytest --snapshot-update`
+`kvm-conformance check` gates, as a VMM author would write it. `pytest --kvm-snapshot-update`
 rewrites expected/ from here as `check --update` does.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from conformance.model.scenarios import SCENARIOS
-from conformance.pytest_plugin.plugin import KvmConformance
+from conformance.pytest_plugin.fixture import KvmConformance
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

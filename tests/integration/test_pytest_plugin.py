@@ -37,10 +37,10 @@ def test_a_missing_snapshot_fails_then_update_creates_it_and_the_next_run_passes
     missing = pytester.runpytest()
     missing.assert_outcomes(failed=1)
     missing.stdout.fnmatch_lines(["*no snapshot *expected/memory-setup.yaml; run pytest with "
-                                  "--snapshot-update to create it*"])  # fmt: skip
+                                  "--kvm-snapshot-update to create it*"])  # fmt: skip
     assert not (pytester.path / "expected" / "memory-setup.yaml").exists()
 
-    created = pytester.runpytest("--snapshot-update")
+    created = pytester.runpytest("--kvm-snapshot-update")
     created.assert_outcomes(passed=1)
     created.stdout.fnmatch_lines(["*kvm-conformance snapshots*", "1 created (memory-setup)"])
     written = (pytester.path / "expected" / "memory-setup.yaml").read_text()
@@ -94,7 +94,7 @@ def test_snapshot_update_rewrites_a_differing_snapshot(pytester: pytest.Pytester
     pytester.makepyfile(CHECK_MEMORY_SETUP)
     _expected_with_moved_slot(pytester.path / "expected")
 
-    updated = pytester.runpytest("--snapshot-update")
+    updated = pytester.runpytest("--kvm-snapshot-update")
 
     updated.assert_outcomes(passed=1)
     updated.stdout.fnmatch_lines(["1 updated (memory-setup)"])
@@ -117,7 +117,7 @@ def test_any_command_traced_into_a_snapshot_directory_from_the_ini_file(
         """
     )
 
-    assert pytester.runpytest("--snapshot-update").ret == pytest.ExitCode.OK
+    assert pytester.runpytest("--kvm-snapshot-update").ret == pytest.ExitCode.OK
     snapshot = (pytester.path / "traces" / "ours" / "my-vmm-boot.yaml").read_text()
     assert "tool: kvm-conformance pytest" in snapshot
     assert "KVM_SET_USER_MEMORY_REGION" in snapshot

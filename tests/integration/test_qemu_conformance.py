@@ -13,6 +13,7 @@ import pytest
 from conformance.compare.allowances import allowances_beside, load_allowances
 from conformance.compare.conformance import ConformanceResult, compare_with_reference
 from conformance.compare.regression import compare_documents
+from conformance.gate.references import shipped_references
 from conformance.gate.scenarios import trace_scenario
 from conformance.model.document import TraceDocument, Value
 from conformance.model.scenarios import SCENARIOS
@@ -27,7 +28,7 @@ from conformance.vmm.machine import run_scenario
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 needs_qemu = pytest.mark.needs_qemu
 
-REFERENCES = Path(__file__).parents[2] / "traces" / "qemu"
+REFERENCES = shipped_references()
 WRONG_VMM = Path(__file__).parents[1] / "fixtures" / "variants" / "wrong_vmm.py"
 
 
@@ -50,7 +51,7 @@ def test_a_re_recorded_reference_matches_the_committed_one(scenario: str) -> Non
 
 
 def test_qemu_memory_layout_conforms_with_only_reasoned_deviations() -> None:
-    subject = trace_scenario("qemu-memory-layout").document
+    subject = trace_scenario(SCENARIOS["qemu-memory-layout"]).document
     result = _check(subject, str(SCENARIOS["qemu-memory-layout"].reference))
     assert result.ok, render_conformance(result, "qemu-memory-layout")
     assert all(deviation.allowed_by is not None for deviation in result.deviations)
@@ -58,7 +59,7 @@ def test_qemu_memory_layout_conforms_with_only_reasoned_deviations() -> None:
 
 
 def test_memory_setup_report_names_the_reservation_and_the_size() -> None:
-    subject = trace_scenario("memory-setup").document
+    subject = trace_scenario(SCENARIOS["memory-setup"]).document
     result = _check(subject, str(SCENARIOS["memory-setup"].reference))
     report = render_conformance(result, "memory-setup")
     assert not result.ok
@@ -75,7 +76,7 @@ def test_tiny_bios_prints_what_qemu_printed_and_conforms() -> None:
     ours = run_scenario("tiny-bios")
     assert ours.serial_output.decode() == reference.source["serial_output"]
     assert ours.status == reference.source["exit_status"]  # both report (value << 1) | 1
-    result = _check(trace_scenario("tiny-bios").document, "tiny-bios")
+    result = _check(trace_scenario(SCENARIOS["tiny-bios"]).document, "tiny-bios")
     assert result.ok, render_conformance(result, "tiny-bios")
 
 
@@ -103,7 +104,7 @@ def test_a_wrong_vmm_is_caught_by_call_and_field(
     if reference == "our tiny-bios":
         # QEMU creates its vCPU on another thread, so its trace cannot say whether memory came
         # first; our core's single-threaded trace registers memory before the vCPU, and says so.
-        our_core = trace_scenario("tiny-bios").document
+        our_core = trace_scenario(SCENARIOS["tiny-bios"]).document
         result = compare_with_reference(traced.document, our_core)
     else:
         result = _check(traced.document, reference)

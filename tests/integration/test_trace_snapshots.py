@@ -49,10 +49,11 @@ def test_qemu_memory_layout_names_the_reservation_and_the_ram_inside() -> None:
 def test_a_stored_snapshot_compares_clean_against_the_next_run(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     first = load_document(traced_scenario("hello"), "first")
-    assert store.save("hello", first) == "created"
+    assert store.stage("hello", first) == "created"
+    store.commit()
     stored = store.load("hello")
     assert stored is not None
     second = load_document(traced_scenario("hello"), "second")
     comparison = compare_documents(stored, second, scenario="hello")
     assert comparison.ok, comparison.differences[:5]
-    assert store.save("hello", second) == "unchanged"
+    assert store.stage("hello", second) == "unchanged"

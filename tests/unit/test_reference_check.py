@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from conformance.cli.main import main as cli_main
-from conformance.gate.references import judge_against_reference
+from conformance.gate.references import judge_against_reference, shipped_references
 from conformance.model.document import Hex, TraceDocument
 from conformance.model.scenarios import SCENARIOS
 from conformance.qemu.scenarios import QEMU_SCENARIOS
 from conformance.snapshot.store import read_document, write_document
 
-REFERENCES = Path(__file__).parents[2] / "traces" / "qemu"
+REFERENCES = shipped_references()
 
 
 def test_every_mapped_reference_is_committed_with_allowances_and_a_log() -> None:

@@ -11,8 +11,8 @@ import jsonschema
 import pytest
 
 from conformance.cli.main import main
-from conformance.lint import RULES, LintConfig, LintConfigError, Severity, lint, load_config
-from conformance.lint.config import find_pyproject
+from conformance.gate.project import ProjectConfigError, find_config, load_project
+from conformance.lint import RULES, LintConfig, Severity, lint
 from conformance.lint.output import render_json, render_text
 from conformance.lint.rules_doc import render_rules_markdown
 from conformance.lint.sarif import render_sarif
@@ -63,11 +63,12 @@ def _pyproject(tmp_path: Path, table: str) -> Path:
 
 
 def test_a_disabled_rule_is_not_run_and_its_reason_is_shown(tmp_path: Path) -> None:
-    config = load_config(_pyproject(tmp_path, 'disable = [{id = "KVMC005", reason = "test"}]'))
+    pyproject = _pyproject(tmp_path, 'disable = [{id = "KVMC005", reason = "test"}]')
+    config = load_project(pyproject, tmp_path).lint
     document = read_document(FIXTURES / "refused_memory_slots.yaml")
     assert lint(document, config) == []
     assert "(disabled: KVMC005: test)" in render_text([], "t.yaml", config)
-    assert find_pyproject(tmp_path / "nested" / "dir") == tmp_path / "pyproject.toml"
+    assert find_config(tmp_path / "nested" / "dir") == tmp_path / "pyproject.toml"
 
 
 @pytest.mark.parametrize(
@@ -82,8 +83,8 @@ def test_a_disabled_rule_is_not_run_and_its_reason_is_shown(tmp_path: Path) -> N
     ],
 )
 def test_bad_configuration_is_one_clear_error(tmp_path: Path, table: str, message: str) -> None:
-    with pytest.raises(LintConfigError, match=r"pyproject\.toml") as raised:
-        load_config(_pyproject(tmp_path, table))
+    with pytest.raises(ProjectConfigError, match=r"pyproject\.toml:5: ") as raised:
+        load_project(_pyproject(tmp_path, table), tmp_path)
     assert message in str(raised.value)
 
 

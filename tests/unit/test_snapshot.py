@@ -208,13 +208,17 @@ def test_store_creates_keeps_refuses_and_updates(tmp_path: Path) -> None:
     (tmp_path / "forgotten.yaml").write_text(SAMPLE)
     store = SnapshotStore(tmp_path)
     assert store.load("memory-setup") is None
-    assert store.save("memory-setup", document) == "created"
-    assert store.save("memory-setup", document) == "unchanged"
-    with pytest.raises(SnapshotOverwriteError, match="--snapshot-update"):
-        store.save("memory-setup", changed)
+    assert store.stage("memory-setup", document) == "created"
+    assert not (tmp_path / "memory-setup.yaml").exists()  # staged: written by commit()
+    store.commit()
+    assert store.stage("memory-setup", document) == "unchanged"
+    with pytest.raises(SnapshotOverwriteError, match="updating it was not asked for"):
+        store.stage("memory-setup", changed)
+    store.commit()
     assert (tmp_path / "memory-setup.yaml").read_text() == SAMPLE
     updating = SnapshotStore(tmp_path, update=True)
-    assert updating.save("memory-setup", changed) == "updated"
+    assert updating.stage("memory-setup", changed) == "updated"
+    updating.commit()
     loaded = updating.load("memory-setup")
     assert loaded is not None and dump_document(loaded) == dump_document(changed)
     report = store.report()
@@ -223,7 +227,7 @@ def test_store_creates_keeps_refuses_and_updates(tmp_path: Path) -> None:
         ["memory-setup"],
         ["forgotten"],
     )
-    with pytest.raises(SnapshotError, match="not a valid scenario name"):
+    with pytest.raises(SnapshotError, match="not a valid snapshot name"):
         store.path_for("../escape")
 
 
