@@ -1,7 +1,9 @@
 """`diff SUBJECT REFERENCE`: check a VMM's trace against QEMU's reference, as its allowances permit.
 
-Exit 0 when every deviation is allowed, 1 when one is not, 2 for unreadable input. The
-allowances default to the file beside the reference (REFERENCE.allowances.yaml), if any.
+REFERENCE is a file, or the name of a reference shipped with kvm-conformance (`memory-1g`,
+`setup`, `tiny-bios`). Exit 0 when every deviation is allowed, 1 when one is not, 2 for
+unreadable input. The allowances default to the file beside the reference
+(REFERENCE.allowances.yaml), if any.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from conformance.compare.allowances import Allowances, allowances_beside, load_allowances
 from conformance.compare.conformance import compare_with_reference
+from conformance.gate.references import shipped_reference, shipped_reference_names
 from conformance.model.errors import ConformanceError
 from conformance.report.deviations import render_conformance, side_by_side
 from conformance.report.html import render_html
@@ -27,7 +30,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "2 unreadable input)",
     )
     parser.add_argument("subject", type=Path, metavar="SUBJECT.yaml")
-    parser.add_argument("reference", type=Path, metavar="REFERENCE.yaml")
+    parser.add_argument(
+        "reference",
+        metavar="REFERENCE",
+        help="QEMU's trace: a file, or a shipped reference by name "
+        f"({', '.join(shipped_reference_names())})",
+    )
     parser.add_argument(
         "--allowances",
         type=Path,
@@ -44,10 +52,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _diff(args: argparse.Namespace) -> int:
     subject = read_document(args.subject)
-    reference = read_document(args.reference)
+    reference_path = Path(args.reference)
+    if not reference_path.exists() and "/" not in args.reference:
+        reference_path = shipped_reference(args.reference)
+    reference = read_document(reference_path)
     allowances_path: Path | None = args.allowances
-    if allowances_path is None and allowances_beside(args.reference).exists():
-        allowances_path = allowances_beside(args.reference)
+    if allowances_path is None and allowances_beside(reference_path).exists():
+        allowances_path = allowances_beside(reference_path)
     allowances = load_allowances(allowances_path) if allowances_path is not None else Allowances()
     result = compare_with_reference(subject, reference, allowances)
     name = str(subject.source.get("scenario") or args.subject)

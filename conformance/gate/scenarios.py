@@ -32,6 +32,7 @@ SCENARIO_TOOL = "kvm-conformance vmm core"
 PROJECT_SCENARIO_TOOL = "kvm-conformance scenario"
 _STDERR_LINES_SHOWN = 5
 _RETRY_SECONDS = 0.05
+_TERMINATION = (signal.SIGINT, signal.SIGTERM)
 
 
 class ScenarioRunError(ConformanceError):
@@ -77,8 +78,11 @@ def finished_run(
             f"{what}: still running after its timeout of {limit.seconds:g} s; stopped"
             f"{_stderr_tail(traced)}"
         )
-    if outcome.result.interrupted_by is not None:
-        raise TraceInterrupted(what, outcome.result.interrupted_by)
+    interrupted_by = outcome.result.interrupted_by
+    if interrupted_by is None and limit is not None:
+        interrupted_by = limit.interrupted_by
+    if interrupted_by is not None:
+        raise TraceInterrupted(what, interrupted_by)
     if outcome.result.exit_signal is not None:
         name = signal.Signals(outcome.result.exit_signal).name
         raise ScenarioRunError(f"{what}: the VMM was killed by {name}{_stderr_tail(traced)}")
@@ -113,39 +117,54 @@ def _stderr_tail(traced: Capture) -> str:
 
 @dataclass(slots=True)
 class Deadline:
+    """A traced run's bounds, and whether they ended it."""
+
     seconds: float
-    expired: bool = False
+    expired: bool = False  # the deadline stopped the run
+    interrupted_by: int | None = None  # SIGINT/SIGTERM that came while the tracer was not there
 
 
 @contextmanager
 def deadline(seconds: float) -> Iterator[Deadline]:
-    """Stop the trace after `seconds`: SIGALRM, then SIGTERM to ourselves, which the tracer
-    answers as it answers any SIGTERM (its tracees end, the trace returns), and `expired` says
-    it was the deadline. Signals need the main thread; elsewhere the run is not bounded.
+    """Bound a traced run: stop it after `seconds`, and keep every SIGINT and SIGTERM.
+
+    The deadline is SIGALRM, then SIGTERM to ourselves, which the tracer answers as it answers
+    any SIGTERM (its tracees end, the trace returns), and `expired` says it was the deadline.
+    Around the tracer's own handlers, a SIGINT or SIGTERM is recorded rather than raised: one
+    raised as KeyboardInterrupt while the tracer forks would land in an at-fork callback
+    (logging's), where Python reports it as unraisable and the run goes on as if Ctrl-C had
+    never been pressed. `finished_run` raises it once the trace is over. Signals need the main
+    thread; elsewhere the run is neither bounded nor guarded.
     """
     limit = Deadline(seconds)
     if threading.current_thread() is not threading.main_thread():
         yield limit
         return
-    termination_before = signal.getsignal(signal.SIGTERM)
+
+    def on_termination(signum: int, _frame: FrameType | None) -> None:
+        if limit.interrupted_by is None:
+            limit.interrupted_by = signum
 
     def on_alarm(_signum: int, _frame: FrameType | None) -> None:
-        # Only while the tracer answers SIGTERM (its handler in place): after the trace, a late
-        # alarm must not end the process.
-        if signal.getsignal(signal.SIGTERM) is not termination_before:
+        # Only while the tracer answers SIGTERM (its handler in place of ours): outside the
+        # trace, the deadline must not pass for an interrupt.
+        if signal.getsignal(signal.SIGTERM) is not on_termination:
             limit.expired = True
             signal.raise_signal(signal.SIGTERM)
         else:  # the tracer is not there yet (or any more): look again shortly
             signal.setitimer(signal.ITIMER_REAL, _RETRY_SECONDS)
 
-    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    previous = {signum: signal.signal(signum, on_termination) for signum in _TERMINATION}
+    previous_alarm = signal.signal(signal.SIGALRM, on_alarm)
     started = time.monotonic()
     previous_delay, previous_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield limit
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_handler)
+        signal.signal(signal.SIGALRM, previous_alarm)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         # Someone else's alarm (pytest-timeout's, say) keeps running with the time it has left;
         # one already overdue fires right away rather than never (as vmm/machine.py does).
         if previous_delay or previous_interval:

@@ -47,8 +47,8 @@ def default_snapshot_name(nodeid: str) -> str:
     """A test's snapshot name: its node id with `/` and `::` as dots and `.py` dropped,
     `tests/test_vmm.py::test_boot[hello]` -> `tests.test_vmm.test_boot[hello]`."""
     path, _, rest = nodeid.partition("::")
-    name = ".".join(part for part in (path.removesuffix(".py"), rest) if part)
-    name = _UNSAFE.sub("_", name.replace("/", ".").replace("::", ".")).lstrip(".")
+    parts = (path.removesuffix(".py").replace("/", "."), rest.replace("::", "."))
+    name = _UNSAFE.sub("_", ".".join(part for part in parts if part)).lstrip(".")
     if len(name.encode()) > _LONGEST_NAME:
         digest = hashlib.sha256(nodeid.encode()).hexdigest()[:12]
         name = f"{name[: _LONGEST_NAME - 13]}-{digest}"

@@ -198,7 +198,9 @@ class SnapshotStore:
 
     def commit(self) -> None:
         """Write (or remove) every staged file, each atomically, with SIGINT and SIGTERM held
-        until the last is done: all of them, or (after an error) those before it."""
+        until the last is done: all of them, or (after an error) those before it. A signal
+        already waiting when the commit starts cancels it: nothing is written, and the signal
+        then arrives (a KeyboardInterrupt for SIGINT)."""
         staged, self._staged = self._staged, {}
         changes = {
             path: data
@@ -208,6 +210,8 @@ class SnapshotStore:
         if not changes:
             return
         with _signals_held():
+            if signal.sigpending() & _HELD_SIGNALS:
+                return
             self.directory.mkdir(parents=True, exist_ok=True)
             for path, data in sorted(changes.items()):
                 if data is None:

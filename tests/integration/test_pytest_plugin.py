@@ -14,6 +14,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 
+
+@pytest.fixture(autouse=True)
+def not_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests write snapshots, which nothing does where CI is set (as .ci/run sets it)."""
+    monkeypatch.delenv("CI", raising=False)
+
+
 CHECK_MEMORY_SETUP = """
 def test_memory_setup(kvm_conformance):
     kvm_conformance.matches_scenario("memory-setup")
