@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from conformance.model.document import Hex, TraceCall, TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import format_call
+from conformance.snapshot import store as store_module
 from conformance.snapshot.store import (
     SnapshotError,
     SnapshotOverwriteError,
@@ -21,6 +23,7 @@ from conformance.snapshot.store import (
     dump_document,
     load_document,
     read_document,
+    running_on_ci,
     write_document,
 )
 
@@ -299,3 +302,62 @@ def test_the_documented_example_is_a_snapshot_as_written() -> None:
     text = (Path(__file__).parents[2] / "docs" / "trace-format.md").read_text()
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert dump_document(load(example)) == example
+
+
+def test_a_store_writes_only_at_commit_and_pending_snapshots_beside(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, update=True)
+    store.stage_pending("b", SAMPLE)
+    assert store.stage("a", load(SAMPLE)) == "created"
+    assert list(tmp_path.iterdir()) == []
+    store.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml.new"]
+    assert store.pending() == ["b"] and store.report().pending == ["b"]
+    store.accept_pending("b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.yaml", "b.yaml"]
+    store.stage_pending("a", SAMPLE.replace("0x0", "0x1000"))
+    store.commit()
+    store.reject_pending("a")
+    assert (tmp_path / "a.yaml").read_text() == SAMPLE and store.pending() == []
+
+
+def test_a_signal_during_a_commit_comes_after_every_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SnapshotStore(tmp_path, update=True)
+    for name in ("a", "b", "c"):
+        store.stage(name, load(SAMPLE))
+    written: list[str] = []
+    original = store_module._write_atomically
+
+    def interrupting(path: Path, data: bytes) -> None:
+        if not written:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first file is written
+        original(path, data)
+        written.append(path.name)
+
+    monkeypatch.setattr(store_module, "_write_atomically", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit()
+    assert written == ["a.yaml", "b.yaml", "c.yaml"]
+
+
+def test_a_signal_waiting_when_a_commit_starts_cancels_it(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path, update=True)
+    store.stage("a", load(SAMPLE))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        store.commit()
+        assert list(tmp_path.iterdir()) == []
+        with pytest.raises(KeyboardInterrupt):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@pytest.mark.parametrize(
+    ("value", "on_ci"), [("true", True), ("1", True), ("", False), ("false", False)]
+)
+def test_ci_is_what_ci_services_set(value: str, on_ci: bool) -> None:
+    assert running_on_ci({"CI": value}) is on_ci
+    assert running_on_ci({}) is False
