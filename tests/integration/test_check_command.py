@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,25 @@ def test_cpuid_the_vmm_changed_on_the_same_host_is_a_regression(expected_copy: P
     assert "KVM_SET_CPUID2: in.entries[0x1/0x0].eax: expected 0x830f10, got 0xa10f11" in (
         result.stdout
     )
+
+
+def test_an_interrupted_update_writes_nothing_and_exits_128_plus_the_signal(
+    tmp_path: Path,
+) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "check", "--update", "--expected", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    first = process.stdout.readline()  # one scenario judged (and staged), the next being traced
+    assert first.startswith("created   memory-setup")
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 130, error
+    assert "interrupted by SIGINT; no snapshot written" in error
+    assert list(tmp_path.iterdir()) == []

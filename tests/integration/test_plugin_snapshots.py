@@ -4,6 +4,10 @@ snapshots and review, CI, and runs that did not finish."""
 
 from __future__ import annotations
 
+import os
+import pty
+import select
+import subprocess
 import sys
 from pathlib import Path
 
@@ -233,3 +237,35 @@ def test_review_refuses_to_guess_without_a_terminal(
     assert "use --accept-all or --reject-all" in capsys.readouterr().err
     assert cli_main(["review", "--snapshots", str(tmp_path), "--reject-all"]) == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_review_asks_on_a_terminal_and_does_what_it_is_told(tmp_path: Path) -> None:
+    """accept one, reject one, skip one, through a pseudo-terminal as a person would."""
+    source = (
+        "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: open, ret: kvm}\n"
+    )
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.yaml.new").write_text(source)
+    (tmp_path / "b.yaml").write_text(source.replace("ret: kvm", "ret: kvm2"))
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "review", "--snapshots", str(tmp_path)],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env={key: value for key, value in os.environ.items() if key != "CI"},
+    )
+    os.close(terminal)
+    shown = b""
+    for answer in (b"a\n", b"r\n", b"s\n"):
+        while not shown.rstrip().endswith(b"[s]kip?"):
+            readable, _, _ = select.select([controller], [], [], 60)
+            assert readable, f"no question after {shown!r}"
+            shown += os.read(controller, 4096)
+        os.write(controller, answer)
+        shown = b""
+    process.wait(timeout=60)
+    os.close(controller)
+    assert process.returncode == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.yaml", "b.yaml", "c.yaml.new"]
+    assert "kvm2" in (tmp_path / "b.yaml").read_text()  # rejected: the snapshot stays
