@@ -30,6 +30,7 @@ from conformance.normalize.capture import Capture, capture_output
 
 SCENARIO_TOOL = "kvm-conformance vmm core"
 PROJECT_SCENARIO_TOOL = "kvm-conformance scenario"
+SCENARIO_TOOLS = frozenset({SCENARIO_TOOL, PROJECT_SCENARIO_TOOL})  # `check`'s snapshots
 _STDERR_LINES_SHOWN = 5
 _RETRY_SECONDS = 0.05
 _TERMINATION = (signal.SIGINT, signal.SIGTERM)

@@ -30,7 +30,7 @@ from conformance.compare.host_answers import HOST_DERIVED_INPUTS, same_host_cpui
 from conformance.compare.regression import CompareOptions, Comparison, compare_documents
 from conformance.gate.references import judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
-from conformance.gate.scenarios import ScenarioRunError, trace_scenario
+from conformance.gate.scenarios import SCENARIO_TOOLS, ScenarioRunError, trace_scenario
 from conformance.lint import Finding, LintConfig, has_errors, lint
 from conformance.model.document import TraceDocument
 from conformance.model.errors import KvmUnavailableError
@@ -109,6 +109,8 @@ class ScenarioResult:
         judgment fails (a snapshot that matches beside a failed reference is a failure)."""
         if self.fails and not self.snapshot_outcome.fails:
             return "failed"
+        if self.snapshot_outcome is SnapshotOutcome.RUN_FAILED:
+            return "failed"
         return self.snapshot_outcome.name.lower()
 
 
@@ -171,7 +173,9 @@ def run_gate(
         report.results.append(result)
         on_result(result)
     if every_scenario:
-        report.unused = [store.path_for(name) for name in store.report().unused]
+        # Only snapshots of scenarios: the pytest plugin's, in the same directory, are its own.
+        ours = set(store.written_by(SCENARIO_TOOLS))
+        report.unused = [store.path_for(name) for name in store.report().unused if name in ours]
     store.commit()
     return report
 

@@ -31,7 +31,7 @@ import pytest
 from conformance.gate.project import Project, load_project
 from conformance.gate.resources import REQUIREMENTS
 from conformance.model.errors import ConformanceError
-from conformance.pytest_plugin.fixture import KvmConformance, default_snapshot_name
+from conformance.pytest_plugin.fixture import PYTEST_TOOL, KvmConformance, default_snapshot_name
 from conformance.pytest_plugin.snapshots import Ending, SnapshotSession
 from conformance.snapshot.store import running_on_ci
 
@@ -76,6 +76,7 @@ class _State:
                 update=self.update,
                 pending=self.pending,
                 color=_terminal_has_colour(self.config),
+                tool=PYTEST_TOOL,
             )
         return self._session
 

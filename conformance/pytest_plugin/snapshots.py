@@ -71,8 +71,11 @@ class Ending:
 
 
 class SnapshotSession:
-    def __init__(self, directory: Path, *, update: bool, pending: bool, color: bool) -> None:
+    def __init__(
+        self, directory: Path, *, update: bool, pending: bool, color: bool, tool: str
+    ) -> None:
         self.store = SnapshotStore(directory, update=update)
+        self.tool = tool  # `source: tool:` of the snapshots the session's traces write
         self.pending_enabled = pending
         self._color = color
         self.record = SessionRecord()
@@ -196,8 +199,11 @@ class SnapshotSession:
         for name in sorted(record.settled - set(record.pending)):
             self.store.stage_pending_removal(name)
         if ending.complete:
+            # Only the plugin's own traces: scenario snapshots in the same directory are
+            # `check`'s to report, whether or not a test matched them.
             used = set(record.claims) | ending.not_run
-            self._unused = [name for name in self.store.names() if name not in used]
+            ours = self.store.written_by(frozenset({self.tool}))
+            self._unused = [name for name in ours if name not in used]
             if ending.delete_unused and ending.all_passed:
                 for name in self._unused:
                     self.store.stage_removal(name)

@@ -15,6 +15,7 @@ one interrupted while committing changes all it meant to.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -47,6 +48,7 @@ PENDING_SUFFIX = ".new"  # NAME.yaml.new: a snapshot waiting for review beside N
 WriteOutcome = Literal["created", "updated", "unchanged"]
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _NOT_CI = ("", "0", "false", "no")
+_SOURCE_TOOL = re.compile(r"^  tool: (.*)$", re.MULTILINE)
 
 
 def running_on_ci(environ: Mapping[str, str] = os.environ) -> bool:
@@ -254,6 +256,23 @@ class SnapshotStore:
         return sorted(
             path.stem for path in self.directory.glob("*.yaml") if not path.name.startswith(".")
         )
+
+    def written_by(self, tools: frozenset[str]) -> list[str]:
+        """The stored snapshots whose `source: tool:` is one of `tools`: those a face of ours
+        (check's scenarios, the pytest plugin's traces) is answerable for when it looks for
+        unused ones in a directory both share. Read from the source block only (the dump puts it
+        first); a file that cannot be read counts, so that it is seen."""
+        chosen = []
+        for name in self.names():
+            try:
+                head = self.path_for(name).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                chosen.append(name)
+                continue
+            found = _SOURCE_TOOL.search(head.split("\nthreads:", 1)[0])
+            if found is None or found.group(1).strip().strip("'\"") in tools:
+                chosen.append(name)
+        return chosen
 
     def report(self) -> StoreReport:
         """Created/updated/unchanged in this session, and stored snapshots no one asked for."""

@@ -150,12 +150,18 @@ def test_unused_snapshots_are_reported_and_kept_unless_the_run_was_narrowed(
     expected = pytester.path / "expected"
     expected.mkdir()
     shutil.copy(REPO / "expected" / "memory-setup.yaml", expected)
-    shutil.copy(REPO / "expected" / "memory-setup.yaml", expected / "retired-scenario.yaml")
+    # A snapshot a test's trace wrote, and one of a scenario (check's to report, not pytest's).
+    snapshot = (REPO / "expected" / "memory-setup.yaml").read_text()
+    pytest_written = snapshot.replace(
+        "tool: kvm-conformance vmm core", "tool: kvm-conformance pytest"
+    )
+    (expected / "retired-test.yaml").write_text(pytest_written)
+    (expected / "retired-scenario.yaml").write_text(snapshot)
 
     full = pytester.runpytest()
     full.assert_outcomes(passed=2)
-    full.stdout.fnmatch_lines(["1 unused (not deleted): retired-scenario.yaml"])
-    assert (expected / "retired-scenario.yaml").exists()
+    full.stdout.fnmatch_lines(["1 unused (not deleted): retired-test.yaml"])
+    assert (expected / "retired-test.yaml").exists()
 
     narrowed = pytester.runpytest("-k", "memory_setup")
     narrowed.assert_outcomes(passed=1)

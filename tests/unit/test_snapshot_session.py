@@ -17,7 +17,7 @@ FINISHED = Ending(interrupted=False, complete=True, all_passed=True, delete_unus
 
 
 def _session(directory: Path, *, update: bool = True) -> SnapshotSession:
-    return SnapshotSession(directory, update=update, pending=False, color=False)
+    return SnapshotSession(directory, update=update, pending=False, color=False, tool="t")
 
 
 def test_an_interrupted_session_writes_nothing(tmp_path: Path) -> None:
@@ -55,8 +55,9 @@ def test_worker_records_merge_into_one_writer(tmp_path: Path) -> None:
 
 
 def test_unused_snapshots_are_found_only_in_a_complete_run(tmp_path: Path) -> None:
-    (tmp_path / "old.yaml").write_text("")
-    (tmp_path / "skipped.yaml").write_text("")
+    (tmp_path / "old.yaml").write_text("source:\n  tool: t\nthreads: {}\n")
+    (tmp_path / "skipped.yaml").write_text("source:\n  tool: t\nthreads: {}\n")
+    (tmp_path / "scenario.yaml").write_text("source:\n  tool: kvm-conformance scenario\n")
     session = _session(tmp_path, update=True)
     session.assert_matches("a", DOCUMENT, "t.py::test_a")
     session.finish(
