@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from conformance.cli.arguments import add_config_option, project
+from conformance.cli.configuration import add_config_option, project
 from conformance.compare.regression import Difference
 from conformance.gate.project import Project
 from conformance.gate.scenarios import TraceInterrupted

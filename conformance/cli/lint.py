@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from conformance.cli.arguments import add_config_option, command_after_dashes, lint_config
+from conformance.cli.arguments import command_after_dashes
+from conformance.cli.configuration import add_config_option, lint_config
 from conformance.lint import has_errors, lint
 from conformance.lint.output import render_json, render_text
 from conformance.lint.sarif import render_sarif

@@ -39,7 +39,15 @@ class OutputExistsError(ConformanceError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `qemu [OPTIONS] -- QEMU ARGS`: QEMU's own arguments are never ours to parse, and a
+    # SCENARIO may still come with options after it (`qemu tiny-bios -o FILE`).
+    qemu_command = None
+    if arguments[:1] == ["qemu"] and "--" in arguments:
+        split = arguments.index("--")
+        arguments, qemu_command = arguments[:split], arguments[split + 1 :]
+    args = _parser().parse_args(arguments)
+    args.qemu_command = qemu_command
     try:
         result: int = args.command(args)
     except ConformanceError as error:
@@ -98,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "escapes are decoded)",
     )
     qemu.add_argument("--force", action="store_true", help="replace an existing file")
-    qemu.add_argument("what", nargs=argparse.REMAINDER, metavar="SCENARIO | -- QEMU ARGS")
+    qemu.add_argument(
+        "scenario", nargs="?", metavar="SCENARIO", help="or QEMU's command line after `--`"
+    )
     qemu.set_defaults(command=_record_qemu)
 
     vmm = commands.add_parser("vmm", help="run any VMM command under the tracer")
@@ -139,10 +149,10 @@ def _record_qemu(args: argparse.Namespace) -> int:
 def _qemu_to_record(args: argparse.Namespace) -> tuple[QemuScenario, str, Path]:
     """The QEMU scenario to record, the binary, and the file to write."""
     output: Path | None = args.output
-    if args.what[:1] == ["--"]:
-        command = command_after_dashes(args.what)
-        if not command:
-            raise ConformanceError("qemu: give QEMU's command line after `--`")
+    command: list[str] | None = args.qemu_command
+    if command is not None:
+        if not command or args.scenario is not None:
+            raise ConformanceError("qemu: give one SCENARIO, or QEMU's command line after `--`")
         if output is None:
             raise ConformanceError("qemu: give the reference file to write with -o FILE")
         name = output.name.removesuffix(".yaml")
@@ -151,9 +161,9 @@ def _qemu_to_record(args: argparse.Namespace) -> tuple[QemuScenario, str, Path]:
             name, f"{name}: {' '.join(command)}", tuple(command[1:]), stdin, args.exit_status
         )
         return scenario, find_qemu(command[0]), output
-    if len(args.what) != 1:
+    if args.scenario is None:
         raise ConformanceError("qemu: give one SCENARIO, or QEMU's command line after `--`")
-    scenario = qemu_scenario(args.what[0])
+    scenario = qemu_scenario(args.scenario)
     if output is None:
         project = load_project(None, Path.cwd())
         if not project.is_this_repository:

@@ -18,7 +18,7 @@ import enum
 import sys
 from pathlib import Path
 
-from conformance.cli.arguments import add_config_option, project
+from conformance.cli.configuration import add_config_option, project
 from conformance.compare.regression import compare_documents
 from conformance.model.errors import ConformanceError
 from conformance.report.diff import render_comparison, use_color

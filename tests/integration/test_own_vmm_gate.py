@@ -286,6 +286,10 @@ def test_ctrl_c_during_a_snapshot_update_changes_nothing(project: Project) -> No
             f"seed {seed}: {outcomes}"
         )
         print(f"interrupts (seed {seed}, {per_test:.3f} s a test): {outcomes}", flush=True)
+        # Without the update flag, an interrupted comparing run is pytest's "interrupted" too.
+        comparing = [_interrupted_run(project, after, 0.0, update=False) for after in (0, 5, 10)]
+        assert comparing == [pytest.ExitCode.INTERRUPTED] * 3
+        assert project.snapshots() == before
         assert not _vmms_left(project.root)
     finally:
         tests.unlink()
@@ -307,8 +311,8 @@ def _seconds_per_test(project: Project) -> float:
     return min(later - earlier for earlier, later in itertools.pairwise(times))
 
 
-def _interrupted_run(project: Project, after_tests: int, delay: float) -> int:
-    with _started(project, update=True) as (process, results):
+def _interrupted_run(project: Project, after_tests: int, delay: float, update: bool = True) -> int:
+    with _started(project, update=update) as (process, results):
         for _ in range(after_tests):
             next(results)
         time.sleep(delay)
