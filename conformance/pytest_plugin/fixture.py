@@ -3,6 +3,7 @@
     def test_boot(kvm_conformance):
         traced = kvm_conformance.trace(["./my-vmm", "guest.bin"])  # must exit 0 (exit_status=)
         traced.matches()                  # snapshot named after the test: tests.test_vmm.test_boot
+                                          # (a second unnamed one: tests.test_vmm.test_boot-2)
         traced.matches("boot-64")         # or a name of your choosing
         kvm_conformance.lint(traced)      # fails with the KVM usage rules' errors
 
@@ -85,11 +86,15 @@ class KvmConformance:
         self._session = session
         self._project = project
         self._test = request.node.nodeid
+        self._unnamed = 0  # matches() calls without a name so far in this test
 
     @property
     def snapshot_name(self) -> str:
-        """The snapshot name this test's `matches()` uses when given none."""
-        return default_snapshot_name(self._test)
+        """The snapshot name this test's next `matches()` uses when given none: the node id's,
+        then `-2`, `-3`... for the second and later ones (as insta numbers them), so that two
+        traces of one test never share one snapshot."""
+        base = default_snapshot_name(self._test)
+        return base if self._unnamed == 0 else f"{base}-{self._unnamed + 1}"
 
     def trace(
         self,
@@ -151,6 +156,8 @@ class KvmConformance:
     ) -> None:
         __tracebackhide__ = True
         chosen = name if name is not None else self.snapshot_name
+        if name is None:
+            self._unnamed += 1
         failing_on_error(
             lambda: self._session().assert_matches(chosen, document, self._test, options)
         )

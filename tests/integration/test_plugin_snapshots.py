@@ -72,6 +72,7 @@ def test_boot(kvm_conformance, guest):
 class TestGroup:
     def test_inside(self, kvm_conformance):
         kvm_conformance.trace({MEMORY_SETUP!r}).matches()
+        kvm_conformance.trace({MEMORY_SETUP!r}).matches()  # a second one: its own snapshot
 
 
 def test_explicit(kvm_conformance):
@@ -81,6 +82,7 @@ def test_explicit(kvm_conformance):
     pytester.runpytest("--kvm-snapshot-update").assert_outcomes(passed=4)
     assert sorted(path.name for path in (pytester.path / "expected").iterdir()) == [
         "chosen-name.yaml",
+        "test_names.TestGroup.test_inside-2.yaml",
         "test_names.TestGroup.test_inside.yaml",
         "test_names.test_boot[a].yaml",
         "test_names.test_boot[b_c].yaml",
