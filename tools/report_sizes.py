@@ -152,11 +152,18 @@ def _describe(name: str, found: list[Block]) -> str:
     return f"| {name} | {lines} | {characters} | {longest:,} |"
 
 
+def _show(output: str, show: bool) -> None:
+    if show:
+        print("\n" + output)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=REPOSITORY, help="checkout to measure")
     parser.add_argument("--other-host", type=Path, default=OTHER_HOST)
+    parser.add_argument("--show", action="store_true", help="print each output after its row")
     args = parser.parse_args()
+    show: bool = args.show
     repo: Path = args.repo.resolve()
     print("| change | lines per block | characters per block | longest line |")
     print("|---|---:|---:|---:|")
@@ -166,10 +173,9 @@ def main() -> int:
             shutil.copytree(repo / "expected", expected)
             snapshot = expected / f"{change.scenario}.yaml"
             snapshot.write_text(change.edit(snapshot.read_text()))
-            output = _run(
-                repo, "check", "--scenario", change.scenario, "--expected", str(expected)
-            )
+            output = _run(repo, "check", "--scenario", change.scenario, "--expected", str(expected))
             print(_describe(f"`check`: {change.name}", blocks(output)), flush=True)
+            _show(output, show)
         subject = Path(scratch) / "subject.yaml"
         subject.write_text(
             (repo / "expected" / "qemu-memory-layout.yaml")
@@ -178,11 +184,14 @@ def main() -> int:
         )
         output = _run(repo, "diff", str(subject), "traces/qemu/memory-1g.yaml")
         print(_describe("`diff`: slot size against QEMU's memory-1g", blocks(output)))
+        _show(output, show)
         output = _run(repo, "diff", "expected/hello.yaml", "traces/qemu/setup.yaml")
         print(_describe("`diff`: hello against QEMU's setup (not one field)", blocks(output)))
+        _show(output, show)
     if args.other_host.is_dir():
         output = _run(repo, "check", "--expected", str(args.other_host))
         print(_describe("`check` with the other host's snapshots", blocks(output)))
+        _show(output, show)
     return 0
 
 

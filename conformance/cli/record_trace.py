@@ -18,7 +18,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from conformance.cli.arguments import command_after_dashes
+from conformance.cli.arguments import (
+    EXIT_STATUSES,
+    add_command,
+    add_version_option,
+    split_at_dashes,
+    traced_command,
+)
 from conformance.gate.references import REFERENCE_DIRECTORY
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
@@ -34,7 +40,13 @@ class OutputExistsError(ConformanceError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    split = split_at_dashes(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(split.ours)
+    if split.command is not None:
+        if not getattr(args, "takes_command", False):
+            parser.error(f"{split.ours[0]} takes no command after `--`")
+        args.after_dashes = split.command
     try:
         result: int = args.command(args)
     except ConformanceError as error:
@@ -46,34 +58,64 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="record-trace",
-        description="Record a VMM's use of /dev/kvm as a normalized trace document.",
+        description="Record a VMM's use of /dev/kvm as a normalized trace document "
+        "(schema kvm-conformance/1): from QEMU for a scenario, from any VMM command, or from "
+        "an strace log.",
+        epilog="examples:\n"
+        "  record-trace qemu memory-1g                  # QEMU's reference, into traces/qemu/\n"
+        "  record-trace vmm -o mine.yaml -- ./my-vmm guest.bin\n"
+        "  record-trace strace-log qemu.strace -o qemu.yaml\n\n" + EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_option(parser)
     commands = parser.add_subparsers(required=True, metavar="SOURCE")
 
-    qemu = commands.add_parser(
-        "qemu", help="run QEMU for a scenario under the tracer and write its reference trace"
+    qemu = add_command(
+        commands,
+        "qemu",
+        summary="run QEMU for a scenario under the tracer and write its reference trace",
+        description="Run qemu-system-x86_64 for one scenario under the tracer (ASLR off, one "
+        "CPU) and write its normalized trace, with QEMU's own output beside it (NAME.log). An "
+        "existing reference is replaced only with --force.",
+        examples=["record-trace qemu memory-1g", "record-trace qemu tiny-bios --force"],
     )
     qemu.add_argument(
         "scenario",
         metavar="SCENARIO",
         help=f"one of: {', '.join(sorted(QEMU_SCENARIOS))}",
     )
-    qemu.add_argument("-o", "--output", type=Path, help="default: traces/qemu/SCENARIO.yaml")
+    qemu.add_argument(
+        "-o", "--output", type=Path, help="where to write (default: traces/qemu/SCENARIO.yaml)"
+    )
     qemu.add_argument("--qemu", metavar="PATH", help="QEMU binary (default: qemu-system-x86_64)")
     qemu.add_argument("--force", action="store_true", help="replace an existing file")
     qemu.set_defaults(command=_record_qemu)
 
-    vmm = commands.add_parser("vmm", help="run any VMM command under the tracer")
-    vmm.add_argument("-o", "--output", type=Path, help="default: stdout")
-    vmm.add_argument("--force", action="store_true", help="replace an existing file")
-    vmm.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    vmm.set_defaults(command=_record_vmm)
-
-    strace = commands.add_parser(
-        "strace-log", help="import a `strace -f [-yy] [-X verbose]` log of a VMM"
+    vmm = add_command(
+        commands,
+        "vmm",
+        summary="run any VMM command under the tracer and write its normalized trace",
+        description="Run a VMM command to its end under the tracer and write the normalized "
+        "trace document (to stdout unless -o). The VMM's own output is kept apart.",
+        examples=["record-trace vmm -o mine.yaml -- ./my-vmm guest.bin"],
     )
-    strace.add_argument("log", type=Path, metavar="LOG")
-    strace.add_argument("-o", "--output", type=Path, help="default: stdout")
+    vmm.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
+    vmm.add_argument("--force", action="store_true", help="replace an existing file")
+    vmm.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="[--] CMD ARGS", help="the VMM to trace"
+    )
+    vmm.set_defaults(command=_record_vmm, takes_command=True)
+
+    strace = add_command(
+        commands,
+        "strace-log",
+        summary="import a `strace -f [-yy] [-X verbose]` log of a VMM",
+        description="Read an strace log of a VMM (strace -f, best with -yy and -X verbose) and "
+        "write the same normalized document the tracer would have given.",
+        examples=["record-trace strace-log qemu.strace -o qemu.yaml"],
+    )
+    strace.add_argument("log", type=Path, metavar="LOG", help="the strace output file")
+    strace.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
     strace.add_argument(
         "--lenient", action="store_true", help="skip lines that cannot be parsed, and count them"
     )
@@ -101,7 +143,9 @@ def _record_qemu(args: argparse.Namespace) -> int:
 
 
 def _record_vmm(args: argparse.Namespace) -> int:
-    command = command_after_dashes(args.argv)
+    command = traced_command(args)
+    if command[:1] == ["--"]:
+        command = command[1:]
     if not command:
         raise ConformanceError("vmm: give the VMM's command after `--`")
     if args.output is not None:

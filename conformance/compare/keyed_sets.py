@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
 
-from conformance.model.document import Value
+from conformance.model.document import Hex, Value
 
 CpuidKey: TypeAlias = tuple[int, int]  # (function, index)
 _Key = TypeVar("_Key", CpuidKey, int)
@@ -79,7 +79,8 @@ def cpuid_set(
         for mask in masks:
             value = fields.get(mask.register)
             if (mask.function, mask.index) == key and isinstance(value, int):
-                fields[mask.register] = value & ~mask.bits
+                masked = value & ~mask.bits
+                fields[mask.register] = Hex(masked) if isinstance(value, Hex) else masked
         keyed[key] = fields
     return keyed
 

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import TypeAlias
 
 SCHEMA = "kvm-conformance/1"
+# The tracer's raw stream (`trace --format yaml`): tids, fd numbers, host addresses, flag bits.
+# Its own name, so that no reader takes it for a normalized document.
+RAW_SCHEMA = "kvm-conformance-raw/1"
 
 Value: TypeAlias = "int | str | list[Value] | dict[str, Value]"
 Entry: TypeAlias = dict[str, Value]

@@ -40,6 +40,8 @@ class OpenKvm(Call):
     path: str
     flags: int
     fd_role: str | None = None  # role of the fd it returned ("kvm", "kvm2"...); None if failed
+    syscall: str = "open"  # "open", "openat" or "openat2", as the program called it
+    dirfd: int | None = None  # openat/openat2's directory fd (AT_FDCWD: -100); None for open
 
 
 @dataclass(frozen=True, slots=True)
