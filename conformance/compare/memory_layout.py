@@ -3,7 +3,7 @@
 From a trace document: every slot's first registration (KVM_SET_USER_MEMORY_REGION) and the
 host mapping behind it (the mmap that made `ramN`, and the reservation it was placed inside,
 if any). Comparing two documents slot by slot gives sentences like the seed article's
-observation: "slot 0: QEMU reserves 1075838976 bytes PROT_NONE and maps 1 GiB MAP_FIXED inside
+observation: "slot 0: QEMU reserves 1026 MiB PROT_NONE and maps 1 GiB MAP_FIXED inside
 it; subject maps 256 KiB directly".
 """
 
@@ -32,7 +32,7 @@ class Backing:
         prot = "|".join(self.reservation_prot) or "PROT_NONE"
         fixed = " MAP_FIXED" if "MAP_FIXED" in self.flags else ""
         return (
-            f"reserves {int(self.reservation)} bytes {prot} and maps {size_text(self.length)}"
+            f"reserves {size_text(self.reservation)} {prot} and maps {size_text(self.length)}"
             f"{fixed} inside it"
         )
 
@@ -47,11 +47,11 @@ class Slot:
 
 
 def size_text(size: int) -> str:
-    """1 GiB, 256 KiB; a size that is no whole unit in bytes."""
+    """1 GiB, 256 KiB; a size that is no whole unit in bytes, in hex as sizes are everywhere."""
     for unit, name in _UNITS:
         if size >= unit and size % unit == 0:
             return f"{size // unit} {name}"
-    return f"{size} bytes"
+    return f"{size:#x} bytes"
 
 
 def slots(document: TraceDocument) -> dict[int, Slot]:

@@ -53,7 +53,6 @@ _MEMORY_ARGUMENTS: Mapping[str, tuple[str, ...]] = {
     "mprotect": ("addr", "len", "prot"),
     "madvise": ("addr", "len", "advice"),
     "mremap": ("addr", "old_len", "new_len"),
-    "open": ("path",),
     "eventfd2": ("initval",),
 }
 
@@ -72,6 +71,8 @@ def call_summary(entry: Entry, width: int = SUMMARY_WIDTH) -> str:
         arguments.extend(_fields(inputs, _IDENTIFYING_INPUTS.get(request, ())))
     else:
         name = kind
+        if "path" in entry:
+            arguments.append(value_text(entry["path"], _LONG_NAME))
         if "fd" in entry and kind not in _MEMORY_ARGUMENTS:
             arguments.append(value_text(entry["fd"]))
         arguments.extend(_fields(entry, _MEMORY_ARGUMENTS.get(kind, ())))

@@ -282,7 +282,7 @@ def _marked(
         changes.append(f"{fact.path}: {paint.mark(value, sign)}")
     if len(chosen) < len(fields):
         changes.append(f"… {len(fields) - len(chosen)} more")
-    text = f"    {sign} {_number(index)} {call_summary(entry)}  {', '.join(changes)}"
+    text = f"    {sign} {_number(index)} {_call_text(entry, full)}  {', '.join(changes)}"
     return text if full else paint.fit(text, LINE_WIDTH)
 
 

@@ -63,7 +63,7 @@ def test_memory_setup_report_names_the_reservation_and_the_size() -> None:
     report = render_conformance(result, "memory-setup")
     assert not result.ok
     assert (
-        "slot 0: QEMU reserves 1075838976 bytes PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
+        "slot 0: QEMU reserves 1026 MiB PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
         "subject maps 256 KiB directly" in report
     )
     assert "slot 0: QEMU registers 1 GiB at gpa 0x0; subject registers 256 KiB at gpa 0x0" in report

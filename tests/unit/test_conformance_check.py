@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conformance.compare.allowances import AllowancesError, load_allowances
 from conformance.compare.conformance import compare_with_reference
 from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value
 from conformance.report.deviations import render_conformance
-from conformance.report.html import render_html
+from conformance.report.html import conformance_page
 
 
 def _document(tool: str, **threads: list[Entry]) -> TraceDocument:
@@ -137,7 +138,7 @@ def test_the_articles_memory_observation_in_words() -> None:
     layout = compare_with_reference(article_program, _QEMU).layout
     assert layout == [
         "slot 0: QEMU registers 1 GiB at gpa 0x0; subject registers 256 KiB at gpa 0x0",
-        "slot 0: QEMU reserves 1075838976 bytes PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
+        "slot 0: QEMU reserves 1026 MiB PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
         "subject maps 256 KiB directly (MAP_ANONYMOUS)",
     ]
 
@@ -155,7 +156,10 @@ def test_align_prefers_more_pairs_then_better_fields() -> None:
 def test_html_is_self_contained_and_escaped() -> None:
     hostile = _ioctl("KVM_SET_TSS_ADDR", arg="<script>alert(1)</script>")
     subject = _document("vmm", main=[_OPEN, _CREATE_VM, hostile])
-    page = render_html(compare_with_reference(subject, _QEMU), "<b>name</b>")
-    assert "<script>" not in page and "&lt;script&gt;" in page
-    assert "&lt;b&gt;name&lt;/b&gt;" in page
-    assert "<style>" in page and "src=" not in page and "href=" not in page
+    page = conformance_page(compare_with_reference(subject, _QEMU), "<b>name</b>\x1b[31m")
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    assert "&lt;b&gt;name&lt;/b&gt;\\x1b[31m" in page and "\x1b" not in page
+    # Nothing is fetched: no src= at all, links only to places on the page itself.
+    assert "<style>" in page and "src=" not in page and "<link" not in page
+    assert re.findall(r'href="([^"#][^"]*)"', page) == []
+    assert page.count("<script>") == 1  # the page's own filter script, and no other
