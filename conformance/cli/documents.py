@@ -7,11 +7,14 @@ yaml`), which is read back into events and normalized as if it had just been tra
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from conformance.model.document import TraceDocument
+from conformance.model.document import RAW_SCHEMA, SCHEMA, TraceDocument
 from conformance.normalize.raw_import import import_raw_trace, is_raw_trace
 from conformance.snapshot.store import SnapshotError, load_document
+
+_SCHEMA_LINE = re.compile(r"^schema:", re.MULTILINE)
 
 
 def read_trace(path: Path) -> TraceDocument:
@@ -29,4 +32,11 @@ def read_trace(path: Path) -> TraceDocument:
         raise SnapshotError(path, line, "not UTF-8 text: not a trace file") from None
     if is_raw_trace(text):
         return import_raw_trace(text, path)
+    if _SCHEMA_LINE.search(text) is None:
+        raise SnapshotError(
+            path,
+            None,
+            f"not a trace document: no `schema:` line (a trace starts with `schema: {SCHEMA}`, "
+            f"or `schema: {RAW_SCHEMA}` for `trace --format yaml`)",
+        )
     return load_document(text, path)
