@@ -41,7 +41,8 @@ def judgments(result: ScenarioResult) -> list[Judgment]:
             said = f"FAIL, {count} deviation{'s' * (count != 1)}"
         else:
             said = outcome.value
-        found.append(Judgment(f"qemu {name}", said, outcome is ConformanceOutcome.FAILED))
+        failed = outcome is ConformanceOutcome.FAILED
+        found.append(Judgment(f"qemu {name}", said, failed, kind="qemu"))
     found.append(Judgment("lint", _lint(result), result.lint_fails))
     return found
 

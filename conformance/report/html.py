@@ -23,6 +23,7 @@ from conformance.lint.engine import Finding
 from conformance.model.document import TraceDocument
 from conformance.report.html_tables import (
     Anchors,
+    FailingItem,
     conformance_causes,
     conformance_table,
     e,
@@ -96,6 +97,17 @@ class Judgment:
     name: str  # "snapshot", "qemu tiny-bios", "lint"
     verdict: str
     failed: bool
+    kind: str = ""  # the summary's column when not the name ("qemu" for "qemu tiny-bios")
+
+    @property
+    def column(self) -> str:
+        return self.kind or self.name
+
+    @property
+    def cell(self) -> str:
+        """The summary cell: the verdict, after what the name says beyond the column."""
+        extra = self.name.removeprefix(self.column).strip()
+        return f"{extra}: {self.verdict}" if extra else self.verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +127,7 @@ def conformance_page(result: ConformanceResult, name: str) -> str:
     where = str(result.reference.path or "the reference")
     failures = len(result.failures)
     verdict = "ok" if result.ok else f"FAIL, {failures} deviation{'s' * (failures != 1)}"
-    judgment = Judgment(f"against {where}", verdict, not result.ok)
+    judgment = Judgment(f"reference {where}", verdict, not result.ok, kind="reference")
     section = ScenarioSection(
         name, "pass" if result.ok else "FAIL", not result.ok, (judgment,), conformance=result
     )
@@ -125,7 +137,10 @@ def conformance_page(result: ConformanceResult, name: str) -> str:
 def gate_page(sections: Sequence[ScenarioSection], title: str) -> str:
     """`check --html`: every scenario, summary first."""
     bodies = [_scenario(section, Anchors(f"s{number}")) for number, section in enumerate(sections)]
-    failing = [link for _, anchors in bodies for link in anchors.failing]
+    failing = [
+        (section.name, anchors.failing)
+        for section, (_, anchors) in zip(sections, bodies, strict=True)
+    ]
     failed = sum(section.failed for section in sections)
     headline = f"{len(sections)} scenario{'s' * (len(sections) != 1)}: " + (
         f'<span class="fail">{failed} failed</span>'
@@ -150,19 +165,19 @@ def gate_page(sections: Sequence[ScenarioSection], title: str) -> str:
 
 
 def _summary_table(sections: Sequence[ScenarioSection]) -> str:
-    names = list(dict.fromkeys(j.name for section in sections for j in section.judgments))
-    head = "".join(f"<th>{e(name)}</th>" for name in names)
+    columns = list(dict.fromkeys(j.column for section in sections for j in section.judgments))
+    head = "".join(f"<th>{e(column)}</th>" for column in columns)
     rows = []
     for number, section in enumerate(sections):
         cells = []
-        for name in names:
-            judgment = next((j for j in section.judgments if j.name == name), None)
+        for column in columns:
+            judgment = next((j for j in section.judgments if j.column == column), None)
             if judgment is None:
                 cells.append("<td></td>")
                 continue
             css = "fail" if judgment.failed else "pass"
-            link = f"#s{number}-{_slug(name)}"
-            cells.append(f'<td><a class="{css}" href="{link}">{e(judgment.verdict)}</a></td>')
+            link = f"#s{number}-{_slug(judgment.name)}"
+            cells.append(f'<td><a class="{css}" href="{link}">{e(judgment.cell)}</a></td>')
         css = "fail" if section.failed else "pass"
         rows.append(
             f'<tr><td><a href="#s{number}">{e(section.name)}</a></td>'
@@ -174,11 +189,22 @@ def _summary_table(sections: Sequence[ScenarioSection]) -> str:
     )
 
 
-def _failing_list(failing: list[tuple[str, str]]) -> str:
-    if not failing:
+def _failing_list(failing: list[tuple[str, list[FailingItem]]]) -> str:
+    """Every failing item, scenario by scenario, each a link to where the page shows it."""
+    count = sum(len(items) for _, items in failing)
+    if not count:
         return '<p class="pass">Nothing fails.</p>'
-    items = "".join(f'<li><a href="#{anchor}">{e(text)}</a></li>' for anchor, text in failing)
-    return f'<h3>Failing ({len(failing)})</h3><ul id="failing">{items}</ul>'
+    parts = [f"<h3>Failing ({count})</h3>", '<ul id="failing">']
+    for name, items in failing:
+        if not items:
+            continue
+        links = "".join(
+            f'<li {item.attributes()}><a href="#{item.anchor}">{e(item.text)}</a></li>'
+            for item in items
+        )
+        parts.append(f"<li>{e(name)}<ul>{links}</ul></li>")
+    parts.append("</ul>")
+    return "".join(parts)
 
 
 def _filters(sections: Sequence[ScenarioSection]) -> str:
@@ -226,9 +252,9 @@ def _scenario(section: ScenarioSection, anchors: Anchors) -> tuple[str, Anchors]
         if judgment.name == "snapshot" and section.comparison is not None:
             parts.extend(_regression(section.comparison, anchors))
         elif judgment.name == "lint":
-            parts.extend(_findings(section.findings, anchors, section.name))
+            parts.extend(_findings(section.findings, anchors))
         elif section.conformance is not None:
-            parts.extend(_conformance(section.conformance, anchors))
+            parts.extend(_conformance(section.conformance, anchors, judgment.failed))
     parts.append("</section>")
     return "\n".join(parts), anchors
 
@@ -244,18 +270,18 @@ def _regression(comparison: Comparison, anchors: Anchors) -> list[str]:
     return parts
 
 
-def _conformance(result: ConformanceResult, anchors: Anchors) -> list[str]:
+def _conformance(result: ConformanceResult, anchors: Anchors, judged: bool) -> list[str]:
     parts = [f'<p class="note">reference: {e(str(result.reference.path))}</p>']
     if result.layout:
         sentences = "".join(f"<li>{e(sentence)}</li>" for sentence in result.layout)
         parts.append(f"<h4>memory layout</h4><ul>{sentences}</ul>")
-    items = conformance_causes(result, anchors)
+    items = conformance_causes(result, anchors, judged=judged)
     parts.append(f'<ul class="causes">{"".join(items) or "<li>no deviation</li>"}</ul>')
-    parts.extend(conformance_table(result, thread) for thread in result.rows)
+    parts.extend(conformance_table(result, thread, judged=judged) for thread in result.rows)
     return parts
 
 
-def _findings(findings: Sequence[Finding], anchors: Anchors, name: str) -> list[str]:
+def _findings(findings: Sequence[Finding], anchors: Anchors) -> list[str]:
     if not findings:
         return []
     items = []
@@ -264,7 +290,7 @@ def _findings(findings: Sequence[Finding], anchors: Anchors, name: str) -> list[
         text = f"{finding.where}: {finding.severity.value} {finding.rule_id}: {finding.message}"
         failing = finding.severity.value == "error"
         if failing:
-            anchors.failing.append((anchor, f"{name}: {text}"))
+            anchors.failing.append(FailingItem(anchor, text, finding.thread, finding.request))
         items.append(
             f'<li id="{anchor}" class="cause {"failing" if failing else "allowed"}" '
             f'data-thread="{e(finding.thread)}" data-call="{e(finding.request)}" '

@@ -30,12 +30,25 @@ def e(text: str) -> str:
     return html.escape(shown(text), quote=True)
 
 
+@dataclass(frozen=True, slots=True)
+class FailingItem:
+    """A failing difference, deviation or finding, as the page's summary links to it."""
+
+    anchor: str
+    text: str
+    thread: str
+    call: str
+
+    def attributes(self) -> str:
+        return attributes(self.thread, self.call, failing=True)
+
+
 @dataclass(slots=True)
 class Anchors:
-    """Ids for the failing items of a page, so that its summary can link to each."""
+    """Ids for the items of one scenario's section, and its failing ones for the summary."""
 
     prefix: str
-    failing: list[tuple[str, str]] = field(default_factory=list)  # (id, text)
+    failing: list[FailingItem] = field(default_factory=list)
     _count: int = 0
 
     def new(self) -> str:
@@ -43,7 +56,8 @@ class Anchors:
         return f"{self.prefix}-{self._count}"
 
 
-def _attributes(thread: str, call: str, failing: bool) -> str:
+def attributes(thread: str, call: str, *, failing: bool) -> str:
+    """What the page's filters read: the thread, the call, whether it fails."""
     return f'data-thread="{e(thread)}" data-call="{e(call)}" data-failing="{int(failing)}"'
 
 
@@ -60,10 +74,10 @@ def cause_items(
         text = causes.describe(cause, *labels)
         reason = _allowance(first)
         if failing:
-            anchors.failing.append((anchor, text))
+            anchors.failing.append(FailingItem(anchor, text, first.thread, first.call))
         css = "failing" if failing else "allowed"
-        attributes = _attributes(first.thread, first.call, failing)
-        head = f'<li id="{anchor}" class="cause {css}" {attributes}>'
+        marked = attributes(first.thread, first.call, failing=failing)
+        head = f'<li id="{anchor}" class="cause {css}" {marked}>'
         suffix = f' <span class="reason">allowed: {e(reason)}</span>' if reason else ""
         if len(cause.facts) == 1:
             yield f"{head}{e(text)}{suffix}</li>"
@@ -85,12 +99,14 @@ def _allowance(fact: Fact) -> str:
     return ""
 
 
-def conformance_causes(result: ConformanceResult, anchors: Anchors) -> list[str]:
+def conformance_causes(result: ConformanceResult, anchors: Anchors, *, judged: bool) -> list[str]:
+    """Deviations not allowed (failing, unless the judgment did not fail: a scenario that
+    deviates on purpose), then the allowed ones."""
     facts = deviation_facts(result)
     labels = (reference_name(result), "subject")
     failing = [fact for fact in facts if not _allowance(fact)]
     allowed = [fact for fact in facts if _allowance(fact)]
-    items = list(cause_items(causes.group(failing), labels, anchors, failing=True))
+    items = list(cause_items(causes.group(failing), labels, anchors, failing=judged))
     items += cause_items(causes.group(allowed), labels, anchors, failing=False)
     return items
 
@@ -141,8 +157,9 @@ def _folded(rows: list[str], what: str) -> list[str]:
     return [*rows[:_EQUAL_SHOWN], fold, *rows[-_EQUAL_SHOWN:]]
 
 
-def conformance_table(result: ConformanceResult, thread: str) -> str:
-    """The subject thread beside the reference calls it was aligned with."""
+def conformance_table(result: ConformanceResult, thread: str, *, judged: bool) -> str:
+    """The subject thread beside the reference calls it was aligned with; `judged`: whether
+    deviations not allowed fail (they do not for a scenario that deviates on purpose)."""
     reference = reference_name(result)
     subject_calls = result.subject.threads[thread]
     marks: dict[int, tuple[list[_Marked], list[_Marked]]] = {}
@@ -150,7 +167,7 @@ def conformance_table(result: ConformanceResult, thread: str) -> str:
     for deviation in result.deviations:
         if deviation.thread != thread or deviation.subject_index is None:
             continue
-        if not deviation.allowed:
+        if not deviation.allowed and judged:
             failing_calls.add(deviation.subject_index)
         if deviation.kind is DeviationKind.FIELD:
             left, right = marks.setdefault(deviation.subject_index, ([], []))
@@ -193,7 +210,7 @@ def conformance_table(result: ConformanceResult, thread: str) -> str:
             ROW_MARKS[row.status],
             left_cell,
             right_cell,
-            _attributes(thread, entry.name, failing),
+            attributes(thread, entry.name, failing=failing),
         )
         if row.status is RowStatus.SKIPPED:
             skipped.append(line)
@@ -228,7 +245,7 @@ def regression_table(comparison: Comparison, thread: str) -> str:
                     "≠" if marked else "=",
                     _cell(mine, expected, marked[0] if marked else []),
                     _cell(theirs, actual, marked[1] if marked else []),
-                    _attributes(thread, actual[theirs].name, bool(marked)),
+                    attributes(thread, actual[theirs].name, failing=bool(marked)),
                 )
                 if marked:
                     out.extend(_folded(same, "equal calls"))
@@ -246,7 +263,7 @@ def regression_table(comparison: Comparison, thread: str) -> str:
                     "-",
                     _cell(index, expected, []),
                     "",
-                    _attributes(thread, expected[index].name, True),
+                    attributes(thread, expected[index].name, failing=True),
                 )
             )
         for index in range(a_start, a_end):
@@ -256,7 +273,7 @@ def regression_table(comparison: Comparison, thread: str) -> str:
                     "+",
                     "",
                     _cell(index, actual, []),
-                    _attributes(thread, actual[index].name, True),
+                    attributes(thread, actual[index].name, failing=True),
                 )
             )
     out.extend(_folded(same, "equal calls"))

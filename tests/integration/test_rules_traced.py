@@ -84,13 +84,21 @@ def test_the_right_variant_gives_no_finding(name: str) -> None:
     assert lint(variant(name, "right")) == []
 
 
-def test_lint_traces_a_command_and_reports_sarif(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["lint", "--format", "sarif", "--", sys.executable, str(VARIANTS), "KVMC003",
-                   "wrong"])  # fmt: skip
+def test_lint_traces_a_command_and_reports_sarif(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    kept = tmp_path / "live.yaml"
+    status = main(["lint", "--format", "sarif", "--trace-output", str(kept), "--",
+                   sys.executable, str(VARIANTS), "KVMC003", "wrong"])  # fmt: skip
     assert status == 1
     log = json.loads(capsys.readouterr().out)
     [result] = log["runs"][0]["results"]
     assert result["ruleId"] == "KVMC003" and result["properties"]["thread"] == "main"
+    # A live trace is written to a file, and the finding points at its call's line there.
+    [location] = result["locations"]
+    line = location["physicalLocation"]["region"]["startLine"]
+    assert location["physicalLocation"]["artifactLocation"]["uri"] == kept.resolve().as_uri()
+    assert "KVM_IRQFD" in kept.read_text().splitlines()[line - 1]
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
