@@ -69,7 +69,10 @@ class SnapshotSession:
         self._compared.add(name)
         if not comparison.ok:
             self._differing.add(name)
-            raise SnapshotMismatch(comparison, render_comparison(comparison, color=self._color))
+            rendered = render_comparison(
+                comparison, color=self._color, accept="pytest --snapshot-update"
+            )
+            raise SnapshotMismatch(comparison, rendered)
 
     def summary_lines(self, *, complete_run: bool) -> list[str]:
         """What this session did to the snapshots, syrupy-style; `unused` only when every test
