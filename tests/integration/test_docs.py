@@ -45,6 +45,7 @@ _EXIT = re.compile(r"#\s*exit (\d+)")
 _CI_ONLY = "bash tools/run-tests.sh"
 _INSTALL = "python3 -m pip install ."
 _SUDO = 'sudo -E env "PATH=$PATH" '
+_INSTALLED: dict[str, Path] = {}  # the session's one `pip install .` (its --target directory)
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace, pytest.mark.needs_qemu]
 
@@ -107,6 +108,10 @@ class Sandbox:
         return result
 
     def _install(self, where: str) -> subprocess.CompletedProcess[str]:
+        target = _INSTALLED.get("target")
+        if target is not None:  # the same command in another document: installed once
+            self._use(target)
+            return subprocess.CompletedProcess([_INSTALL], 0, "", "")
         target = self.root / "installed"
         result = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
@@ -117,9 +122,13 @@ class Sandbox:
             check=False,
         )  # fmt: skip
         assert result.returncode == 0, f"{where}: {_INSTALL} failed:\n{result.stderr}"
+        _INSTALLED["target"] = target
+        self._use(target)
+        return result
+
+    def _use(self, target: Path) -> None:
         self.env["PATH"] = f"{target / 'bin'}:{self.env['PATH']}"
         self.env["PYTHONPATH"] = str(target)
-        return result
 
     def write(self, block: Block) -> None:
         assert block.file is not None

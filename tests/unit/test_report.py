@@ -237,3 +237,20 @@ def test_another_hosts_snapshot_prints_short_blocks() -> None:
     assert not comparison.ok
     assert len(text.splitlines()) <= 15 and len(text) <= 2000, text
     assert max(len(line) for line in text.splitlines()) <= 200
+
+
+def test_reading_a_diff_shows_the_real_output() -> None:
+    """docs/reading-a-diff.md's first diff is what the diff of that change prints."""
+    doc = (REPO / "docs" / "reading-a-diff.md").read_text()
+    shown = doc.split("A changed register:\n\n```text\n", 1)[1].split("```", 1)[0]
+    hello = (REPO / "expected" / "hello.yaml").read_text()
+    expected = hello.replace("rip: 0x1000, rflags: 0x2}", "rip: 0x1000, rflags: 0x202}")
+    comparison = compare_documents(
+        load_document(expected, "expected/hello.yaml"),
+        load_document(hello, "trace"),
+        scenario="hello",
+    )
+    printed = render_comparison(
+        comparison, accept="kvm-conformance check --update --scenario hello"
+    )
+    assert printed == shown
