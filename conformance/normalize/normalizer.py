@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from conformance.abi.ioctls import IOCTLS, ArgKind
-from conformance.model import events, symbolic
+from conformance.model import events, register_pages, symbolic
 from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value, ordered_threads
 from conformance.normalize.address_space import (
     AddressRef,
@@ -164,14 +164,17 @@ class Normalizer:
             spec.arg_kind is ArgKind.INTEGER or (spec.arg_kind is ArgKind.NONE and event.arg)
         ):
             entry["arg"] = symbolic.ioctl_argument(request, event.arg)
+        struct_name = spec.arg_type if spec is not None else None
         inputs = event.run_entry if request == "KVM_RUN" else event.inputs
         if inputs:
+            inputs = register_pages.decode_pages(struct_name, inputs)
             entry["in"] = self._struct(inputs, request, thread.process)
         if event.run_exit:
             entry["exit"] = symbolic.exit_fields(event.run_exit)
         answer: dict[str, Pending] = {}
         if event.outputs:
-            answer.update(self._struct(event.outputs, request, thread.process))
+            outputs = register_pages.decode_pages(struct_name, event.outputs)
+            answer.update(self._struct(outputs, request, thread.process))
         if event.new_fd_role is not None:
             entry.update(_result(event, event.new_fd_role))
         else:

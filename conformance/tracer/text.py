@@ -15,7 +15,7 @@ import dataclasses
 from typing import TextIO
 
 from conformance.abi.ioctls import by_name
-from conformance.model import events
+from conformance.model import events, register_pages
 from conformance.model import symbolic as names
 from conformance.model.document import Value
 from conformance.tracer import decode, xlat
@@ -103,8 +103,9 @@ def _open(event: events.OpenKvm) -> str:
 
 def _ioctl(event: events.Ioctl) -> str:
     request = event.name or f"{event.request:#x} /* unknown */"
+    struct_name = by_name(event.name).arg_type if event.name is not None else None
     if event.inputs is not None:
-        argument = _struct(event.inputs, event.name or "")
+        argument = _struct(register_pages.decode_pages(struct_name, event.inputs), event.name or "")
     elif event.name is not None and not decode.decodes_pointer(by_name(event.name)):
         argument = str(names.ioctl_argument(event.name, event.arg))
     else:
@@ -112,7 +113,8 @@ def _ioctl(event: events.Ioctl) -> str:
     line = f"ioctl({_fd(event.fd, event.fd_role)}, {request}, {argument}) = "
     line += _result(event, event.new_fd_role)
     if event.outputs is not None:
-        line += f" => {_struct(event.outputs, event.name or '')}"
+        outputs = register_pages.decode_pages(struct_name, event.outputs)
+        line += f" => {_struct(outputs, event.name or '')}"
     if event.run_entry is not None:
         line += f" <= {_struct(event.run_entry, 'KVM_RUN')}"
     if event.run_exit is not None:
