@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from conformance.compare.decisions import LeftOut, decided_pair
 from conformance.compare.keyed_sets import keyed_comparer
 from conformance.model.document import TraceCall, TraceDocument, Value, thread_role_order
 from conformance.model.errors import ConformanceError
@@ -127,6 +128,8 @@ class Comparison:
     expected: TraceDocument
     actual: TraceDocument
     differences: list[Difference] = field(default_factory=list)
+    # Differences not reported because the field is not a VMM decision (compare/decisions.py).
+    left_out: list[LeftOut] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -163,13 +166,23 @@ def compare_documents(
             )
         else:
             comparison.differences.extend(
-                _thread_differences(role, expected.threads[role], actual.threads[role], chosen)
+                _thread_differences(
+                    role,
+                    expected.threads[role],
+                    actual.threads[role],
+                    chosen,
+                    comparison.left_out,
+                )
             )
     return comparison
 
 
 def _thread_differences(
-    role: str, expected: list[TraceCall], actual: list[TraceCall], options: CompareOptions
+    role: str,
+    expected: list[TraceCall],
+    actual: list[TraceCall],
+    options: CompareOptions,
+    left_out: list[LeftOut],
 ) -> Iterator[Difference]:
     # autojunk off: KVM_RUN makes up most of a vCPU thread and must still align.
     matcher = difflib.SequenceMatcher(
@@ -181,7 +194,9 @@ def _thread_differences(
         if tag == "equal":
             for offset in range(e_end - e_start):
                 e_call, a_call = expected[e_start + offset], actual[a_start + offset]
-                for path, e_value, a_value in field_differences(e_call, a_call, options):
+                e_decided, a_decided, left = decided_pair(e_call, a_call)
+                left_out.extend(item for item in left if options.compares(item.path, item.call))
+                for path, e_value, a_value in field_differences(e_decided, a_decided, options):
                     yield Difference(
                         DifferenceKind.FIELD,
                         role,
