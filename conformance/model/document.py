@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TypeAlias
 
 SCHEMA = "kvm-conformance/1"
+# `source:` key of the guest memory each VM ran (tracer/guest_memory.py): {VM: {pages, sha256}}
+GUEST_MEMORY = "guest_memory"
 
 Value: TypeAlias = "int | str | list[Value] | dict[str, Value]"
 Entry: TypeAlias = dict[str, Value]

@@ -19,7 +19,15 @@ from typing import TypeAlias
 
 from conformance.abi.ioctls import IOCTLS, ArgKind
 from conformance.model import events, register_pages, symbolic
-from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value, ordered_threads
+from conformance.model.document import (
+    GUEST_MEMORY,
+    Entry,
+    Hex,
+    TraceCall,
+    TraceDocument,
+    Value,
+    ordered_threads,
+)
 from conformance.normalize.address_space import (
     AddressRef,
     AddressSpace,
@@ -187,7 +195,16 @@ class Normalizer:
             thread.facts.opened_kvm = True
         if request == "KVM_RUN":
             thread.facts.runs.add(event.fd_role)
+        if event.guest_memory is not None:
+            self._guest_memory(event.guest_memory)
         self._append(event, entry, kvm_fd=True)
+
+    def _guest_memory(self, digest: events.GuestMemoryDigest) -> None:
+        """Provenance: the guest memory each VM started from (compared: whether two traces
+        ran the same guest, before their KVM_RUN exits are compared)."""
+        recorded = self._source.setdefault(GUEST_MEMORY, {})
+        if isinstance(recorded, dict):
+            recorded.setdefault(digest.vm_role, {"pages": digest.pages, "sha256": digest.sha256})
 
     def _struct(self, fields: events.Fields, request: str, process: _Process) -> dict[str, Pending]:
         return {name: self._field(name, value, request, process) for name, value in fields.items()}
