@@ -10,11 +10,18 @@
         field: in.memory_size  # a path covers everything below it
         thread: main           # optional, as `call` and `field` are
         reason: the guest needs 256 KiB, not QEMU's 1 GiB
+      - kind: extra
+        call: KVM_CHECK_EXTENSION
+        fd: vm                 # the subject call's fd role, exactly
+        arg: KVM_CAP_READONLY_MEM   # its argument, where it names what is asked
+        reason: asking the VM fd gets the same answer per VM
     require:                   # reference calls the subject must make (missing ones are
       - call: KVM_SET_CPUID2   # otherwise fine: QEMU does more than a small VMM needs to)
         reason: without it the guest sees no CPUID leaves at all
 
-An allowance without a reason is refused: the point of the file is to say why.
+An allowance without a reason is refused: the point of the file is to say why. An allowance
+matches exactly what it names and nothing wider: every key it gives must match, and a key it
+leaves out matches anything.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import yaml
 
 from conformance.model.errors import ConformanceError
 
-_RULE_KEYS = {"kind", "call", "field", "thread", "reason"}
+_RULE_KEYS = {"kind", "call", "field", "thread", "fd", "arg", "reason"}
 
 
 class DeviationKind(enum.Enum):
@@ -52,13 +59,26 @@ class Allowance:
     call: str | None = None
     field: str | None = None
     thread: str | None = None
+    fd: str | None = None  # the subject call's fd role
+    arg: str | None = None  # the argument that names what is asked (KVM_CHECK_EXTENSION's)
 
-    def allows(self, kind: DeviationKind, thread: str, call: str, path: str = "") -> bool:
+    def allows(
+        self,
+        kind: DeviationKind,
+        thread: str,
+        call: str,
+        path: str = "",
+        *,
+        fd: str = "",
+        arg: str = "",
+    ) -> bool:
         return (
             kind == self.kind
             and (self.call is None or self.call == call)
             and (self.thread is None or self.thread == thread)
             and (self.field is None or _covers(self.field, path))
+            and (self.fd is None or self.fd == fd)
+            and (self.arg is None or self.arg == arg)
         )
 
 
@@ -75,9 +95,19 @@ class Allowances:
     path: Path | None = None
 
     def allowing(
-        self, kind: DeviationKind, thread: str, call: str, path: str = ""
+        self,
+        kind: DeviationKind,
+        thread: str,
+        call: str,
+        path: str = "",
+        *,
+        fd: str = "",
+        arg: str = "",
     ) -> Allowance | None:
-        return next((rule for rule in self.allow if rule.allows(kind, thread, call, path)), None)
+        return next(
+            (rule for rule in self.allow if rule.allows(kind, thread, call, path, fd=fd, arg=arg)),
+            None,
+        )
 
 
 def _covers(prefix: str, path: str) -> bool:
@@ -154,6 +184,8 @@ def _allow_rule(path: Path, index: int, item: object) -> Allowance:
         call=_text(path, where, rule, "call"),
         field=field,
         thread=_text(path, where, rule, "thread"),
+        fd=_text(path, where, rule, "fd"),
+        arg=_text(path, where, rule, "arg"),
     )
 
 

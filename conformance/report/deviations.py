@@ -29,6 +29,7 @@ def render_conformance(result: ConformanceResult, name: str) -> str:
     if result.layout:
         lines.append("memory layout:")
         lines.extend(f"  {sentence}" for sentence in result.layout)
+    lines.extend(exit_lines(result))
     reference = reference_name(result)
     lines.extend(f"FAIL  {describe_deviation(d, reference)}" for d in result.failures)
     lines.extend(f"ok    {line}" for line in _allowed_lines(result))
@@ -56,6 +57,22 @@ def _allowed_lines(result: ConformanceResult) -> list[str]:
                 f"{len(members)} {kind.value} deviations of {call}{what}; allowed: {reason}"
             )
     return lines
+
+
+def exit_lines(result: ConformanceResult) -> list[str]:
+    """Whether KVM_RUN exits were compared, and why: when they were not (another guest, or one
+    not recorded), each side's exits in one line instead of a deviation per exit."""
+    exits = result.exits
+    reference = reference_name(result)
+    if exits is None or not exits.reason:
+        return []
+    if exits.compared:
+        return [f"KVM_RUN exits compared: {exits.reason}"]
+    return [
+        f"KVM_RUN exits not compared: {exits.reason.replace('the reference', reference)}",
+        f"  subject: {exits.subject}",
+        f"  {reference}: {exits.reference}",
+    ]
 
 
 def reference_name(result: ConformanceResult) -> str:

@@ -8,7 +8,7 @@ import html
 
 from conformance.compare.conformance import ConformanceResult, Row, RowStatus
 from conformance.model.flow_yaml import format_call
-from conformance.report.deviations import describe_deviation, reference_name
+from conformance.report.deviations import describe_deviation, exit_lines, reference_name
 from conformance.report.values import ROW_MARKS
 
 _STYLE = """
@@ -42,6 +42,9 @@ def render_html(result: ConformanceResult, name: str) -> str:
         parts.append("<h2>Memory layout</h2><ul>")
         parts.extend(f"<li>{_e(sentence)}</li>" for sentence in result.layout)
         parts.append("</ul>")
+    summary = exit_lines(result)
+    if summary:
+        parts.append(f"<h2>KVM_RUN exits</h2><p>{'<br>'.join(_e(line) for line in summary)}</p>")
     parts.append("<h2>Deviations</h2><ul>")
     for deviation in sorted(result.deviations, key=lambda d: d.allowed):
         css = "allowed" if deviation.allowed else "failure"
