@@ -46,7 +46,10 @@ def _driver() -> JsonObject:
                 "shortDescription": {"text": rule.title},
                 "fullDescription": {"text": rule.rationale},
                 "defaultConfiguration": {"level": _LEVELS[rule.severity]},
-                "properties": {"incidents": list(rule.incidents)},
+                "properties": {
+                    "incidents": list(rule.incidents),
+                    "kernelSource": list(rule.kernel_source),
+                },
             }
             for rule in RULES
         ],
