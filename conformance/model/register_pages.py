@@ -41,8 +41,9 @@ PAGED_STRUCTS = frozenset({"kvm_lapic_state", "kvm_xsave", "kvm_irqchip"})
 
 _LAPIC_SIZE = 0x400
 _LAPIC_STRIDE = 0x10  # each register sits at the start of a 16-byte line
-# (offset, name, registers in a row): the 8-register rows are the 256-bit ISR, TMR and IRR.
-_LAPIC_REGISTERS: tuple[tuple[int, str, int], ...] = (
+# The xAPIC register map: (offset, name, registers in a row); the rows of 8 are the 256-bit
+# ISR, TMR and IRR.
+LAPIC_REGISTERS: tuple[tuple[int, str, int], ...] = (
     (0x020, "apic_id", 1),
     (0x030, "version", 1),
     (0x080, "tpr", 1),
@@ -72,12 +73,14 @@ _LAPIC_REGISTERS: tuple[tuple[int, str, int], ...] = (
     (0x3F0, "self_ipi", 1),
 )
 _LAPIC_WORDS = frozenset(
-    offset + _LAPIC_STRIDE * row for offset, _, rows in _LAPIC_REGISTERS for row in range(rows)
+    offset + _LAPIC_STRIDE * row for offset, _, rows in LAPIC_REGISTERS for row in range(rows)
 )
 _WORD = struct.Struct("<I")
 
 _XSAVE_LEGACY = struct.Struct("<HHBxHQQII")  # fcw fsw ftw (reserved) fop fip fdp mxcsr mask
 _XSAVE_LEGACY_NAMES = ("fcw", "fsw", "ftw", "fop", "fip", "fdp", "mxcsr", "mxcsr_mask")
+# Every field of a decoded XSAVE area, in order.
+XSAVE_FIELDS = (*_XSAVE_LEGACY_NAMES, "st", "xmm", "xstate_bv", "xcomp_bv", "ymm_hi128")
 _XSAVE_HEADER = struct.Struct("<QQ")  # xstate_bv, xcomp_bv
 _XSAVE_HEADER_OFFSET = 512
 _ST_OFFSET, _ST_BYTES = 32, 10  # 8 x87 registers of 80 bits, one per 16 bytes
@@ -136,7 +139,7 @@ def decode_normalized(struct_name: str | None, section: Mapping[str, Value]) -> 
 def lapic_registers(page: bytes) -> Fields:
     """The local APIC's 1 KiB page as its registers (32 bits each, at 16-byte strides)."""
     registers: Fields = {}
-    for offset, name, rows in _LAPIC_REGISTERS:
+    for offset, name, rows in LAPIC_REGISTERS:
         words = [_word(page, offset + _LAPIC_STRIDE * row) for row in range(rows)]
         registers[name] = words[0] if rows == 1 else list[FieldValue](words)
     reserved: Fields = {
