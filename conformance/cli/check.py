@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from conformance.cli.arguments import add_lint_config_option, lint_config
+from conformance.compare.decisions import LeftOut
 from conformance.compare.regression import Difference
 from conformance.gate.references import REFERENCE_DIRECTORY
 from conformance.gate.verdict import (
@@ -37,6 +38,7 @@ from conformance.lint.output import finding_record, render_text
 from conformance.model.scenarios import select_scenarios
 from conformance.report.deviations import render_conformance
 from conformance.report.diff import render_comparison, use_color
+from conformance.report.left_out import render_left_out
 from conformance.report.values import json_value
 from conformance.snapshot.store import SnapshotStore
 
@@ -77,6 +79,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DIR",
         help="directory of QEMU reference traces and their allowances (default: ./traces/qemu)",
     )
+    parser.add_argument(
+        "--not-decisions",
+        action="store_true",
+        help="also say, per scenario, how many differences were left out as not VMM decisions "
+        "(clocks, padding, fields the kernel ignores) and why",
+    )
     add_lint_config_option(parser)
     parser.set_defaults(command=_check)
 
@@ -108,7 +116,7 @@ def _check(args: argparse.Namespace) -> int:
         progress.clear()
     seconds = time.monotonic() - started
     if text:
-        _print_text_summary(report, seconds, config)
+        _print_text_summary(report, seconds, config, not_decisions=args.not_decisions)
     else:
         json.dump(_json_report(report, seconds), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -164,10 +172,15 @@ def _lint_tally(result: ScenarioResult) -> str:
     return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
 
 
-def _print_text_summary(report: GateReport, seconds: float, config: LintConfig) -> None:
+def _print_text_summary(
+    report: GateReport, seconds: float, config: LintConfig, *, not_decisions: bool
+) -> None:
     color = use_color(sys.stdout)
     for result in report.results:
         name = result.scenario.name
+        if not_decisions:
+            print(f"\n{name}:")
+            print("\n".join(f"  {line}" for line in render_left_out(_left_out(result))))
         if result.comparison is not None and not result.comparison.ok:
             print()
             sys.stdout.write(render_comparison(result.comparison, color=color))
@@ -187,6 +200,13 @@ def _print_text_summary(report: GateReport, seconds: float, config: LintConfig) 
     tally = ", ".join(f"{count} {verdict}" for verdict, count in counts.items())
     total = len(report.results)
     print(f"{total} scenario{'s' if total != 1 else ''} in {seconds:.1f} s: {tally}")
+
+
+def _left_out(result: ScenarioResult) -> list[LeftOut]:
+    """What the scenario's comparisons (snapshot, QEMU reference) left out as not decisions."""
+    snapshot = result.comparison.left_out if result.comparison is not None else []
+    reference = result.conformance.left_out if result.conformance is not None else []
+    return [*snapshot, *reference]
 
 
 def _json_report(report: GateReport, seconds: float) -> dict[str, object]:
@@ -222,6 +242,10 @@ def _json_result(result: ScenarioResult) -> dict[str, object]:
             "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
         },
         "lint": [finding_record(finding) for finding in result.findings],
+        "not_decisions_left_out": [
+            {"call": item.call, "field": item.path, "why": item.row.why.value}
+            for item in _left_out(result)
+        ],
     }
 
 

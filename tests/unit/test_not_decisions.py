@@ -22,6 +22,7 @@ from conformance.compare.conformance import compare_with_reference
 from conformance.compare.regression import compare_documents
 from conformance.model import register_pages
 from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value
+from conformance.pytest_plugin.snapshots import SnapshotSession
 from conformance.report.left_out import render_left_out
 from conformance.snapshot.store import read_document
 
@@ -250,3 +251,18 @@ def test_every_row_is_reachable_from_an_ioctl() -> None:
 def test_calls_without_rows_are_compared_as_they_are() -> None:
     call = TraceCall({"call": "ioctl", "fd": "vcpu0", "req": "KVM_RUN", "exit": {"port": 1}})
     assert decisions.decided_pair(call, call) == (call, call, [])
+
+
+def test_the_pytest_plugins_session_leaves_them_out_and_says_so_with_v(
+    reference: TraceDocument, tmp_path: Path
+) -> None:
+    session = SnapshotSession(tmp_path, update=True, color=False)
+    session.assert_matches("qemu", reference)
+    checking = SnapshotSession(tmp_path, update=False, color=False)
+    second = _another_run(reference)
+    checking.assert_matches("qemu", second)  # raises on a difference
+    quiet = checking.summary_lines(complete_run=False)
+    assert quiet == ["1 compared, 0 differing"]
+    verbose = checking.summary_lines(complete_run=False, verbose=True)
+    left_out = compare_documents(reference, second, scenario="qemu").left_out
+    assert verbose[1:] == render_left_out(left_out) and len(left_out) > 1
