@@ -1,7 +1,8 @@
 """What a comparison compares of a call: the VMM's decisions, never the fields that are not.
 
 Every comparison (regression, conformance; `check`, `diff`, the pytest plugin) compares two calls
-through `decided_pair`: both calls with every field the ABI's "not a decision" table
+through `decide` (regression.field_differences calls it): both calls with every field the ABI's
+"not a decision" table
 (abi/not_decisions.py) finds in them taken out, and the list of what was taken out where the
 two sides differed (`LeftOut`), so that a report can say how many differences it left out and
 why. A field is taken out of both calls when it is not a decision in either: QEMU's stack bytes
@@ -72,16 +73,9 @@ class Decided:
     one_sided: int = 0
 
 
-def decided_pair(
-    expected: TraceCall, actual: TraceCall
-) -> tuple[TraceCall, TraceCall, list[LeftOut]]:
-    """Both calls as compared: without the fields that are not a decision in either."""
-    decided = decide(expected, actual)
-    return decided.expected, decided.actual, decided.left_out
-
-
 def decide(expected: TraceCall, actual: TraceCall) -> Decided:
-    """`decided_pair`, with how many fields were a decision on one side only."""
+    """Both calls as compared: without the fields that are not a decision in either, the
+    differences that left out, and how many fields were a decision on one side only."""
     request = expected.name
     if request != actual.name or not _has_rows(request):
         return Decided(expected, actual, [])

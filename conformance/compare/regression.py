@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
-from conformance.compare.decisions import LeftOut, decided_pair
+from conformance.compare.decisions import LeftOut, decide
 from conformance.compare.keyed_sets import keyed_comparer
 from conformance.model.document import TraceCall, TraceDocument, Value, thread_role_order
 from conformance.model.errors import ConformanceError
@@ -194,9 +194,7 @@ def _thread_differences(
         if tag == "equal":
             for offset in range(e_end - e_start):
                 e_call, a_call = expected[e_start + offset], actual[a_start + offset]
-                e_decided, a_decided, left = decided_pair(e_call, a_call)
-                left_out.extend(item for item in left if options.compares(item.path, item.call))
-                for path, e_value, a_value in field_differences(e_decided, a_decided, options):
+                for path, e_value, a_value in field_differences(e_call, a_call, options, left_out):
                     yield Difference(
                         DifferenceKind.FIELD,
                         role,
@@ -228,10 +226,20 @@ def _thread_differences(
 
 
 def field_differences(
-    expected: TraceCall, actual: TraceCall, options: CompareOptions
+    expected: TraceCall,
+    actual: TraceCall,
+    options: CompareOptions,
+    left_out: list[LeftOut] | None = None,
 ) -> Iterator[tuple[str, Compared, Compared]]:
-    """(path, expected, actual) for every compared field where two calls differ."""
-    yield from _value_differences(expected.name, "", expected.entry, actual.entry, options)
+    """(path, expected, actual) for every compared field where two calls differ; fields that
+    are not a VMM decision (compare/decisions.py) are not compared, and the differences they
+    would have made go to `left_out` when given."""
+    decided = decide(expected, actual)
+    if left_out is not None:
+        left_out.extend(item for item in decided.left_out if options.compares(item.path, item.call))
+    yield from _value_differences(
+        expected.name, "", decided.expected.entry, decided.actual.entry, options
+    )
 
 
 def _value_differences(

@@ -250,7 +250,7 @@ def test_every_row_is_reachable_from_an_ioctl() -> None:
 
 def test_calls_without_rows_are_compared_as_they_are() -> None:
     call = TraceCall({"call": "ioctl", "fd": "vcpu0", "req": "KVM_RUN", "exit": {"port": 1}})
-    assert decisions.decided_pair(call, call) == (call, call, [])
+    assert decisions.decide(call, call) == decisions.Decided(call, call, [])
 
 
 def test_the_pytest_plugins_session_leaves_them_out_and_says_so_with_v(
