@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conformance.compare.regression import compare_documents
 from conformance.model import register_pages
-from conformance.model.document import TraceCall, Value
+from conformance.model.document import TraceCall, TraceDocument, Value
 from conformance.model.events import FieldValue
 from conformance.snapshot.store import read_document
 
@@ -94,46 +94,63 @@ def test_ioapic_redirection_entries_are_given_once() -> None:
     assert chip["ioapic"] == {"id": 0, "redirtbl": [pin, pin]}
 
 
-def _calls(name: str, request: str) -> list[TraceCall]:
-    document = read_document(REFERENCES / f"{name}.yaml")
-    return [located.call for located in document.calls() if located.call.name == request]
+RAW = Path(__file__).parents[1] / "fixtures" / "documents" / "raw_register_pages.yaml"
+_PAGED = {
+    "KVM_SET_LAPIC": "kvm_lapic_state",
+    "KVM_SET_XSAVE": "kvm_xsave",
+    "KVM_SET_IRQCHIP": "kvm_irqchip",
+}
+
+
+def _first(document: TraceDocument, request: str) -> TraceCall:
+    return next(located.call for located in document.calls() if located.call.name == request)
+
+
+def _section(call: TraceCall) -> dict[str, Value]:
+    section = call.entry["in"]
+    assert isinstance(section, dict)
+    return section
 
 
 def test_a_document_written_before_pages_were_decoded_reads_decoded() -> None:
-    """QEMU's committed reference holds KVM_SET_LAPIC as one hex string and KVM_SET_XSAVE as
-    1024 words (if it was recorded before this decoding): read back, both come out as
-    registers, and a second decoding changes nothing."""
-    [lapic, *_] = _calls("tiny-bios", "KVM_SET_LAPIC")
-    section = lapic.entry["in"]
-    assert isinstance(section, dict)
-    decoded = register_pages.decode_normalized("kvm_lapic_state", section)
-    registers = decoded["regs"]
+    """QEMU's reference as recorded before this decoding held KVM_SET_LAPIC as one hex string
+    and KVM_SET_XSAVE as 1024 words: read back, both come out as the normalizer decodes them
+    now (the re-recorded reference's calls), and decoding again changes nothing."""
+    raw, decoded = read_document(RAW), read_document(REFERENCES / "tiny-bios.yaml")
+    for request, struct_name in _PAGED.items():
+        old = _section(_first(raw, request))
+        assert isinstance(old.get("regs", old.get("region", old.get("chip"))), str | list | dict)
+        upgraded = register_pages.decode_normalized(struct_name, old)
+        assert upgraded != old
+        assert register_pages.decode_normalized(struct_name, upgraded) == upgraded
+        new = _section(_first(decoded, request))
+        assert upgraded.keys() == new.keys(), request
+    registers = register_pages.decode_normalized(
+        "kvm_lapic_state", _section(_first(raw, "KVM_SET_LAPIC"))
+    )["regs"]
     assert isinstance(registers, dict)
     assert registers["dfr"] == 0xFFFFFFFF and registers["lvt_lint0"] == 0x10000
-    assert register_pages.decode_normalized("kvm_lapic_state", decoded) == decoded
-    [xsave, *_] = _calls("tiny-bios", "KVM_SET_XSAVE")
-    section = xsave.entry["in"]
-    assert isinstance(section, dict)
-    region = register_pages.decode_normalized("kvm_xsave", section)["region"]
-    assert isinstance(region, dict)
-    assert (region["fcw"], region["mxcsr"]) == (0x37F, 0x1F80)
 
 
 def test_a_raw_page_and_a_decoded_one_compare_equal_and_name_the_register() -> None:
-    """Regression between a document with raw pages and one with decoded pages: no difference
-    for the same bytes; a changed TPR is named as such."""
-    reference = read_document(REFERENCES / "tiny-bios.yaml")
-    decoded = read_document(REFERENCES / "tiny-bios.yaml")
+    """Regression between the old document (raw pages) and the same calls decoded: no
+    difference for the same bytes; a changed TPR is named as such."""
+    raw = read_document(RAW)
+    decoded = TraceDocument(raw.source, {})
+    for role, calls in raw.threads.items():
+        decoded.threads[role] = []
+        for call in calls:
+            section = register_pages.decode_normalized(_PAGED[call.name], _section(call))
+            decoded.threads[role].append(TraceCall({**call.entry, "in": section}, call.line))
+    assert compare_documents(raw, decoded, scenario="tiny-bios").differences == []
     for calls in decoded.threads.values():
         for index, call in enumerate(calls):
             if call.name == "KVM_SET_LAPIC":
-                section = call.entry["in"]
-                assert isinstance(section, dict)
-                new_section = register_pages.decode_normalized("kvm_lapic_state", section)
-                regs = new_section["regs"]
+                section = _section(call)
+                regs = section["regs"]
                 assert isinstance(regs, dict)
-                changed: dict[str, Value] = {**new_section, "regs": {**regs, "tpr": 0x30}}
+                changed: dict[str, Value] = {**section, "regs": {**regs, "tpr": 0x30}}
                 calls[index] = TraceCall({**call.entry, "in": changed}, call.line)
-    [difference] = compare_documents(reference, decoded, scenario="tiny-bios").differences
+    [difference] = compare_documents(raw, decoded, scenario="tiny-bios").differences
     assert (difference.call_name, difference.path) == ("KVM_SET_LAPIC", "in.regs.tpr")
     assert (difference.expected, difference.actual) == (0, 0x30)
