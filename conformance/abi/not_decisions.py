@@ -43,9 +43,6 @@ class AnyBitSet:
     field: str
     mask: int
 
-    def describe(self) -> str:
-        return f"{self.field} has {self.mask:#x}"
-
 
 @dataclass(frozen=True, slots=True)
 class NotEqual:
@@ -54,18 +51,12 @@ class NotEqual:
     field: str
     value: int
 
-    def describe(self) -> str:
-        return f"{self.field} is not {self.value:#x}"
-
 
 @dataclass(frozen=True, slots=True)
 class WithinCount:
     """For an array field: holds for the elements before the count in `field`."""
 
     field: str
-
-    def describe(self) -> str:
-        return f"the element is one of the first {self.field}"
 
 
 Condition = AnyBitSet | NotEqual | WithinCount

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
@@ -52,6 +53,23 @@ class AllowancesError(ConformanceError):
     """An allowances file that cannot be read or does not say what the format needs."""
 
 
+class Judged(Protocol):
+    """What an allowance is matched against: a deviation (compare/conformance.py's)."""
+
+    @property
+    def kind(self) -> DeviationKind: ...
+    @property
+    def thread(self) -> str: ...
+    @property
+    def call(self) -> str: ...
+    @property
+    def path(self) -> str: ...  # the field, for a field deviation; "" otherwise
+    @property
+    def fd(self) -> str: ...  # the subject call's fd role
+    @property
+    def arg(self) -> str: ...  # its argument, where it names what is asked
+
+
 @dataclass(frozen=True, slots=True)
 class Allowance:
     kind: DeviationKind  # EXTRA or FIELD
@@ -62,23 +80,14 @@ class Allowance:
     fd: str | None = None  # the subject call's fd role
     arg: str | None = None  # the argument that names what is asked (KVM_CHECK_EXTENSION's)
 
-    def allows(
-        self,
-        kind: DeviationKind,
-        thread: str,
-        call: str,
-        path: str = "",
-        *,
-        fd: str = "",
-        arg: str = "",
-    ) -> bool:
+    def allows(self, deviation: Judged) -> bool:
         return (
-            kind == self.kind
-            and (self.call is None or self.call == call)
-            and (self.thread is None or self.thread == thread)
-            and (self.field is None or _covers(self.field, path))
-            and (self.fd is None or self.fd == fd)
-            and (self.arg is None or self.arg == arg)
+            deviation.kind == self.kind
+            and (self.call is None or self.call == deviation.call)
+            and (self.thread is None or self.thread == deviation.thread)
+            and (self.field is None or _covers(self.field, deviation.path))
+            and (self.fd is None or self.fd == deviation.fd)
+            and (self.arg is None or self.arg == deviation.arg)
         )
 
 
@@ -94,20 +103,8 @@ class Allowances:
     require: tuple[Requirement, ...] = ()
     path: Path | None = None
 
-    def allowing(
-        self,
-        kind: DeviationKind,
-        thread: str,
-        call: str,
-        path: str = "",
-        *,
-        fd: str = "",
-        arg: str = "",
-    ) -> Allowance | None:
-        return next(
-            (rule for rule in self.allow if rule.allows(kind, thread, call, path, fd=fd, arg=arg)),
-            None,
-        )
+    def allowing(self, deviation: Judged) -> Allowance | None:
+        return next((rule for rule in self.allow if rule.allows(deviation)), None)
 
 
 def _covers(prefix: str, path: str) -> bool:

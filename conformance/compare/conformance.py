@@ -138,14 +138,7 @@ def compare_with_reference(
 
 
 def _judged(deviation: Deviation, allowances: Allowances) -> Deviation:
-    allowance = allowances.allowing(
-        deviation.kind,
-        deviation.thread,
-        deviation.call,
-        deviation.path,
-        fd=deviation.fd,
-        arg=deviation.arg,
-    )
+    allowance = allowances.allowing(deviation)
     if allowance is None:
         return deviation
     return dataclasses.replace(deviation, allowed_by=allowance)
@@ -212,20 +205,18 @@ class _Thread:
     def _judge(
         self, index: int, call: TraceCall, where: tuple[str, int] | None, primary: list[TraceCall]
     ) -> None:
-        fd, arg = fd_of(call.entry), _argument(call)
+        made = Deviation(
+            kind=DeviationKind.EXTRA,
+            thread=self.role,
+            call=call.name,
+            subject_index=index,
+            fd=fd_of(call.entry),
+            arg=_argument(call),
+        )
         if where is None:
             note = _extra_note(call, self.reference, self.primary_role, primary)
             self.deviations.append(
-                Deviation(
-                    kind=DeviationKind.EXTRA,
-                    thread=self.role,
-                    call=call.name,
-                    subject_index=index,
-                    reference_thread=self.primary_role,
-                    note=note,
-                    fd=fd,
-                    arg=arg,
-                )
+                dataclasses.replace(made, reference_thread=self.primary_role, note=note)
             )
             return
         other_role, other_index = where
@@ -234,18 +225,14 @@ class _Thread:
         self.left_out.extend(left_out)
         for path, reference_value, subject_value in differences:
             self.deviations.append(
-                Deviation(
+                dataclasses.replace(
+                    made,
                     kind=DeviationKind.FIELD,
-                    thread=self.role,
-                    call=call.name,
-                    subject_index=index,
                     reference_thread=other_role,
                     reference_index=other_index,
                     path=path,
                     reference_value=reference_value,
                     subject_value=subject_value,
-                    fd=fd,
-                    arg=arg,
                 )
             )
 
