@@ -189,3 +189,29 @@ def test_record_trace_vmm_exits_with_the_vmms_status(tmp_path: Path) -> None:
     killed = _record_trace("vmm", "-o", str(tmp_path / "k.yaml"), "--", sys.executable, "-c",
                            kill_itself)  # fmt: skip
     assert killed.returncode == 128 + signal.SIGKILL
+
+
+@pytest.mark.needs_qemu
+def test_the_text_trace_names_register_page_registers(tmp_path: Path) -> None:
+    """`kvm-conformance trace` of QEMU shows KVM_SET_LAPIC's page, KVM_SET_XSAVE's area and
+    the IOAPIC's pins by register, as the normalized document does."""
+    output = tmp_path / "qemu.txt"
+    argv = [
+        find_qemu(None),
+        "-accel",
+        "kvm",
+        "-nographic",
+        "-nodefaults",
+        "-S",
+        "-monitor",
+        "stdio",
+    ]
+    command = [sys.executable, "-m", "conformance", "trace", "-o", str(output), "--", *argv]
+    subprocess.run(command, input=b"quit\n", capture_output=True, check=True, timeout=120)
+    lines = output.read_text().splitlines()
+    [lapic] = [line for line in lines if "KVM_SET_LAPIC" in line]
+    assert "{regs={apic_id=" in lapic and "svr=0xff" in lapic and "timer_divide_config=" in lapic
+    [xsave, *_] = [line for line in lines if "KVM_SET_XSAVE" in line]
+    assert "region={fcw=0x37f" in xsave and "mxcsr=0x1f80" in xsave and "xstate_bv=" in xsave
+    ioapic = next(line for line in lines if "KVM_SET_IRQCHIP" in line and "ioapic=" in line)
+    assert "redirtbl=[{vector=" in ioapic and "bits=" not in ioapic
