@@ -16,7 +16,6 @@ from conformance.lint.engine import Hit, Rule, Severity
 from conformance.model.calls import entries, failed, integer, request
 from conformance.model.calls import section as fields
 from conformance.model.document import Located, TraceDocument, Value
-from conformance.model.flow_yaml import format_value
 
 Route = frozenset[tuple[int, str]]  # (routing entry type, its `u` member as text)
 KVM_IRQFD_FLAG_DEASSIGN: int = abi.KVM_IRQFD_FLAG_DEASSIGN
@@ -63,7 +62,18 @@ def _target(kind: int, union: Value | None) -> str:
         number, pin = integer(chip.get("irqchip")), integer(chip.get("pin"))
         if number is not None and pin is not None:
             return _irqchip_route(int(number), int(pin))[1]
-    return format_value(union) if union is not None else "?"
+    return _flat(union)
+
+
+def _flat(value: Value | None) -> str:
+    """A route's target as plain text: `msi {address_lo=0xfee00000, data=0x30}`."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}={_flat(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flat(item) for item in value) + "]"
+    if isinstance(value, int):
+        return hex(value)
+    return "?" if value is None else value
 
 
 @dataclass(slots=True)
