@@ -38,7 +38,10 @@ _PAGE_ADDRESS = struct.Struct(
 
 def digest(tid: int, vm: KvmObject) -> GuestMemoryDigest | None:
     """The digest of `vm`'s live slots as task `tid` (a thread of the VMM) sees its memory;
-    None when some of it cannot be read (a slot pointing at memory that is not mapped)."""
+    None when some of it cannot be read (a slot pointing at memory that is not mapped), or no
+    slot was seen registered (there is no guest memory to say anything of)."""
+    if not vm.slots:
+        return None
     try:
         anonymous = _private_anonymous_ranges(tid)
         hashed = hashlib.sha256()
