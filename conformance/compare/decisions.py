@@ -4,9 +4,9 @@ Every comparison (regression, conformance; `check`, `diff`, the pytest plugin) c
 through `decide` (regression.field_differences calls it): both calls with every field the ABI's
 "not a decision" table (abi/not_decisions.py) finds in them taken out, and the list of what was
 taken out where the two sides differed (`LeftOut`), so that a report can say how many
-differences it left out and why. A field is taken out of both calls when it is not a decision in either: QEMU's stack bytes
-in SREGS2's PDPTRs say nothing about a VMM that passes valid ones, and the `flags` that tell the
-two apart are compared.
+differences it left out and why. A field is taken out of both calls when it is not a decision
+in either: QEMU's stack bytes in SREGS2's PDPTRs say nothing about a VMM that passes valid
+ones, and the `flags` that tell the two apart are compared.
 
 The table names fields by their C struct; a call's fields are found in it by walking the
 normalized call alongside the ioctl's struct layout (anonymous members merged as normalization
