@@ -33,6 +33,7 @@ from conformance.cli.check_output import (
     failure_blocks,
     html_section,
     json_report,
+    left_out,
     scenario_line,
 )
 from conformance.gate.references import REFERENCE_DIRECTORY
@@ -47,6 +48,7 @@ from conformance.model.errors import ConformanceError
 from conformance.model.scenarios import select_scenarios
 from conformance.report.diff import use_color
 from conformance.report.html import gate_page
+from conformance.report.left_out import render_left_out
 from conformance.snapshot.store import SnapshotStore
 
 DEFAULT_EXPECTED = Path("expected")  # relative to the working directory: the repository root
@@ -110,6 +112,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=REFERENCE_DIRECTORY,
         metavar="DIR",
         help="directory of QEMU reference traces and their allowances (default: ./traces/qemu)",
+    )
+    parser.add_argument(
+        "--not-decisions",
+        action="store_true",
+        help="also say, per scenario, how many differences were left out as not VMM decisions "
+        "(clocks, padding, fields the kernel ignores) and why",
     )
     add_lint_config_option(parser)
     parser.set_defaults(command=_check)
@@ -181,6 +189,9 @@ def _print_text_summary(
 ) -> None:
     color = use_color(sys.stdout)
     for result in report.results:
+        if args.not_decisions:
+            print(f"\n{result.scenario.name}:")
+            print("\n".join(f"  {line}" for line in render_left_out(left_out(result))))
         accept = accept_command(result.scenario.name, args.expected, DEFAULT_EXPECTED)
         for block in failure_blocks(result, config, accept=accept, color=color, full=args.full):
             print()

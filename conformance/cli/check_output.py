@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conformance.compare.decisions import LeftOut
 from conformance.compare.regression import Difference
 from conformance.gate.verdict import (
     ConformanceOutcome,
@@ -128,7 +129,18 @@ def _json_result(result: ScenarioResult) -> dict[str, object]:
             "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
         },
         "lint": [finding_record(finding) for finding in result.findings],
+        "not_decisions_left_out": [
+            {"call": item.call, "field": item.path, "why": item.row.why.value}
+            for item in left_out(result)
+        ],
     }
+
+
+def left_out(result: ScenarioResult) -> list[LeftOut]:
+    """What the scenario's comparisons (snapshot, QEMU reference) left out as not decisions."""
+    snapshot = result.comparison.left_out if result.comparison is not None else []
+    reference = result.conformance.left_out if result.conformance is not None else []
+    return [*snapshot, *reference]
 
 
 def _json_difference(difference: Difference) -> dict[str, object]:

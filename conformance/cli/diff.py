@@ -17,6 +17,7 @@ from conformance.compare.conformance import compare_with_reference
 from conformance.model.errors import ConformanceError
 from conformance.report.deviations import render_conformance, side_by_side
 from conformance.report.html import conformance_page
+from conformance.report.left_out import render_left_out
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,6 +59,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="every deviation on its own line and the memory layout, no line cut",
     )
+    parser.add_argument(
+        "--not-decisions",
+        action="store_true",
+        help="also say how many differences were left out as not VMM decisions (clocks, "
+        "padding, fields the kernel ignores) and why",
+    )
     parser.set_defaults(command=_diff)
 
 
@@ -71,6 +78,8 @@ def _diff(args: argparse.Namespace) -> int:
     result = compare_with_reference(subject, reference, allowances)
     name = str(subject.source.get("scenario") or args.subject)
     sys.stdout.write(render_conformance(result, name, full=args.full))
+    if args.not_decisions:
+        print("\n".join(render_left_out(result.left_out)))
     if args.side_by_side:
         for thread in result.rows:
             print(f"\nthread {thread}: subject | QEMU")

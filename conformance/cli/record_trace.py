@@ -6,9 +6,17 @@
 
 `qemu` writes traces/qemu/SCENARIO.yaml by default, with QEMU's own output in SCENARIO.log
 beside it; the others write to stdout unless given -o. An existing file is never replaced
-without --force. Exit status: 0 written; an error's own status, as `kvm-conformance` exits
-with it (2 usage or environment, 127 a command that cannot be started), with one line on
-stderr.
+without --force.
+
+`vmm` runs the VMM as `trace` does: it reads our stdin and writes to our stdout and stderr
+(its stdout goes to our stderr when the document itself goes to stdout, so that the document
+stays readable YAML). The document is written however the VMM ended, so that a failing VMM
+can be linted, but not from a trace that SIGINT/SIGTERM cut short.
+
+Exit status: `vmm` exits with the VMM's own status (128 + N when signal N killed it), so a
+failing VMM never gives 0; `qemu` and `strace-log` exit 0 when written. An error of ours exits
+with its own status, as `kvm-conformance` does (2 usage or environment, 127 a command that
+cannot be started), with one line on stderr.
 """
 
 from __future__ import annotations
@@ -28,11 +36,14 @@ from conformance.cli.arguments import (
 from conformance.gate.references import REFERENCE_DIRECTORY
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
-from conformance.normalize.capture import capture_output
+from conformance.normalize.capture import capture
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
 from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
 from conformance.snapshot.store import dump_document, write_document
+
+_STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced by
+_SIGNALLED = 128  # a shell's status for a command ended by a signal: 128 + N
 
 
 class OutputExistsError(ConformanceError):
@@ -96,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
         "vmm",
         summary="run any VMM command under the tracer and write its normalized trace",
         description="Run a VMM command to its end under the tracer and write the normalized "
-        "trace document (to stdout unless -o). The VMM's own output is kept apart.",
+        "trace document (to stdout unless -o). The VMM reads our stdin and writes to our "
+        "stdout and stderr (to stderr only, when the document goes to stdout); record-trace "
+        "exits with the VMM's status.",
         examples=["record-trace vmm -o mine.yaml -- ./my-vmm guest.bin"],
     )
     vmm.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
@@ -151,16 +164,26 @@ def _record_vmm(args: argparse.Namespace) -> int:
     if args.output is not None:
         _refuse_overwrite(args.output, args.force)
     _progress(f"tracing {' '.join(command)}")
-    traced = capture_output(command, {"tool": "vmm", "argv": list(command)})
-    if traced.outcome.message is not None:
-        _progress(traced.outcome.message)
-    traced.document.source["exit_status"] = traced.outcome.exit_status
+    sys.stdout.flush()
+    traced = capture(
+        command,
+        {"tool": "vmm", "argv": list(command)},
+        stdout=None if args.output is not None else _STDERR_FD,
+    )
+    outcome = traced.outcome
+    if outcome.message is not None:
+        _progress(outcome.message)
+    interrupted = outcome.result.interrupted_by
+    if interrupted is not None:
+        _progress(f"interrupted by signal {interrupted}: nothing written")
+        return _SIGNALLED + interrupted
+    traced.document.source["exit_status"] = outcome.exit_status
     _progress(
         f"{traced.document.call_count()} calls in {traced.seconds:.2f} s; "
-        f"the VMM exited with status {traced.outcome.exit_status}"
+        f"the VMM exited with status {outcome.exit_status}"
     )
     _write(traced.document, args.output)
-    return 0
+    return outcome.exit_status
 
 
 def _import_strace(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from conformance.compare.decisions import LeftOut, decide
 from conformance.compare.keyed_sets import keyed_comparer
 from conformance.model.document import TraceCall, TraceDocument, Value, thread_role_order
 from conformance.model.errors import ConformanceError
@@ -128,6 +129,8 @@ class Comparison:
     actual: TraceDocument
     differences: list[Difference] = field(default_factory=list)
     options: CompareOptions = field(default_factory=CompareOptions)  # what was compared
+    # Differences not reported because the field is not a VMM decision (compare/decisions.py).
+    left_out: list[LeftOut] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -164,19 +167,29 @@ def compare_documents(
             )
         else:
             comparison.differences.extend(
-                _thread_differences(role, expected.threads[role], actual.threads[role], chosen)
+                _thread_differences(
+                    role,
+                    expected.threads[role],
+                    actual.threads[role],
+                    chosen,
+                    comparison.left_out,
+                )
             )
     return comparison
 
 
 def _thread_differences(
-    role: str, expected: list[TraceCall], actual: list[TraceCall], options: CompareOptions
+    role: str,
+    expected: list[TraceCall],
+    actual: list[TraceCall],
+    options: CompareOptions,
+    left_out: list[LeftOut],
 ) -> Iterator[Difference]:
     for tag, e_start, e_end, a_start, a_end in aligned_calls(expected, actual, options):
         if tag == "equal":
             for offset in range(e_end - e_start):
                 e_call, a_call = expected[e_start + offset], actual[a_start + offset]
-                for path, e_value, a_value in field_differences(e_call, a_call, options):
+                for path, e_value, a_value in field_differences(e_call, a_call, options, left_out):
                     yield Difference(
                         DifferenceKind.FIELD,
                         role,
@@ -270,10 +283,20 @@ def _compared_part(request: str, path: str, value: Value, options: CompareOption
 
 
 def field_differences(
-    expected: TraceCall, actual: TraceCall, options: CompareOptions
+    expected: TraceCall,
+    actual: TraceCall,
+    options: CompareOptions,
+    left_out: list[LeftOut] | None = None,
 ) -> Iterator[tuple[str, Compared, Compared]]:
-    """(path, expected, actual) for every compared field where two calls differ."""
-    yield from _value_differences(expected.name, "", expected.entry, actual.entry, options)
+    """(path, expected, actual) for every compared field where two calls differ; fields that
+    are not a VMM decision (compare/decisions.py) are not compared, and the differences they
+    would have made go to `left_out` when given."""
+    decided = decide(expected, actual)
+    if left_out is not None:
+        left_out.extend(item for item in decided.left_out if options.compares(item.path, item.call))
+    yield from _value_differences(
+        expected.name, "", decided.expected.entry, decided.actual.entry, options
+    )
 
 
 def _value_differences(

@@ -60,6 +60,7 @@ def finding_record(finding: Finding) -> dict[str, object]:
         "line": finding.line,
         "message": finding.message,
         "incidents": list(rule.incidents),
+        "kernel_source": list(rule.kernel_source),
     }
 
 

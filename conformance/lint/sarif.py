@@ -97,7 +97,11 @@ def _rule(rule: Rule, docs: str | None) -> JsonObject:
         "fullDescription": {"text": rule.rationale},
         "help": {"text": f"{rule.title}\n\n{rule.rationale}", "markdown": markdown},
         "defaultConfiguration": {"level": _LEVELS[rule.severity]},
-        "properties": {"incidents": list(rule.incidents), "tags": ["kvm", "correctness"]},
+        "properties": {
+            "incidents": list(rule.incidents),
+            "kernelSource": list(rule.kernel_source),
+            "tags": ["kvm", "correctness"],
+        },
     }
     if docs is not None:
         described["helpUri"] = rules_uri(docs, rule.id)

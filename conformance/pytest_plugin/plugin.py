@@ -126,7 +126,8 @@ def pytest_terminal_summary(
         return
     terminalreporter.section(f"kvm-conformance snapshots ({session.store.directory})")
     complete = config.stash.get(_RAN_EVERY_TEST, False)
-    for line in session.summary_lines(complete_run=complete):
+    verbose = int(config.getoption("verbose")) > 0  # -v: what was left out as not decisions
+    for line in session.summary_lines(complete_run=complete, verbose=verbose):
         terminalreporter.write_line(line)
 
 

@@ -43,6 +43,7 @@ def render_conformance(result: ConformanceResult, name: str, *, full: bool = Fal
     if result.layout and (full or any(d.call in _MEMORY_CALLS for d in failures)):
         lines.append("memory layout:")
         lines.extend(f"  {shown(sentence)}" for sentence in result.layout)
+    lines.extend(exit_lines(result))
     reference = reference_name(result)
     labels = (reference, "subject")
     for cause in causes.group(_fact(d, reference) for d in failures):
@@ -58,6 +59,22 @@ def render_conformance(result: ConformanceResult, name: str, *, full: bool = Fal
     if failures:
         lines.extend(_how_to_allow(result, failures[0]))
     return "\n".join(line if full else cut(line, LINE_WIDTH) for line in lines) + "\n"
+
+
+def exit_lines(result: ConformanceResult) -> list[str]:
+    """Whether KVM_RUN exits were compared, and why: when they were not (another guest, or one
+    not recorded), each side's exits in one line instead of a deviation per exit."""
+    exits = result.exits
+    reference = reference_name(result)
+    if exits is None or not exits.reason:
+        return []
+    if exits.compared:
+        return [f"KVM_RUN exits compared: {exits.reason}"]
+    return [
+        f"KVM_RUN exits not compared: {exits.reason.replace('the reference', reference)}",
+        f"  subject: {exits.subject}",
+        f"  {reference}: {exits.reference}",
+    ]
 
 
 def reference_name(result: ConformanceResult) -> str:

@@ -21,6 +21,7 @@ from conformance.compare.conformance import ConformanceResult
 from conformance.compare.regression import Comparison
 from conformance.lint.engine import Finding
 from conformance.model.document import TraceDocument
+from conformance.report.deviations import exit_lines
 from conformance.report.html_tables import (
     Anchors,
     FailingItem,
@@ -275,6 +276,10 @@ def _conformance(result: ConformanceResult, anchors: Anchors, judged: bool) -> l
     if result.layout:
         sentences = "".join(f"<li>{e(sentence)}</li>" for sentence in result.layout)
         parts.append(f"<h4>memory layout</h4><ul>{sentences}</ul>")
+    exits = exit_lines(result)
+    if exits:
+        lines = "<br>".join(e(line) for line in exits)
+        parts.append(f'<h4>KVM_RUN exits</h4><p class="note">{lines}</p>')
     items = conformance_causes(result, anchors, judged=judged)
     parts.append(f'<ul class="causes">{"".join(items) or "<li>no deviation</li>"}</ul>')
     parts.extend(conformance_table(result, thread, judged=judged) for thread in result.rows)

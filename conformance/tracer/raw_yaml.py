@@ -124,6 +124,13 @@ def raw_entry(event: events.Event) -> Entry:
         entry["ret"] = _value(event.ret, "ret")
     if isinstance(event, events.Ioctl) and event.new_fd_role is not None:
         entry["new_fd_role"] = event.new_fd_role
+    if isinstance(event, events.Ioctl) and event.guest_memory is not None:
+        memory = event.guest_memory
+        entry["guest_memory"] = {
+            "vm": memory.vm_role,
+            "pages": memory.pages,
+            "sha256": memory.sha256,
+        }
     return entry
 
 

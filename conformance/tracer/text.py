@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from conformance.abi.ioctls import by_name
-from conformance.model import events
+from conformance.model import events, register_pages
 from conformance.model import symbolic as names
 from conformance.model.document import Value
 from conformance.tracer import decode, xlat
@@ -134,8 +134,10 @@ def _open(event: events.OpenKvm) -> str:
 
 def _ioctl(event: events.Ioctl, options: TextOptions) -> str:
     request = event.name or f"{event.request:#x} /* unknown */"
+    struct_name = by_name(event.name).arg_type if event.name is not None else None
     if event.inputs is not None:
-        argument = _struct(event.inputs, event.name or "", options)
+        inputs = register_pages.decode_pages(struct_name, event.inputs)
+        argument = _struct(inputs, event.name or "", options)
     elif event.name is not None and not decode.decodes_pointer(by_name(event.name)):
         argument = str(names.ioctl_argument(event.name, event.arg))
     else:
@@ -143,7 +145,8 @@ def _ioctl(event: events.Ioctl, options: TextOptions) -> str:
     line = f"ioctl({_fd(event.fd, event.fd_role)}, {request}, {argument}) = "
     line += _result(event, event.new_fd_role)
     if event.outputs is not None:
-        line += f" => {_struct(event.outputs, event.name or '', options)}"
+        outputs = register_pages.decode_pages(struct_name, event.outputs)
+        line += f" => {_struct(outputs, event.name or '', options)}"
     if event.run_entry is not None:
         line += f" <= {_struct(event.run_entry, 'KVM_RUN', options)}"
     if event.run_exit is not None:

@@ -100,7 +100,8 @@ def test_json_names_the_difference(expected_copy: Path) -> None:
 def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Path) -> None:
     snapshot = expected_copy / "hello.yaml"
     lines = snapshot.read_text().splitlines(keepends=True)
-    lines[11] = "  - {call: ioctl, fd: vcpu0, req: KVM_RUN, repeat: 0}\n"
+    first_call = next(i for i, line in enumerate(lines) if line.startswith("  - {call: "))
+    lines[first_call] = "  - {call: ioctl, fd: vcpu0, req: KVM_RUN, repeat: 0}\n"
     snapshot.write_text("".join(lines))
 
     result = _check("--expected", str(expected_copy))
@@ -108,7 +109,7 @@ def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Pa
     assert result.returncode == 2
     assert result.stdout == ""  # refused before tracing anything
     assert result.stderr == (
-        f"kvm-conformance: {snapshot}:12: 'repeat' must be a positive integer\n"
+        f"kvm-conformance: {snapshot}:{first_call + 1}: 'repeat' must be a positive integer\n"
     )
 
 

@@ -52,7 +52,7 @@ def test_get_xsave_with_a_larger_xsave2_size_is_reported() -> None:
 
 
 def test_rule_table_ids_are_consecutive_and_documented() -> None:
-    assert [rule.id for rule in RULES] == [f"KVMC{n:03d}" for n in range(1, 10)]
+    assert [rule.id for rule in RULES] == [f"KVMC{n:03d}" for n in range(1, 13)]
     for rule in RULES:
         assert rule.title and rule.rationale and rule.name.isidentifier()
         for incident in rule.incidents:
@@ -264,14 +264,44 @@ def test_cross_thread_facts_count_as_made_first() -> None:
     )
 
 
-def test_irqfd_on_a_default_irqchip_route_is_fine() -> None:
-    assert _trace(
+_GSI_4_DEFAULT = (
+    "{gsi: 4, type: 1, u: {irqchip: {irqchip: 0x2, pin: 0x4}}}, "
+    "{gsi: 4, type: 1, u: {irqchip: {irqchip: 0x0, pin: 0x4}}}"
+)  # KVM_CREATE_IRQCHIP's routes for GSI 4: IOAPIC pin 4, PIC master pin 4
+
+
+def _irqfd_then_table(entries: str) -> list[tuple[str, str, int, Severity]]:
+    return _trace(
         "  main:\n"
         "  - {call: ioctl, fd: vm, req: KVM_CREATE_IRQCHIP}\n"
         "  - {call: ioctl, fd: vm, req: KVM_IRQFD, in: {fd: eventfd0, gsi: 4, flags: 0x0}}\n"
-        "  - {call: ioctl, fd: vm, req: KVM_SET_GSI_ROUTING, in: {nr: 1, flags: 0x0,"
-        " entries: [{gsi: 4, type: 1}]}}\n"
+        "  - {call: ioctl, fd: vm, req: KVM_SET_GSI_ROUTING,"
+        f" in: {{flags: 0x0, entries: [{entries}]}}}}\n"
+    )
+
+
+def test_an_irqfd_on_a_default_route_the_later_table_keeps_is_fine() -> None:
+    msi = "{gsi: 30, type: 2, u: {msi: {address_lo: 0xfee00000, data: 0x30}}}"
+    assert _irqfd_then_table(f"{_GSI_4_DEFAULT}, {msi}") == []
+
+
+def test_a_later_table_that_leaves_the_irqfds_gsi_out_is_an_error() -> None:
+    """KVMC003 used to exempt GSIs 0-23 after KVM_CREATE_IRQCHIP outright; but a table set
+    later replaces the default one, and without GSI 4 the irqfd's interrupts go nowhere."""
+    msi = "{gsi: 30, type: 2, u: {msi: {address_lo: 0xfee00000, data: 0x30}}}"
+    assert _irqfd_then_table(msi) == [("KVMC003", "main", 1, Severity.ERROR)]
+
+
+def test_a_later_table_that_moves_the_irqfds_gsi_is_a_warning() -> None:
+    moved = "{gsi: 4, type: 2, u: {msi: {address_lo: 0xfee00000, data: 0x31}}}"
+    assert _irqfd_then_table(moved) == [("KVMC003", "main", 1, Severity.WARNING)]
+
+
+def test_an_irqfd_assigned_before_its_route_exists_is_an_error() -> None:
+    assert _trace(
+        "  main:\n"
+        "  - {call: ioctl, fd: vm, req: KVM_CREATE_IRQCHIP}\n"
         "  - {call: ioctl, fd: vm, req: KVM_IRQFD, in: {fd: eventfd1, gsi: 30, flags: 0x0}}\n"
         "  - {call: ioctl, fd: vm, req: KVM_SET_GSI_ROUTING, in: {nr: 1, flags: 0x0,"
         " entries: [{gsi: 30, type: 2}]}}\n"
-    ) == [("KVMC003", "main", 3, Severity.ERROR)]
+    ) == [("KVMC003", "main", 1, Severity.ERROR)]
