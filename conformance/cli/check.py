@@ -2,16 +2,17 @@
 kvm-conformance's own repository, the VMM core's), compare each with its snapshot, hold it
 against the QEMU reference it names, and lint it.
 
-    pass      memory-setup          8 calls   0.29 s  qemu memory-1g: FAIL  lint: ok
-    FAIL      hello                70 calls   0.32 s  1 difference  lint: ok
+    pass   memory-setup    8 calls  0.29 s  snapshot: equal  qemu memory-1g: ok  lint: ok
+    FAIL   tiny-bios     111 calls  0.32 s  snapshot: equal  qemu tiny-bios: FAIL, 1 deviation  …
     ...
     6 scenarios in 11.4 s: 5 passed, 1 failed
 
-Exit 0 when every trace equals its snapshot, meets its reference and has no lint error; 1
-otherwise (a scenario whose VMM did not run to its end included); 2 for a usage, configuration
-or environment error (cli.py); 128 + the signal when interrupted (nothing is written then).
-Results go to stdout as each scenario finishes; the "[2/6] hello …" progress goes to stderr,
-and only to a terminal, so piped output stays clean.
+The first word is the scenario's verdict; each judgment then says its own (gate/verdict.py
+assembles them: this module only words them). Exit 0 when every scenario passes, 1 otherwise (a
+scenario whose VMM did not run to its end included), 2 for a usage, configuration or environment
+error (cli/arguments.py), 128 + the signal when interrupted (nothing is written then). Results go
+to stdout as each scenario finishes; the "[2/6] hello …" progress goes to stderr, and only to a
+terminal, so piped output stays clean.
 """
 
 from __future__ import annotations
@@ -24,39 +25,31 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from conformance.cli.arguments import EXIT_FAILED, add_command
+from conformance.cli.check_output import (
+    accept_command,
+    failure_blocks,
+    html_section,
+    json_report,
+    left_out,
+    scenario_line,
+)
 from conformance.cli.configuration import add_config_option, project
-from conformance.compare.regression import Difference
 from conformance.gate.project import Project
 from conformance.gate.scenarios import TraceInterrupted
 from conformance.gate.verdict import (
-    ConformanceOutcome,
     GateReport,
     ScenarioResult,
     SnapshotOutcome,
     require_tracing_environment,
     run_gate,
 )
-from conformance.lint import Severity
-from conformance.lint.output import finding_record, render_text
 from conformance.model.errors import ConformanceError
 from conformance.model.scenarios import SCENARIOS, Scenario, select_scenarios
-from conformance.report.deviations import render_conformance
-from conformance.report.diff import render_comparison, use_color
-from conformance.report.values import json_value
+from conformance.report.diff import use_color
+from conformance.report.html import gate_page
+from conformance.report.left_out import render_left_out
 from conformance.snapshot.store import SnapshotStore, running_on_ci
-
-EXIT_DIFFERENCE = 1
-_EXAMPLES = """\
-examples:
-  kvm-conformance check                      every scenario of the project
-  kvm-conformance check --scenario boot      one of them
-  kvm-conformance check --update             create or rewrite the snapshots after a change
-  kvm-conformance check --pending            write differing ones as NAME.yaml.new, then
-  kvm-conformance review                     accept or reject each
-
-A project's scenarios are [tool.kvm-conformance.scenarios.NAME] tables in its pyproject.toml
-(or [scenarios.NAME] in a kvm-conformance.toml); `kvm-conformance init -- CMD` writes one.
-"""
 
 
 class ExpectedDirectoryError(ConformanceError):
@@ -68,20 +61,27 @@ class NoScenariosError(ConformanceError):
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "check",
-        help="trace every scenario of the project and compare with its snapshot, QEMU "
-        "reference and the usage rules (exit 0 all pass, 1 a failure, 2 usage or environment "
-        "error)",
-        description="Trace every scenario of the project (its configuration's; in\n"
-        "kvm-conformance's own repository the VMM core's) and judge each trace three ways:\n"
-        "it equals its snapshot, fits inside the QEMU reference it names as that reference's\n"
-        "allowances permit, and raises no error from the KVM usage rules. A scenario whose\n"
-        "VMM does not run to its end (another exit status, its timeout, a signal) fails,\n"
-        "and its trace is neither compared nor written. Nothing is written before every\n"
-        "scenario has run.",
-        epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="the gate: trace every scenario and judge it three ways (snapshot, QEMU, lint)",
+        description="Trace every scenario of the project (its configuration's "
+        "[tool.kvm-conformance.scenarios.NAME] tables; in kvm-conformance's own repository the "
+        "VMM core's) and judge each trace three ways: it must equal its snapshot (regression), "
+        "fit inside the QEMU reference it is held against, as the allowances beside that "
+        "reference permit (conformance), and raise no error from the KVM usage rules (lint). A "
+        "scenario whose VMM does not run to its end (another exit status, its timeout, a "
+        "signal) fails, and its trace is neither compared nor written. One line per scenario, "
+        "then a block for each failed judgment, then a summary. Nothing is written without "
+        "--update or --pending, and nothing before every scenario has run.",
+        examples=[
+            "kvm-conformance check",
+            "kvm-conformance check --scenario boot --format json",
+            "kvm-conformance check --html report.html",
+            "kvm-conformance check --update            # after an intended change",
+            "kvm-conformance check --pending           # NAME.yaml.new for: kvm-conformance review",
+            "kvm-conformance init -- ./my-vmm guest.bin   # a project's first scenario",
+        ],
     )
     parser.add_argument(
         "--scenario",
@@ -109,7 +109,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="write with --update or --pending even when CI is set (on CI nothing is written "
         "otherwise)",
     )
-    parser.add_argument("--format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: lines for people (default); json: one document for machines",
+    )
+    parser.add_argument(
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"
+    )
+    parser.add_argument(
+        "-v",
+        "--full",
+        action="store_true",
+        help="every difference and deviation on its own line, calls whole, no line cut",
+    )
     parser.add_argument(
         "--builtin",
         action="store_true",
@@ -129,6 +143,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DIR",
         help="look up the QEMU references scenarios name by name in DIR (default: those "
         "shipped with kvm-conformance)",
+    )
+    parser.add_argument(
+        "--not-decisions",
+        action="store_true",
+        help="also say, per scenario, how many differences were left out as not VMM decisions "
+        "(clocks, padding, fields the kernel ignores) and why",
     )
     add_config_option(parser)
     parser.set_defaults(command=_check)
@@ -152,7 +172,7 @@ def _check(args: argparse.Namespace) -> int:
     def on_result(result: ScenarioResult) -> None:
         progress.clear()  # a result line must not land after the "…" of the progress line
         if text:
-            _print_line(result)
+            print(scenario_line(result), flush=True)  # as it ends, also through a pipe
 
     try:
         report = run_gate(
@@ -172,11 +192,19 @@ def _check(args: argparse.Namespace) -> int:
         progress.clear()
     seconds = time.monotonic() - started
     if text:
-        _print_text_summary(report, seconds)
+        _print_text_summary(report, seconds, args, chosen.snapshots)
     else:
-        json.dump(_json_report(report, seconds), sys.stdout, indent=2)
+        json.dump(json_report(report, seconds), sys.stdout, indent=2)
         sys.stdout.write("\n")
-    return EXIT_DIFFERENCE if report.failed else 0
+    if args.html is not None:
+        page = gate_page(
+            [html_section(result) for result in report.results], "kvm-conformance check"
+        )
+        try:
+            args.html.write_text(page, encoding="utf-8")
+        except OSError as error:
+            raise ConformanceError(f"cannot write {args.html}: {error.strerror}") from None
+    return EXIT_FAILED if report.failed else 0
 
 
 def _scenarios_and_snapshots(
@@ -247,58 +275,25 @@ class _Progress:
             self._stream.flush()
 
 
-def _print_line(result: ScenarioResult) -> None:
-    differences = len(result.comparison.differences) if result.comparison is not None else 0
-    note = ""
-    if result.run_failure is not None:
-        note = "  did not run to its end: not compared, not written (below)"
-    elif differences:
-        note = f"  {differences} difference{'s' if differences > 1 else ''}"
-    elif result.snapshot_outcome is SnapshotOutcome.MISSING:
-        note = f"  no {result.snapshot}; `kvm-conformance check --update` creates it"
-    if result.pending is not None:
-        note += f"  (pending: {result.pending.name})"
-    if result.host_differs:
-        note += "  (another host's CPUID: its inputs not compared)"
-    conformance = result.conformance_outcome
-    if conformance is not None and result.conformance is not None:
-        reference = result.conformance.reference.path
-        name = reference.stem if reference is not None else "reference"
-        note += f"  qemu {name}: {conformance.value}"
-    note += f"  lint: {_lint_tally(result)}"
-    print(
-        f"{result.snapshot_outcome.value:<9} {result.scenario.name:<20} {result.calls:>7} calls "
-        f"{result.seconds:>6.2f} s{note}",
-        flush=True,  # each line as its scenario ends, also through a pipe (CI logs)
-    )
-
-
-def _lint_tally(result: ScenarioResult) -> str:
-    errors = sum(1 for finding in result.findings if finding.severity is Severity.ERROR)
-    warnings = len(result.findings) - errors
-    if not result.findings:
-        return "ok"
-    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
-
-
-def _print_text_summary(report: GateReport, seconds: float) -> None:
+def _print_text_summary(
+    report: GateReport, seconds: float, args: argparse.Namespace, default_snapshots: Path
+) -> None:
     color = use_color(sys.stdout)
     for result in report.results:
-        name = result.scenario.name
         if result.run_failure is not None:
             print()
             print(result.run_failure)
-        if result.comparison is not None and not result.comparison.ok:
+        if args.not_decisions:
+            print(f"\n{result.scenario.name}:")
+            print("\n".join(f"  {line}" for line in render_left_out(left_out(result))))
+        expected = args.expected or default_snapshots
+        accept = accept_command(result.scenario.name, expected, default_snapshots)
+        blocks = failure_blocks(
+            result, result.lint_config, accept=accept, color=color, full=args.full
+        )
+        for block in blocks:
             print()
-            sys.stdout.write(render_comparison(result.comparison, color=color))
-        # A scenario that deviates on purpose gets its one line; `diff` shows the deviations.
-        failed_reference = result.conformance_outcome is ConformanceOutcome.FAILED
-        if failed_reference and result.conformance is not None:
-            print()
-            sys.stdout.write(render_conformance(result.conformance, name))
-        if result.lint_fails:
-            print()
-            sys.stdout.write(render_text(result.findings, name, result.lint_config))
+            sys.stdout.write(block)
     for path in report.unused:
         print(f"unused: {path} (no scenario of that name; not deleted)")
     counts: dict[str, int] = {}
@@ -312,55 +307,3 @@ def _print_text_summary(report: GateReport, seconds: float) -> None:
         print(f"{len(pending)} pending snapshot(s) written; `kvm-conformance review` shows each")
     elif any(r.snapshot_outcome is SnapshotOutcome.MISSING for r in report.results):
         print("missing snapshots: `kvm-conformance check --update` creates them")
-
-
-def _json_report(report: GateReport, seconds: float) -> dict[str, object]:
-    return {
-        "ok": not report.failed,
-        "seconds": round(seconds, 3),
-        "scenarios": [_json_result(result) for result in report.results],
-        "unused": [str(path) for path in report.unused],
-    }
-
-
-def _json_result(result: ScenarioResult) -> dict[str, object]:
-    conformance = result.conformance
-    outcome = result.conformance_outcome
-    return {
-        "scenario": result.scenario.name,
-        "result": result.snapshot_outcome.name.lower(),
-        "snapshot": str(result.snapshot),
-        "calls": result.calls,
-        "host_cpuid_differs": result.host_differs,
-        "run_failure": result.run_failure,
-        "pending": None if result.pending is None else str(result.pending),
-        "seconds": round(result.seconds, 3),
-        "differences": [
-            _json_difference(difference)
-            for difference in (result.comparison.differences if result.comparison else [])
-        ],
-        "conformance": None
-        if conformance is None or outcome is None
-        else {
-            "reference": str(conformance.reference.path),
-            "ok": conformance.ok,
-            "outcome": outcome.name.lower(),
-            "deviations_not_allowed": len(conformance.failures),
-            "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
-        },
-        "lint": [finding_record(finding) for finding in result.findings],
-    }
-
-
-def _json_difference(difference: Difference) -> dict[str, object]:
-    return {
-        "kind": difference.kind.value,
-        "thread": difference.thread,
-        "call": difference.call_name,
-        "expected_index": difference.expected_index,
-        "actual_index": difference.actual_index,
-        "expected_line": difference.expected_line,
-        "field": difference.path,
-        "expected": json_value(difference.expected),
-        "actual": json_value(difference.actual),
-    }

@@ -15,7 +15,7 @@ import math
 import re
 from pathlib import Path
 
-from conformance.cli.arguments import command_after_dashes
+from conformance.cli.arguments import traced_command
 from conformance.gate.project import (
     CONFIG_FILE,
     PYPROJECT,
@@ -74,12 +74,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the configuration file to write into (default: the nearest kvm-conformance.toml "
         "or pyproject.toml from here up)",
     )
-    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    parser.set_defaults(command=_init)
+    parser.set_defaults(command=_init, takes_command=True)
 
 
 def _init(args: argparse.Namespace) -> int:
-    command = command_after_dashes(args.argv)
+    command = traced_command(args)
     if not command:
         raise InitError("init: give the VMM's command after `--`")
     explicit: Path | None = args.config

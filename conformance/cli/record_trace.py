@@ -5,14 +5,22 @@
     record-trace vmm [-o FILE] [--force] -- CMD ARGS...
     record-trace strace-log LOG [-o FILE] [--lenient] [--force]
 
-`qemu SCENARIO` records one of the project's own QEMU scenarios; in kvm-conformance's
+`qemu SCENARIO` records one of kvm-conformance's QEMU scenarios; in kvm-conformance's
 repository it writes conformance/qemu/references/SCENARIO.yaml by default (the references that
-ship with the package), elsewhere it needs -o. `qemu -- QEMU ARGS` records any QEMU command
-line as a reference for a project's scenarios (`reference = "FILE"` in its configuration). Both
-write QEMU's own output to FILE's .log beside it; the others write to stdout unless given -o.
-An existing file is never replaced without --force. Exit status: 0 written; an error's own
-status, as `kvm-conformance` exits with it (2 usage or environment, 127 a command that cannot
-be started), with one line on stderr.
+ship with the package), elsewhere it needs -o. `qemu -o FILE -- QEMU ARGS` records any QEMU
+command line as a reference for a project's scenarios (`reference = "FILE"` in its
+configuration). Both write QEMU's own output to FILE's .log beside it; the others write to
+stdout unless given -o. An existing file is never replaced without --force.
+
+`vmm` runs the VMM as `trace` does: it reads our stdin and writes to our stdout and stderr
+(its stdout goes to our stderr when the document itself goes to stdout, so that the document
+stays readable YAML). The document is written however the VMM ended, so that a failing VMM
+can be linted, but not from a trace that SIGINT/SIGTERM cut short.
+
+Exit status: `vmm` exits with the VMM's own status (128 + N when signal N killed it), so a
+failing VMM never gives 0; `qemu` and `strace-log` exit 0 when written. An error of ours exits
+with its own status, as `kvm-conformance` does (2 usage or environment, 127 a command that
+cannot be started), with one line on stderr.
 """
 
 from __future__ import annotations
@@ -22,16 +30,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from conformance.cli.arguments import command_after_dashes
+from conformance.cli.arguments import (
+    EXIT_STATUSES,
+    add_command,
+    add_version_option,
+    split_at_dashes,
+    traced_command,
+)
 from conformance.gate.project import load_project
 from conformance.gate.references import REFERENCES_IN_SOURCE
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
-from conformance.normalize.capture import capture_output
+from conformance.normalize.capture import capture
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
 from conformance.qemu.scenarios import QEMU_SCENARIOS, QemuScenario, qemu_scenario
 from conformance.snapshot.store import dump_document, write_document
+
+_STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced by
+_SIGNALLED = 128  # a shell's status for a command ended by a signal: 128 + N
 
 
 class OutputExistsError(ConformanceError):
@@ -39,15 +56,13 @@ class OutputExistsError(ConformanceError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    # `qemu [OPTIONS] -- QEMU ARGS`: QEMU's own arguments are never ours to parse, and a
-    # SCENARIO may still come with options after it (`qemu tiny-bios -o FILE`).
-    qemu_command = None
-    if arguments[:1] == ["qemu"] and "--" in arguments:
-        split = arguments.index("--")
-        arguments, qemu_command = arguments[:split], arguments[split + 1 :]
-    args = _parser().parse_args(arguments)
-    args.qemu_command = qemu_command
+    split = split_at_dashes(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(split.ours)
+    if split.command is not None:
+        if not getattr(args, "takes_command", False):
+            parser.error(f"{split.ours[0]} takes no command after `--`")
+        args.after_dashes = split.command
     try:
         result: int = args.command(args)
     except ConformanceError as error:
@@ -59,27 +74,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="record-trace",
-        description="Record a VMM's use of /dev/kvm as a normalized trace document.",
+        description="Record a VMM's use of /dev/kvm as a normalized trace document "
+        "(schema kvm-conformance/1): from QEMU for a scenario, from any VMM command, or from "
+        "an strace log.",
+        epilog="examples:\n"
+        "  record-trace qemu memory-1g                  # a shipped reference, re-recorded\n"
+        "  record-trace vmm -o mine.yaml -- ./my-vmm guest.bin\n"
+        "  record-trace strace-log qemu.strace -o qemu.yaml\n\n" + EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_option(parser)
     commands = parser.add_subparsers(required=True, metavar="SOURCE")
 
-    qemu = commands.add_parser(
+    qemu = add_command(
+        commands,
         "qemu",
-        help="run QEMU under the tracer (a scenario of ours, or your command line) and write "
+        summary="run QEMU under the tracer (a scenario of ours, or your command line) and write "
         "the reference trace",
-        description="Record QEMU's use of /dev/kvm as a reference: one of kvm-conformance's QEMU\n"
-        f"scenarios ({', '.join(sorted(QEMU_SCENARIOS))}), or any QEMU command line after `--`,\n"
-        'for a project\'s scenarios to be held against (`reference = "FILE"`). QEMU runs\n'
-        "pinned to one CPU with address space randomization off, and must end with\n"
-        "--exit-status; its output goes to FILE's .log beside it.",
-        epilog="examples:\n"
-        "  record-trace qemu tiny-bios\n"
-        "  record-trace qemu -o qemu/boot.yaml --stdin 'quit\\n' -- \\\n"
-        "      qemu-system-x86_64 -accel kvm -m 64M -nographic -nodefaults -S -monitor stdio\n"
-        "  record-trace qemu -o qemu/bios.yaml --exit-status 33 -- qemu-system-x86_64 \\\n"
-        "      -accel kvm -bios fw.bin -device isa-debug-exit,iobase=0xf4,iosize=0x04 "
-        "-nographic -nodefaults",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Record QEMU's use of /dev/kvm as a reference: one of kvm-conformance's "
+        f"QEMU scenarios ({', '.join(sorted(QEMU_SCENARIOS))}), or any QEMU command line after "
+        '`--`, for a project\'s scenarios to be held against (`reference = "FILE"`). QEMU '
+        "runs pinned to one CPU with address space randomization off and must end with "
+        "--exit-status; its output goes to FILE's .log beside it. An existing reference is "
+        "replaced only with --force.",
+        examples=[
+            "record-trace qemu tiny-bios --force",
+            "record-trace qemu -o qemu/boot.yaml --stdin 'quit\\n' -- qemu-system-x86_64 "
+            "-accel kvm -m 64M -nographic -nodefaults -S -monitor stdio",
+            "record-trace qemu -o qemu/bios.yaml --exit-status 33 -- qemu-system-x86_64 "
+            "-accel kvm -bios fw.bin -device isa-debug-exit,iobase=0xf4,iosize=0x04 "
+            "-nographic -nodefaults",
+        ],
+    )
+    qemu.add_argument(
+        "scenario",
+        nargs="?",
+        metavar="SCENARIO",
+        help=f"one of: {', '.join(sorted(QEMU_SCENARIOS))} (or QEMU's command line after `--`)",
     )
     qemu.add_argument(
         "-o",
@@ -106,22 +137,35 @@ def _parser() -> argparse.ArgumentParser:
         "escapes are decoded)",
     )
     qemu.add_argument("--force", action="store_true", help="replace an existing file")
-    qemu.add_argument(
-        "scenario", nargs="?", metavar="SCENARIO", help="or QEMU's command line after `--`"
-    )
-    qemu.set_defaults(command=_record_qemu)
+    qemu.set_defaults(command=_record_qemu, takes_command=True)
 
-    vmm = commands.add_parser("vmm", help="run any VMM command under the tracer")
-    vmm.add_argument("-o", "--output", type=Path, help="default: stdout")
+    vmm = add_command(
+        commands,
+        "vmm",
+        summary="run any VMM command under the tracer and write its normalized trace",
+        description="Run a VMM command to its end under the tracer and write the normalized "
+        "trace document (to stdout unless -o). The VMM reads our stdin and writes to our "
+        "stdout and stderr (to stderr only, when the document goes to stdout); record-trace "
+        "exits with the VMM's status.",
+        examples=["record-trace vmm -o mine.yaml -- ./my-vmm guest.bin"],
+    )
+    vmm.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
     vmm.add_argument("--force", action="store_true", help="replace an existing file")
-    vmm.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    vmm.set_defaults(command=_record_vmm)
-
-    strace = commands.add_parser(
-        "strace-log", help="import a `strace -f [-yy] [-X verbose]` log of a VMM"
+    vmm.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="[--] CMD ARGS", help="the VMM to trace"
     )
-    strace.add_argument("log", type=Path, metavar="LOG")
-    strace.add_argument("-o", "--output", type=Path, help="default: stdout")
+    vmm.set_defaults(command=_record_vmm, takes_command=True)
+
+    strace = add_command(
+        commands,
+        "strace-log",
+        summary="import a `strace -f [-yy] [-X verbose]` log of a VMM",
+        description="Read an strace log of a VMM (strace -f, best with -yy and -X verbose) and "
+        "write the same normalized document the tracer would have given.",
+        examples=["record-trace strace-log qemu.strace -o qemu.yaml"],
+    )
+    strace.add_argument("log", type=Path, metavar="LOG", help="the strace output file")
+    strace.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
     strace.add_argument(
         "--lenient", action="store_true", help="skip lines that cannot be parsed, and count them"
     )
@@ -149,7 +193,7 @@ def _record_qemu(args: argparse.Namespace) -> int:
 def _qemu_to_record(args: argparse.Namespace) -> tuple[QemuScenario, str, Path]:
     """The QEMU scenario to record, the binary, and the file to write."""
     output: Path | None = args.output
-    command: list[str] | None = args.qemu_command
+    command: list[str] | None = getattr(args, "after_dashes", None)
     if command is not None:
         if not command or args.scenario is not None:
             raise ConformanceError("qemu: give one SCENARIO, or QEMU's command line after `--`")
@@ -176,22 +220,34 @@ def _qemu_to_record(args: argparse.Namespace) -> tuple[QemuScenario, str, Path]:
 
 
 def _record_vmm(args: argparse.Namespace) -> int:
-    command = command_after_dashes(args.argv)
+    command = traced_command(args)
+    if command[:1] == ["--"]:
+        command = command[1:]
     if not command:
         raise ConformanceError("vmm: give the VMM's command after `--`")
     if args.output is not None:
         _refuse_overwrite(args.output, args.force)
     _progress(f"tracing {' '.join(command)}")
-    traced = capture_output(command, {"tool": "vmm", "argv": list(command)})
-    if traced.outcome.message is not None:
-        _progress(traced.outcome.message)
-    traced.document.source["exit_status"] = traced.outcome.exit_status
+    sys.stdout.flush()
+    traced = capture(
+        command,
+        {"tool": "vmm", "argv": list(command)},
+        stdout=None if args.output is not None else _STDERR_FD,
+    )
+    outcome = traced.outcome
+    if outcome.message is not None:
+        _progress(outcome.message)
+    interrupted = outcome.result.interrupted_by
+    if interrupted is not None:
+        _progress(f"interrupted by signal {interrupted}: nothing written")
+        return _SIGNALLED + interrupted
+    traced.document.source["exit_status"] = outcome.exit_status
     _progress(
         f"{traced.document.call_count()} calls in {traced.seconds:.2f} s; "
-        f"the VMM exited with status {traced.outcome.exit_status}"
+        f"the VMM exited with status {outcome.exit_status}"
     )
     _write(traced.document, args.output)
-    return 0
+    return outcome.exit_status
 
 
 def _import_strace(args: argparse.Namespace) -> int:

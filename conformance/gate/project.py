@@ -102,6 +102,7 @@ class Project:
         return LintConfig(
             MappingProxyType({**self.lint.disabled, **scenario.lint_disabled}),
             source=scenario.defined_at or self.lint.source,
+            path=self.config_file,
         )
 
 
@@ -155,6 +156,7 @@ class _Reader:
         lint = LintConfig(
             MappingProxyType(self._disabled((*self.prefix, "disable"), table.get("disable", []))),
             source=self._where(self.prefix),
+            path=self.path,
         )
         project_table = self.document.get("project")
         this_repository = (

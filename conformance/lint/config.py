@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from conformance.lint.catalog import RULES_BY_ID
@@ -28,6 +29,7 @@ class LintConfig:
 
     disabled: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "LintConfig"  # where it came from, for messages
+    path: Path | None = None  # the configuration file it was read from
 
     def __post_init__(self) -> None:
         for rule_id, reason in self.disabled.items():
@@ -38,3 +40,14 @@ class LintConfig:
                 )
             if not reason.strip():
                 raise LintConfigError(f"{self.source}: disabling {rule_id} needs a reason")
+
+    def line_of(self, rule_id: str) -> int | None:
+        """The line of the file that disables `rule_id` (its quoted id), for SARIF."""
+        if self.path is None:
+            return None
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return None
+        quoted = (f'"{rule_id}"', f"'{rule_id}'")
+        return next((n for n, line in enumerate(lines, 1) if any(q in line for q in quoted)), None)

@@ -263,7 +263,8 @@ def pytest_terminal_summary(
     terminalreporter.section(f"kvm-conformance snapshots ({snapshots.store.directory})")
     if state.ci_note is not None:
         terminalreporter.write_line(state.ci_note)
-    for line in snapshots.summary_lines():
+    verbose = int(config.getoption("verbose")) > 0  # -v: what was left out as not decisions
+    for line in snapshots.summary_lines(verbose=verbose):
         terminalreporter.write_line(line)
 
 

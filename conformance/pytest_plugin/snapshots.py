@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conformance.compare.decisions import LeftOut
 from conformance.compare.regression import CompareOptions, Comparison, compare_documents
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.report.diff import render_comparison
+from conformance.report.left_out import render_left_out
 from conformance.snapshot.store import SnapshotStore, StoreReport, dump_document
 
 UPDATE_OPTION = "--kvm-snapshot-update"
@@ -79,6 +81,9 @@ class SnapshotSession:
         self.pending_enabled = pending
         self._color = color
         self.record = SessionRecord()
+        # Differences that were not VMM decisions (-v lists them); this process's comparisons
+        # only: under xdist each worker's stay with it.
+        self._left_out: list[LeftOut] = []
         self._report: StoreReport | None = None
         self._unused: list[str] = []
         self._deleted: list[str] = []
@@ -130,13 +135,17 @@ class SnapshotSession:
             )
         comparison = compare_documents(expected, document, scenario=name, options=options)
         self.record.compared.add(name)
+        self._left_out.extend(comparison.left_out)
         if comparison.ok:
             if self.pending_enabled:
                 self.record.settled.add(name)
             return
         self.record.differing.add(name)
         self._stage_pending(name, text)
-        rendered = render_comparison(comparison, color=self._color) + self._pending_note(name)
+        rendered = render_comparison(
+            comparison, color=self._color, accept=f"pytest {UPDATE_OPTION}"
+        )
+        rendered += self._pending_note(name)
         raise SnapshotMismatch(comparison, rendered.rstrip("\n"))
 
     def _stage_pending(self, name: str, text: str) -> None:
@@ -211,8 +220,9 @@ class SnapshotSession:
         self._report = self.store.report()
         self.store.commit()
 
-    def summary_lines(self) -> list[str]:
-        """What this session did to the snapshots, syrupy-style."""
+    def summary_lines(self, *, verbose: bool = False) -> list[str]:
+        """What this session did to the snapshots, syrupy-style; `verbose`: also what the
+        comparisons left out as not VMM decisions, and why."""
         record = self.record
         lines = [
             f"snapshot {name!r} claimed by {first} and {second}: not written"
@@ -228,6 +238,8 @@ class SnapshotSession:
                 f"{len(record.compared)} compared, {len(record.differing)} differing"
                 + (f", {len(record.missing)} missing" if record.missing else "")
             )
+            if verbose and record.compared:
+                lines.extend(render_left_out(self._left_out))
         if report.pending:
             lines.append(
                 f"{len(report.pending)} pending (NAME.yaml.new): {', '.join(report.pending)}; "

@@ -67,6 +67,7 @@ class _Pending:
     ioctl: PendingIoctl | None = None
     path: str = ""
     flags: int = 0
+    dirfd: int | None = None
 
 
 class Recorder:
@@ -171,7 +172,8 @@ class Recorder:
             directory_fd = _AT_CWD if name == "open" else signed_int(args[0])
             if _names_a_file_but_no_device(stop.tid, directory_fd, path):
                 return None  # an import, a library, a config file: no KVM fd can come of it
-            return _Pending(name, path=path, flags=flags)
+            dirfd = None if name == "open" else directory_fd
+            return _Pending(name, path=path, flags=flags, dirfd=dirfd)
         if name in ("close", "dup", "dup3", "dup2", "fcntl"):
             fd = signed_int(args[0])
             overwrites_kvm_fd = name in ("dup2", "dup3") and process.fds.get(signed_int(args[1]))
@@ -270,6 +272,8 @@ class Recorder:
                 path=pending.path,
                 flags=pending.flags,
                 fd_role=role,
+                syscall=pending.name,
+                dirfd=pending.dirfd,
             )
         )
 
