@@ -40,7 +40,6 @@ from conformance.gate.scenarios import TraceInterrupted
 from conformance.gate.verdict import (
     GateReport,
     ScenarioResult,
-    SnapshotOutcome,
     require_tracing_environment,
     run_gate,
 )
@@ -299,11 +298,9 @@ def _print_text_summary(
     counts: dict[str, int] = {}
     for result in report.results:
         counts[result.tally] = counts.get(result.tally, 0) + 1
-    tally = ", ".join(f"{count} {verdict}" for verdict, count in counts.items())
-    total = len(report.results)
-    print(f"{total} scenario{'s' if total != 1 else ''} in {seconds:.1f} s: {tally}")
     pending = [result.pending for result in report.results if result.pending is not None]
     if pending:
         print(f"{len(pending)} pending snapshot(s) written; `kvm-conformance review` shows each")
-    elif any(r.snapshot_outcome is SnapshotOutcome.MISSING for r in report.results):
-        print("missing snapshots: `kvm-conformance check --update` creates them")
+    tally = ", ".join(f"{count} {verdict}" for verdict, count in counts.items())
+    total = len(report.results)
+    print(f"{total} scenario{'s' if total != 1 else ''} in {seconds:.1f} s: {tally}")

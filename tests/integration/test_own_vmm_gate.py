@@ -185,7 +185,8 @@ def test_the_gate_of_a_vmm_of_its_own(project: Project) -> None:
 
     before = project.snapshots()
     changes = {
-        "-DVCPU_FIRST": "thread main, call #4 KVM_CREATE_VCPU: not expected",
+        "-DVCPU_FIRST": "thread main, call #4 KVM_CREATE_VCPU: moved: expected as #5, after "
+        "KVM_SET_USER_MEMORY_REGION",
         "-DSLOT_SIZE=0x20000": "thread main, call #4 KVM_SET_USER_MEMORY_REGION: "
         "in.memory_size: expected 0x10000, got 0x20000",
         "-DINITIAL_RDX=0x2a": "thread main, call #10 KVM_SET_REGS: in.rdx: expected 0x0, got 0x2a",
@@ -246,7 +247,8 @@ def test_a_vmm_that_fails_is_never_written(project: Project) -> None:
     try:
         result = project.run("kvm-conformance", "check", "--update")
         assert result.returncode == 1
-        assert result.stdout.startswith("error     broken")
+        assert result.stdout.startswith("FAIL      broken")
+        assert "snapshot: not compared, not written: the VMM did not run" in result.stdout
         assert "scenario broken: the VMM exited with status 1, expected 0" in result.stdout
         assert "vmm: mmap: Invalid argument" in result.stdout
         assert "broken.yaml" not in project.snapshots()
