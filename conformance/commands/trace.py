@@ -35,6 +35,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="run tracer and command on one CPU (ptrace stops cost several times less)",
     )
     parser.add_argument(
+        "--no-ebpf",
+        action="store_true",
+        help="full mode: stop at each KVM_RUN instead of recording it with eBPF",
+    )
+    parser.add_argument(
         "--no-fast-path",
         action="store_true",
         help="stop at every syscall instead of installing the seccomp filter",
@@ -66,6 +71,11 @@ def _trace(args: argparse.Namespace) -> int:
                 outcome = _traced(args, command, writer)
     if outcome.message is not None:
         print(f"kvm-conformance: {outcome.message}", file=sys.stderr)
+    if outcome.ebpf_unavailable is not None:  # the same trace, at a stop per KVM_RUN
+        print(
+            f"kvm-conformance: no eBPF recorder, a stop per KVM_RUN: {outcome.ebpf_unavailable}",
+            file=sys.stderr,
+        )
     if outcome.one_stop_unavailable is not None:  # the same trace, at twice the stops
         print(
             f"kvm-conformance: two stops per KVM_RUN: {outcome.one_stop_unavailable}",
@@ -79,9 +89,8 @@ def _traced(
 ) -> TraceOutcome:
     if args.pid is not None:
         return attach(args.pid, writer, kvm_run=args.kvm_run)
-    return trace(
-        command, writer, kvm_run=args.kvm_run, fast_path=not args.no_fast_path, pin=args.pin
-    )
+    return trace(command, writer, kvm_run=args.kvm_run, fast_path=not args.no_fast_path,
+                 pin=args.pin, ebpf=not args.no_ebpf)  # fmt: skip
 
 
 @contextlib.contextmanager
