@@ -152,7 +152,7 @@ class Assembler:
     # --- control ----------------------------------------------------------------------------
 
     def jump(self, target: str) -> None:
-        self._append(_JMP | _JA, 0, 0, 0, 0, target)
+        self._append(_JMP | _JA, 0, 0, 0, 0, target=target)
 
     def jump_if(self, op: str, dst: int, source: int | _Reg, target: str, *,
                 wide: bool = True) -> None:  # fmt: skip
@@ -160,9 +160,9 @@ class Assembler:
         or, `wide=False`, on the low 32 bits of both."""
         klass = _JMP if wide else _JMP32
         if isinstance(source, _Reg):
-            self._append(klass | _JUMP_OPS[op] | _X, dst, source.number, 0, 0, target)
+            self._append(klass | _JUMP_OPS[op] | _X, dst, source.number, 0, 0, target=target)
         else:
-            self._append(klass | _JUMP_OPS[op] | _K, dst, 0, 0, _s32(source), target)
+            self._append(klass | _JUMP_OPS[op] | _K, dst, 0, 0, _s32(source), target=target)
 
     def call(self, helper: int) -> None:
         """Call kernel helper number `helper` (BPF_FUNC_*): arguments in R1-R5, result in R0."""
@@ -187,7 +187,7 @@ class Assembler:
             )
         return bytes(encoded)
 
-    def _append(self, code: int, dst: int, src: int, offset: int, imm: int,
+    def _append(self, code: int, dst: int, src: int, offset: int, imm: int, *,
                 target: str | None = None) -> None:  # fmt: skip
         for register in (dst, src):
             if not R0 <= register <= R10:

@@ -274,17 +274,11 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     asm.call(_GET_CURRENT_PID_TGID)
     asm.mov(R7, reg(R0))
     asm.store(R10, -4, R0, 4)  # key: tid
-    asm.load_map(R1, maps["tasks"])
-    asm.mov(R2, reg(R10))
-    asm.add(R2, -4)
-    asm.call(_MAP_LOOKUP_ELEM)
+    _lookup(asm, maps["tasks"], -4)
     asm.jump_if("==", R0, 0, "out")  # not a traced task
     asm.mov(R9, reg(R0))  # r9: the task's state
     asm.store_imm(R10, -8, 0, 4)
-    asm.load_map(R1, maps["scratch"])
-    asm.mov(R2, reg(R10))
-    asm.add(R2, -8)
-    asm.call(_MAP_LOOKUP_ELEM)
+    _lookup(asm, maps["scratch"], -8)
     asm.jump_if("==", R0, 0, "out")
     asm.mov(R8, reg(R0))  # r8: this CPU's scratch record
     # The new call's meta; fd and arg from the tracepoint's record.
@@ -301,10 +295,7 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     asm.store_imm(R8, _O_RUN, 0, 8)
     asm.store_imm(R8, _O_IO_LENGTH, 0, 4)
     asm.store_imm(R8, _O_SIZE, _O_HEADER, 4)
-    asm.load_map(R1, maps["vcpus"])
-    asm.mov(R2, reg(R10))
-    asm.add(R2, -16)
-    asm.call(_MAP_LOOKUP_ELEM)
+    _lookup(asm, maps["vcpus"], -16)
     asm.jump_if("==", R0, 0, "page-known")  # no vCPU we know: nothing to copy
     asm.load(R1, R0, 0, 8)
     asm.store(R8, _O_RUN, R1, 8)
@@ -312,6 +303,29 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     asm.or_(R1, COPIED)
     asm.store(R8, _O_FLAGS, R1, 4)
     asm.label("page-known")
+    _copy_previous_exit(asm, maps)
+    asm.load(R1, R8, _O_FLAGS, 4)
+    asm.and_(R1, COPIED)
+    asm.jump_if("==", R1, 0, "compare")
+    _copy_snapshot(asm, maps, "entry")
+    asm.label("compare")
+    _join_or_start_group(asm, maps)
+    asm.label("out")
+    asm.mov(R0, 0)
+    asm.exit()
+    return asm.assemble()
+
+
+def _lookup(asm: Assembler, map_fd: int, key_offset: int) -> None:
+    """r0 = the value under the key at r10 + key_offset, or 0."""
+    asm.load_map(R1, map_fd)
+    asm.mov(R2, reg(R10))
+    asm.add(R2, key_offset)
+    asm.call(_MAP_LOOKUP_ELEM)
+
+
+def _copy_previous_exit(asm: Assembler, maps: dict[str, int]) -> None:
+    """r9: the task's state; r8: the new call in the scratch record, its page known."""
     # The previous call's exit is in its own page: when this call uses another one (or none),
     # copy it from there first, as an EXIT record.
     asm.load(R1, R9, _O_COUNT, 8)
@@ -344,13 +358,11 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     asm.store_imm(R8, _O_IO_LENGTH, 0, 4)
     asm.store_imm(R8, _O_SIZE, _O_HEADER, 4)
     asm.label("exit-copied")
-    asm.load(R1, R8, _O_FLAGS, 4)
-    asm.and_(R1, COPIED)
-    asm.jump_if("==", R1, 0, "compare")
-    _copy_snapshot(asm, maps, "entry")
-    # Does this call continue the task's group? Same fd, argument, page and bytes, the group
-    # open (its calls all returned 0) and without a ring.
-    asm.label("compare")
+
+
+def _join_or_start_group(asm: Assembler, maps: dict[str, int]) -> None:
+    """Does the new call (r8) continue the task's group (r9)? Same fd, argument, page and
+    bytes, the group open (its calls all returned 0) and without a ring. Ends at "out"."""
     asm.load(R1, R9, _O_COUNT, 8)
     asm.jump_if("==", R1, 0, "new-group")
     asm.load(R1, R9, _O_FLAGS, 4)
@@ -395,10 +407,6 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     asm.load(R1, R9, _O_FLAGS, 4)
     asm.or_(R1, IN_RUN)
     asm.store(R9, _O_FLAGS, R1, 4)
-    asm.label("out")
-    asm.mov(R0, 0)
-    asm.exit()
-    return asm.assemble()
 
 
 def _copy_snapshot(asm: Assembler, maps: dict[str, int], name: str) -> None:
@@ -411,22 +419,7 @@ def _copy_snapshot(asm: Assembler, maps: dict[str, int], name: str) -> None:
     asm.load(R3, R8, _O_RUN, 8)
     asm.call(_PROBE_READ_USER)
     asm.jump_if("!=", R0, 0, f"{name}-unreadable")
-    asm.mov(R6, PIO_GUESS)
-    asm.load(R1, R8, _EXIT_REASON, 4)
-    asm.jump_if("!=", R1, abi.KVM_EXIT_IO, f"{name}-io")
-    asm.load(R1, R8, _IO_DATA_OFFSET, 8)
-    asm.jump_if("!=", R1, _PIO_OFFSET, f"{name}-io")
-    asm.load(R1, R8, _IO_SIZE, 1)
-    asm.load(R2, R8, _IO_COUNT, 4)
-    asm.jump_if(">", R2, _IO_CAPACITY, f"{name}-io-all")
-    asm.mul(R1, reg(R2))
-    asm.jump_if("<=", R1, PIO_GUESS, f"{name}-io")
-    asm.jump_if(">", R1, _IO_CAPACITY, f"{name}-io-all")
-    asm.mov(R6, reg(R1))
-    asm.jump(f"{name}-io")
-    asm.label(f"{name}-io-all")
-    asm.mov(R6, _IO_CAPACITY)
-    asm.label(f"{name}-io")
+    _pio_length(asm, name)
     asm.mov(R1, reg(R8))
     asm.add(R1, _O_IO)
     asm.mov(R2, reg(R6))
@@ -461,6 +454,28 @@ def _copy_snapshot(asm: Assembler, maps: dict[str, int], name: str) -> None:
     asm.label(f"{name}-done")
 
 
+def _pio_length(asm: Assembler, name: str) -> None:
+    """r6 = how many PIO bytes to copy for the header in the scratch record (r8): an IO exit's
+    size x count at KVM's PIO page, at least PIO_GUESS (as the Python reader reads them), at
+    most a page."""
+    asm.mov(R6, PIO_GUESS)
+    asm.load(R1, R8, _EXIT_REASON, 4)
+    asm.jump_if("!=", R1, abi.KVM_EXIT_IO, f"{name}-io")
+    asm.load(R1, R8, _IO_DATA_OFFSET, 8)
+    asm.jump_if("!=", R1, _PIO_OFFSET, f"{name}-io")
+    asm.load(R1, R8, _IO_SIZE, 1)
+    asm.load(R2, R8, _IO_COUNT, 4)
+    asm.jump_if(">", R2, _IO_CAPACITY, f"{name}-io-all")
+    asm.mul(R1, reg(R2))
+    asm.jump_if("<=", R1, PIO_GUESS, f"{name}-io")
+    asm.jump_if(">", R1, _IO_CAPACITY, f"{name}-io-all")
+    asm.mov(R6, reg(R1))
+    asm.jump(f"{name}-io")
+    asm.label(f"{name}-io-all")
+    asm.mov(R6, _IO_CAPACITY)
+    asm.label(f"{name}-io")
+
+
 def _emit(asm: Assembler, maps: dict[str, int], record: int, name: str) -> None:
     """Output `record` (its _O_SIZE bytes) to the ring, waking nobody (the tracer reads it at
     the tasks' stops); count it lost if it does not fit."""
@@ -480,10 +495,7 @@ def _emit(asm: Assembler, maps: dict[str, int], record: int, name: str) -> None:
 def _count(asm: Assembler, maps: dict[str, int], offset: int, name: str) -> None:
     """counters[offset] += 1 (atomically: every CPU counts into one). Clobbers r0-r5."""
     asm.store_imm(R10, -40, 0, 4)
-    asm.load_map(R1, maps["counters"])
-    asm.mov(R2, reg(R10))
-    asm.add(R2, -40)
-    asm.call(_MAP_LOOKUP_ELEM)
+    _lookup(asm, maps["counters"], -40)
     asm.jump_if("==", R0, 0, f"{name}-uncounted")
     asm.mov(R1, 1)
     asm.atomic_add(R0, offset, R1)
@@ -499,10 +511,7 @@ def exit_program(maps: dict[str, int], fields: dict[str, int], ring_bytes: int) 
     asm.mov(R6, reg(R1))
     asm.call(_GET_CURRENT_PID_TGID)
     asm.store(R10, -4, R0, 4)
-    asm.load_map(R1, maps["tasks"])
-    asm.mov(R2, reg(R10))
-    asm.add(R2, -4)
-    asm.call(_MAP_LOOKUP_ELEM)
+    _lookup(asm, maps["tasks"], -4)
     asm.jump_if("==", R0, 0, "out")
     asm.mov(R7, reg(R0))  # r7: the task's state
     asm.load(R1, R7, _O_FLAGS, 4)

@@ -97,10 +97,8 @@ class BpfRunExits:
             group = self._take_state(tid, live=True)
             if group is not None and group.flags & THROTTLED and self._is_throttle(tid, status):
                 self.throttle_stops += 1
-                try:
+                with contextlib.suppress(TaskGoneError):  # SIGKILLed: its end comes next
                     backend.resume(tid)  # without the signal: the VMM never sees it
-                except TaskGoneError:
-                    pass  # SIGKILLed meanwhile: its end comes from waitpid
                 continue
             return waited
 

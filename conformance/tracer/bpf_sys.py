@@ -10,6 +10,7 @@ tests/unit/test_bpf_sys.py checks them against the installed headers when gcc is
 from __future__ import annotations
 
 import ctypes
+import errno as errno_codes
 import mmap
 import os
 import re
@@ -139,7 +140,7 @@ def load_program(prog_type: int, instructions: bytes, *, name: str = "",
     try:
         return load(None)  # no log: the verifier is much faster without one
     except OSError as error:
-        if error.errno != 13 and error.errno != 22:  # EACCES, EINVAL: the verifier said no
+        if error.errno not in (errno_codes.EACCES, errno_codes.EINVAL):  # the verifier said no
             raise
         log = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE)
         try:
