@@ -51,6 +51,22 @@ def gcc_missing() -> str | None:
     return None
 
 
+@functools.cache
+def bpf_missing() -> str | None:
+    """Whether the tracer's eBPF recorder loads here (bpf(2) rights, the ioctl tracepoints, the
+    verifier): it is tried."""
+    from conformance.tracer.bpf_kvm_run import KvmRunRecorder  # noqa: PLC0415 - costs ~10 ms
+    from conformance.tracer.kvm_run_failures import tracefs_root  # noqa: PLC0415
+
+    try:
+        recorder, why_not = KvmRunRecorder.start(tracefs_root())
+    except OSError as error:
+        return f"tracefs is not usable ({error.strerror or error})"
+    if recorder is not None:
+        recorder.close()
+    return why_not
+
+
 @dataclass(frozen=True, slots=True)
 class Resource:
     description: str  # what a test marked with it needs, as `pytest --markers` shows it
@@ -64,5 +80,8 @@ RESOURCES: Mapping[str, Resource] = MappingProxyType(
         "needs_ptrace": Resource("needs permission to ptrace child processes", ptrace_missing),
         "needs_qemu": Resource("needs qemu-system-x86_64", qemu_missing),
         "needs_gcc": Resource("needs gcc and the kernel headers (linux/kvm.h)", gcc_missing),
+        "needs_bpf": Resource(
+            "needs eBPF on tracepoints (root: CAP_BPF, CAP_PERFMON)", bpf_missing
+        ),
     }
 )

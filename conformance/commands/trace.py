@@ -71,11 +71,6 @@ def _trace(args: argparse.Namespace) -> int:
                 outcome = _traced(args, command, writer)
     if outcome.message is not None:
         print(f"kvm-conformance: {outcome.message}", file=sys.stderr)
-    if outcome.ebpf_unavailable is not None:  # the same trace, at a stop per KVM_RUN
-        print(
-            f"kvm-conformance: no eBPF recorder, a stop per KVM_RUN: {outcome.ebpf_unavailable}",
-            file=sys.stderr,
-        )
     if outcome.one_stop_unavailable is not None:  # the same trace, at twice the stops
         print(
             f"kvm-conformance: two stops per KVM_RUN: {outcome.one_stop_unavailable}",

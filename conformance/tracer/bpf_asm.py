@@ -79,42 +79,42 @@ class Assembler:
 
     # --- arithmetic -------------------------------------------------------------------------
 
-    def _alu(self, op: str, dst: int, source: int | _Reg, wide: bool) -> None:
+    def _alu(self, op: str, dst: int, source: int | Register, wide: bool) -> None:
         klass = _ALU64 if wide else _ALU
-        if isinstance(source, _Reg):
+        if isinstance(source, Register):
             self._append(klass | _ALU_OPS[op] | _X, dst, source.number, 0, 0)
         else:
             self._append(klass | _ALU_OPS[op] | _K, dst, 0, 0, _s32(source))
 
-    def mov(self, dst: int, source: int | _Reg) -> None:
+    def mov(self, dst: int, source: int | Register) -> None:
         self._alu("=", dst, source, True)
 
-    def mov32(self, dst: int, source: int | _Reg) -> None:
+    def mov32(self, dst: int, source: int | Register) -> None:
         """dst = (u32) source: clears the upper half."""
         self._alu("=", dst, source, False)
 
-    def add(self, dst: int, source: int | _Reg) -> None:
+    def add(self, dst: int, source: int | Register) -> None:
         self._alu("+", dst, source, True)
 
-    def sub(self, dst: int, source: int | _Reg) -> None:
+    def sub(self, dst: int, source: int | Register) -> None:
         self._alu("-", dst, source, True)
 
-    def mul(self, dst: int, source: int | _Reg) -> None:
+    def mul(self, dst: int, source: int | Register) -> None:
         self._alu("*", dst, source, True)
 
-    def and_(self, dst: int, source: int | _Reg) -> None:
+    def and_(self, dst: int, source: int | Register) -> None:
         self._alu("&", dst, source, True)
 
-    def or_(self, dst: int, source: int | _Reg) -> None:
+    def or_(self, dst: int, source: int | Register) -> None:
         self._alu("|", dst, source, True)
 
-    def xor(self, dst: int, source: int | _Reg) -> None:
+    def xor(self, dst: int, source: int | Register) -> None:
         self._alu("^", dst, source, True)
 
-    def lsh(self, dst: int, source: int | _Reg) -> None:
+    def lsh(self, dst: int, source: int | Register) -> None:
         self._alu("<<", dst, source, True)
 
-    def rsh(self, dst: int, source: int | _Reg) -> None:
+    def rsh(self, dst: int, source: int | Register) -> None:
         self._alu(">>", dst, source, True)
 
     def load_imm64(self, dst: int, value: int) -> None:
@@ -154,12 +154,12 @@ class Assembler:
     def jump(self, target: str) -> None:
         self._append(_JMP | _JA, 0, 0, 0, 0, target=target)
 
-    def jump_if(self, op: str, dst: int, source: int | _Reg, target: str, *,
+    def jump_if(self, op: str, dst: int, source: int | Register, target: str, *,
                 wide: bool = True) -> None:  # fmt: skip
         """if (dst OP source) goto target; `op` as in C ("s<" etc. compare signed), on 64 bits
         or, `wide=False`, on the low 32 bits of both."""
         klass = _JMP if wide else _JMP32
-        if isinstance(source, _Reg):
+        if isinstance(source, Register):
             self._append(klass | _JUMP_OPS[op] | _X, dst, source.number, 0, 0, target=target)
         else:
             self._append(klass | _JUMP_OPS[op] | _K, dst, 0, 0, _s32(source), target=target)
@@ -196,15 +196,15 @@ class Assembler:
 
 
 @dataclass(frozen=True, slots=True)
-class _Reg:
+class Register:
     number: int
 
 
-def reg(number: int) -> _Reg:
+def reg(number: int) -> Register:
     """A register as an operand: `asm.add(R1, reg(R2))` is r1 += r2; `asm.add(R1, 2)`, r1 += 2."""
     if not R0 <= number <= R10:
         raise AssemblyError(f"no register r{number}")
-    return _Reg(number)
+    return Register(number)
 
 
 def _s16(value: int) -> int:

@@ -162,11 +162,10 @@ class KvmRunRecorder:
         self.ring = ring
 
     @classmethod
-    def start(
-        cls, tracefs: Path, ring_bytes: int = RING_BYTES
-    ) -> tuple[KvmRunRecorder | None, str | None]:
+    def start(cls, tracefs: Path) -> tuple[KvmRunRecorder | None, str | None]:
         """Maps made, programs verified and attached; or None and why eBPF cannot be used
-        (no bpf(2) rights, no tracepoint, a verifier refusal)."""
+        (no bpf(2) rights, no tracepoint, a verifier refusal). The ring holds RING_BYTES."""
+        ring_bytes = RING_BYTES
         maps: dict[str, int] = {}
         programs: list[int] = []
         events: list[int] = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -210,11 +211,19 @@ def _late_exit_source(wanted: bool, *, ebpf: bool) -> Iterator[_LateExits]:
 
 
 def _ebpf_recorder() -> tuple[KvmRunRecorder | None, str | None]:
+    """The recorder, or None and why not, said on stderr the first time in this process (the
+    trace is the same, at a stop per KVM_RUN; `check` or a test session trace many times)."""
     try:
-        tracefs = tracefs_root()
+        recorder, why_not = KvmRunRecorder.start(tracefs_root())
     except OSError as error:
-        return None, f"tracefs is not usable ({error.strerror or error})"
-    return KvmRunRecorder.start(tracefs)
+        recorder, why_not = None, f"tracefs is not usable ({error.strerror or error})"
+    if why_not is not None and why_not not in _REPORTED:
+        _REPORTED.add(why_not)
+        print(f"kvm-conformance: no eBPF recorder, a stop per KVM_RUN: {why_not}", file=sys.stderr)
+    return recorder, why_not
+
+
+_REPORTED: set[str] = set()
 
 
 @contextlib.contextmanager

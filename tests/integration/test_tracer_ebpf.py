@@ -7,6 +7,7 @@ tiny-bios. Pinned and without ASLR where it matters, as test_tracer_fastpath.py 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,13 @@ from test_tracer_fastpath import (
     normalized,
 )
 
+from conformance.events import Event
 from conformance.qemu_scenarios import qemu_scenario
+from conformance.tracer import bpf_kvm_run, trace
+from conformance.tracer.tracing import KvmRunRecordsLost
 from conformance.vmm.machine import SCENARIOS
 
-pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
+pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace, pytest.mark.needs_bpf]
 
 
 def _both(argv: list[str], stdin: bytes = b"") -> tuple[str, str]:
@@ -76,3 +80,53 @@ def test_the_recorder_equals_one_stop_on_qemu_running_a_guest() -> None:
     recorded, stopped = _both(argv)
     assert_same_but_run_to_run_values(recorded, stopped)
     assert "KVM_EXIT_IO" in recorded and "coalesced_mmio" in recorded
+
+
+def test_a_half_full_ring_stops_the_vmm_until_the_tracer_has_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """hello's 48 distinct exits do not fit in a ring of two pages: the recorder stops the VMM
+    (SIGSTOP at a KVM_RUN's return) each time it is half full, the tracer reads it and resumes
+    the VMM without the signal; nothing is lost and the trace is the same."""
+    monkeypatch.setattr(bpf_kvm_run, "RING_BYTES", 2 * 4096)
+    events: list[Event] = []
+    with open(os.devnull, "w") as devnull:
+        outcome = trace(_scenario("hello"), events.append, pin=True, stdout=devnull.fileno())
+    assert outcome.ebpf_kvm_run and outcome.throttle_stops > 0 and outcome.exit_status == 0
+    recorded = normalized(_scenario("hello"), fast_path=True, ebpf=True)
+    monkeypatch.undo()
+    assert recorded == normalized(_scenario("hello"), fast_path=True, ebpf=False)
+
+
+@pytest.mark.needs_qemu
+def test_records_the_ring_cannot_hold_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VM with a coalesced MMIO zone (QEMU) makes records of a page and more: a one-page
+    ring holds none. The drop counter says so and the trace fails, naming the loss."""
+    monkeypatch.setattr(bpf_kvm_run, "RING_BYTES", 4096)
+    argv = [*_QEMU[:3], *qemu_scenario("tiny-bios").argv("qemu-system-x86_64")]
+    with open(os.devnull, "w") as devnull, pytest.raises(KvmRunRecordsLost, match=r"lost [1-9]"):
+        trace(argv, lambda event: None, pin=True, stdout=devnull.fileno())
+
+
+def test_without_ebpf_rights_the_trace_stops_at_each_kvm_run_and_says_why_once(
+    tmp_path: Path,
+) -> None:
+    """As root without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (setpriv drops them from the
+    bounding set), bpf(2) is refused: `trace` says so once and takes a stop per KVM_RUN,
+    recording the same trace."""
+    outputs = {}
+    for denied in (True, False):
+        output = tmp_path / f"denied-{denied}.yaml"
+        prefix = ["setpriv", "--bounding-set", "-bpf,-perfmon,-sys_admin"] if denied else []
+        completed = subprocess.run(
+            [*prefix, sys.executable, "-m", "conformance.record", "vmm", "-o", str(output),
+             "--", *_scenario("hello")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr
+        said = completed.stderr.count("no eBPF recorder, a stop per KVM_RUN")
+        assert said == (1 if denied else 0), completed.stderr
+        assert "eBPF is not permitted" in completed.stderr or not denied
+        outputs[denied] = output.read_text()
+    assert outputs[True] == outputs[False]
+    assert "KVM_EXIT_IO" in outputs[True]
