@@ -25,8 +25,9 @@ from conformance.vmm.machine import RunLimits, run_guest  # noqa: E402
 # benchmarks/run.py reads this line from stderr.
 VMM_RUN_MARK = "vmm run seconds: "
 
-# The run limits are sized for a traced run in full mode at ~100 us per exit, plus margin.
-_SECONDS_PER_EXIT_BUDGET = 200e-6
+# The run limits are sized for the slowest tracer measured, strace across CPUs on an Intel host
+# (~300 us per exit), plus margin: a limit hit loses the run's figure.
+_SECONDS_PER_EXIT_BUDGET = 1e-3
 _COMMITTED_EXITS = 100_000
 
 
