@@ -42,6 +42,7 @@ from pathlib import Path
 from conformance.abi import _generated as abi
 from conformance.tracer import bpf_sys
 from conformance.tracer.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Assembler, reg
+from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run import HEADER_SIZE, PAGE_SIZE, PIO_GUESS
 
@@ -96,6 +97,10 @@ _O_LOST, _O_UNREADABLE = 0, 8
 _MAX_TASKS = 1 << 16
 _MAX_VCPUS = 1 << 12
 RING_BYTES = 1 << 22  # 4 MiB: ~10,000 records of distinct exits between a task's stops
+
+
+class KvmRunRecordsLost(TracerError):
+    """The eBPF recorder could not keep every KVM_RUN: the trace is incomplete."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,9 +31,11 @@ from conformance.tracer.bpf_kvm_run import (
     IN_RUN,
     THROTTLE_SIGNAL,
     THROTTLED,
+    UNREADABLE,
     ExitCopy,
     Group,
     KvmRunRecorder,
+    KvmRunRecordsLost,
     Snapshot,
 )
 from conformance.tracer.errors import TaskGoneError
@@ -115,6 +117,7 @@ class BpfRunExits:
 
     def _deliver_records(self) -> None:
         for record in self._recorder.records():
+            _check_copied(record.tid, record.flags)
             if isinstance(record, ExitCopy):
                 call = self._waiting_exit.pop(record.tid, None)
                 if call is not None:
@@ -127,6 +130,7 @@ class BpfRunExits:
         one's exit read from the stopped task."""
         group = self._recorder.take_state(tid)
         if group is not None and group.count:
+            _check_copied(tid, group.flags)
             self._deliver_group(group)
         call = self._waiting_exit.pop(tid, None)
         if call is not None and live:
@@ -172,3 +176,11 @@ class BpfRunExits:
             return backend.signal_info(tid).code == _SI_KERNEL
         except TaskGoneError:
             return False
+
+
+def _check_copied(tid: int, flags: int) -> None:
+    if flags & UNREADABLE:
+        raise KvmRunRecordsLost(
+            f"task {tid}: the eBPF recorder could not read kvm_run at a KVM_RUN "
+            "(bpf_probe_read_user cannot fault a page in): the trace is incomplete"
+        )

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from conformance.events import Event
-from conformance.tracer.bpf_kvm_run import KvmRunRecorder
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
 from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
 from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN, KvmRunMode
@@ -85,10 +85,6 @@ def _check_mode(kvm_run: KvmRunMode) -> None:
 
 def _unstopped(kvm_run: KvmRunMode, recorded: bool) -> list[int]:
     return [] if kvm_run == "full" and not recorded else [KVM_RUN]
-
-
-class KvmRunRecordsLost(TracerError):
-    """The eBPF recorder could not keep every KVM_RUN: the trace is incomplete."""
 
 
 def trace(

@@ -24,7 +24,7 @@ from test_tracer_fastpath import (
 from conformance.events import Event
 from conformance.qemu_scenarios import qemu_scenario
 from conformance.tracer import bpf_kvm_run, trace
-from conformance.tracer.tracing import KvmRunRecordsLost
+from conformance.tracer.bpf_kvm_run import KvmRunRecordsLost
 from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace, pytest.mark.needs_bpf]
