@@ -53,15 +53,11 @@ def gcc_missing() -> str | None:
 
 @functools.cache
 def bpf_missing() -> str | None:
-    """Whether the tracer's eBPF recorder loads here (bpf(2) rights, the ioctl tracepoints, the
-    verifier): it is tried."""
+    """Whether the tracer's eBPF recorder loads here (bpf(2) rights, the raw syscall
+    tracepoints, the verifier): it is tried."""
     from conformance.tracer.bpf_kvm_run import KvmRunRecorder  # noqa: PLC0415 - costs ~10 ms
-    from conformance.tracer.kvm_run_failures import tracefs_root  # noqa: PLC0415
 
-    try:
-        recorder, why_not = KvmRunRecorder.start(tracefs_root())
-    except OSError as error:
-        return f"tracefs is not usable ({error.strerror or error})"
+    recorder, why_not = KvmRunRecorder.start()
     if recorder is not None:
         recorder.close()
     return why_not

@@ -1,16 +1,18 @@
 """Every KVM_RUN of the traced tasks recorded in the kernel, without a ptrace stop: two eBPF
-programs on the ioctl syscall tracepoints, their maps and the records they write.
+programs on the syscall tracepoints, their maps and the records they write.
 
 What a KVM_RUN needs recorded is what the one-stop loop copies at each KVM_RUN stop: kvm_run's
 header (exit reason and union: the previous call's exit, and what the VMM wrote for this one),
 its PIO data and, for a VM with a coalesced MMIO zone, the ring page; plus the call's return
 value. So, as there:
-- at `syscalls:sys_enter_ioctl` of a KVM_RUN, the program copies that "snapshot" from the
+- at the `sys_enter` raw tracepoint of a KVM_RUN, the program copies that "snapshot" from the
   vCPU's kvm_run (bpf_probe_read_user: the VMM has just written its answer there) into the
   task's state; the snapshot is the previous call's exit and this call's entry;
-- at `syscalls:sys_exit_ioctl` it notes the return value (every one: also the refusals KVM
-  makes before its own kvm_userspace_exit tracepoint, an argument other than 0 or another
-  address space's vCPU).
+- at `sys_exit` it notes the return value (every one: also the refusals KVM makes before its
+  own kvm_userspace_exit tracepoint, an argument other than 0 or another address space's vCPU,
+  which is why the syscall's tracepoints serve here rather than KVM's).
+Both fire for every syscall of every task while attached; a syscall other than ioctl leaves
+after three instructions (sys_enter) or one small read (sys_exit).
 Consecutive calls with identical snapshots (same fd, all but the last returning 0) stay one
 group in the task's state (`count`); a group goes to the ring buffer only when the next call
 differs, so a guest that repeats an exit costs no record at all. A task's current group is
@@ -37,10 +39,10 @@ import os
 import signal
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 from conformance.abi import _generated as abi
 from conformance.tracer import bpf_sys
+from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Assembler, reg
 from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN
@@ -56,6 +58,10 @@ _RINGBUF_QUERY = 134
 _SEND_SIGNAL_THREAD = 117
 _RB_NO_WAKEUP = 1
 _RB_AVAIL_DATA = 0
+# struct pt_regs (<asm/ptrace.h>, x86-64): the syscall's number and arguments as saved at entry
+_REGS_DX, _REGS_SI, _REGS_DI, _REGS_ORIG_AX = 96, 104, 112, 120
+# The raw tracepoints' arguments: sys_enter(struct pt_regs *, long id), sys_exit(regs, long ret)
+_ARG_REGS, _ARG_ID_OR_RET = 0, 8
 
 # A task's state (the `tasks` map's value) and a record (a prefix of one): meta, then snapshot.
 _META = struct.Struct("<IIiIQQqQII")  # tgid tid fd flags arg count last_ret run io_length size
@@ -86,6 +92,8 @@ THROTTLED = 64  # state: the task was sent THROTTLE_SIGNAL, the ring being half 
 THROTTLE_SIGNAL = signal.SIGSTOP
 _NOT_MERGED = CLOSED | UNREADABLE | RING  # a ring's entries are read once: every call its own
 
+# The entry program's stack: the saved dx, si, di (24 bytes) from here
+_STACK_REGS = -72
 # The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: RING)
 _VCPU_KEY = struct.Struct("<Ii")
 _VCPU_VALUE = struct.Struct("<QI4x")
@@ -167,16 +175,16 @@ class KvmRunRecorder:
         self.ring = ring
 
     @classmethod
-    def start(cls, tracefs: Path) -> tuple[KvmRunRecorder | None, str | None]:
+    def start(cls) -> tuple[KvmRunRecorder | None, str | None]:
         """Maps made, programs verified and attached; or None and why eBPF cannot be used
-        (no bpf(2) rights, no tracepoint, a verifier refusal). The ring holds RING_BYTES."""
+        (no bpf(2) rights, no raw tracepoints, a verifier refusal). The ring holds RING_BYTES.
+        """
         ring_bytes = RING_BYTES
+        ioctl = backend.syscall_number("ioctl")
         maps: dict[str, int] = {}
         programs: list[int] = []
         events: list[int] = []
         try:
-            enter = bpf_sys.tracepoint_fields(tracefs, "syscalls", "sys_enter_ioctl")
-            leave = bpf_sys.tracepoint_fields(tracefs, "syscalls", "sys_exit_ioctl")
             maps["tasks"] = bpf_sys.create_map(bpf_sys.MAP_HASH, _TASK_KEY.size, STATE_SIZE,
                                                _MAX_TASKS, flags=bpf_sys.NO_PREALLOC,
                                                name="kvmc_tasks")  # fmt: skip
@@ -189,18 +197,16 @@ class KvmRunRecorder:
                                                   name="kvmc_counters")  # fmt: skip
             maps["ring"] = bpf_sys.create_map(bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes,
                                               name="kvmc_ring")  # fmt: skip
-            for name, code, fields in (
-                ("kvmc_enter", entry_program(maps, enter), enter),
-                ("kvmc_exit", exit_program(maps, leave, ring_bytes), leave),
+            for tracepoint, code in (
+                ("sys_enter", entry_program(maps, ioctl)),
+                ("sys_exit", exit_program(maps, ioctl, ring_bytes)),
             ):
-                program = bpf_sys.load_program(bpf_sys.PROG_TRACEPOINT, code, name=name)
+                program = bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code,
+                                               name=f"kvmc_{tracepoint}")  # fmt: skip
                 programs.append(program)
-                category, event = "syscalls", "sys_enter_ioctl" if fields is enter else (
-                    "sys_exit_ioctl")  # fmt: skip
-                events.append(bpf_sys.attach_to_tracepoint(
-                    program, bpf_sys.tracepoint_id(tracefs, category, event)))  # fmt: skip
+                events.append(bpf_sys.attach_to_raw_tracepoint(program, tracepoint))
             ring = bpf_sys.RingBuffer(maps["ring"], ring_bytes)
-        except (OSError, KeyError) as error:
+        except OSError as error:
             for fd in (*events, *programs, *maps.values()):
                 os.close(fd)
             return None, _why(error)
@@ -256,24 +262,48 @@ class KvmRunRecorder:
             os.close(fd)
 
 
-def _why(error: OSError | KeyError) -> str:
-    if isinstance(error, KeyError):
-        return f"the ioctl tracepoints lack the field {error}"
+def _why(error: OSError) -> str:
     if error.errno in (errno_codes.EPERM, errno_codes.EACCES) and "verifier" not in str(error):
         return f"eBPF is not permitted ({error.strerror}: CAP_BPF and CAP_PERFMON are needed)"
-    if isinstance(error, FileNotFoundError):
-        return f"no syscalls:sys_enter_ioctl tracepoint ({error.filename})"
+    if error.errno == errno_codes.ENOENT:
+        return "the kernel has no sys_enter/sys_exit raw tracepoints"
     return f"eBPF refused the recorder ({error.strerror or error})"
 
 
 # --- the programs ------------------------------------------------------------------------------
 
 
-def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
-    """At sys_enter_ioctl: a traced task's KVM_RUN joins its group or starts a new one."""
+def entry_program(maps: dict[str, int], ioctl: int) -> bytes:
+    """At sys_enter: a traced task's KVM_RUN joins its group or starts a new one."""
     asm = Assembler()
-    asm.mov(R6, reg(R1))  # the tracepoint's record
-    asm.load(R1, R6, fields["cmd"], 4)
+    _new_call(asm, maps, ioctl)
+    _copy_previous_exit(asm, maps)
+    asm.load(R1, R8, _O_FLAGS, 4)
+    asm.and_(R1, COPIED)
+    asm.jump_if("==", R1, 0, "compare")
+    _copy_snapshot(asm, maps, "entry")
+    asm.label("compare")
+    _join_or_start_group(asm, maps)
+    asm.label("out")
+    asm.mov(R0, 0)
+    asm.exit()
+    return asm.assemble()
+
+
+def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int) -> None:
+    """A KVM_RUN of a traced task (else to "out"): r9 its state; r8 this CPU's scratch record
+    with the call's tid, tgid, fd, argument and, for a registered vCPU, its page and flags."""
+    asm.load(R2, R1, _ARG_ID_OR_RET, 8)
+    asm.jump_if("!=", R2, ioctl, "out")
+    # The arguments dx (arg), si (request), di (fd): 24 bytes of the saved registers.
+    asm.load(R3, R1, _ARG_REGS, 8)
+    asm.add(R3, _REGS_DX)
+    asm.mov(R1, reg(R10))
+    asm.add(R1, _STACK_REGS)
+    asm.mov(R2, 24)
+    asm.call(_PROBE_READ_KERNEL)
+    asm.jump_if("!=", R0, 0, "out")
+    asm.load(R1, R10, _STACK_REGS + 8, 4)
     asm.jump_if("!=", R1, _u32_as_imm(KVM_RUN), "out", wide=False)
     asm.call(_GET_CURRENT_PID_TGID)
     asm.mov(R7, reg(R0))
@@ -285,15 +315,15 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     _lookup(asm, maps["scratch"], -8)
     asm.jump_if("==", R0, 0, "out")
     asm.mov(R8, reg(R0))  # r8: this CPU's scratch record
-    # The new call's meta; fd and arg from the tracepoint's record.
+    # The new call's meta; fd and arg from the saved registers.
     asm.store(R8, _O_TID, R7, 4)
     asm.rsh(R7, 32)
     asm.store(R8, _O_TGID, R7, 4)
     asm.store(R10, -16, R7, 4)  # vcpus key: tgid, fd
-    asm.load(R1, R6, fields["fd"], 4)
+    asm.load(R1, R10, _STACK_REGS + 16, 4)
     asm.store(R8, _O_FD, R1, 4)
     asm.store(R10, -12, R1, 4)
-    asm.load(R1, R6, fields["arg"], 8)
+    asm.load(R1, R10, _STACK_REGS, 8)
     asm.store(R8, _O_ARG, R1, 8)
     asm.store_imm(R8, _O_FLAGS, 0, 4)
     asm.store_imm(R8, _O_RUN, 0, 8)
@@ -307,17 +337,6 @@ def entry_program(maps: dict[str, int], fields: dict[str, int]) -> bytes:
     asm.or_(R1, COPIED)
     asm.store(R8, _O_FLAGS, R1, 4)
     asm.label("page-known")
-    _copy_previous_exit(asm, maps)
-    asm.load(R1, R8, _O_FLAGS, 4)
-    asm.and_(R1, COPIED)
-    asm.jump_if("==", R1, 0, "compare")
-    _copy_snapshot(asm, maps, "entry")
-    asm.label("compare")
-    _join_or_start_group(asm, maps)
-    asm.label("out")
-    asm.mov(R0, 0)
-    asm.exit()
-    return asm.assemble()
 
 
 def _lookup(asm: Assembler, map_fd: int, key_offset: int) -> None:
@@ -506,13 +525,22 @@ def _count(asm: Assembler, maps: dict[str, int], offset: int, name: str) -> None
     asm.label(f"{name}-uncounted")
 
 
-def exit_program(maps: dict[str, int], fields: dict[str, int], ring_bytes: int) -> bytes:
-    """At sys_exit_ioctl: a traced task's KVM_RUN returned; a failure closes its group. When
+def exit_program(maps: dict[str, int], ioctl: int, ring_bytes: int) -> bytes:
+    """At sys_exit: a traced task's KVM_RUN returned; a failure closes its group. When
     the ring is half full, the task is stopped before it returns to the VMM (SIGSTOP, which
     the tracer takes back: a signal-delivery-stop where it reads the ring): the VMM waits for
     the tracer rather than records being lost. The call's result is not changed by it."""
     asm = Assembler()
-    asm.mov(R6, reg(R1))
+    asm.load(R6, R1, _ARG_ID_OR_RET, 8)  # r6: the return value
+    asm.load(R3, R1, _ARG_REGS, 8)
+    asm.add(R3, _REGS_ORIG_AX)
+    asm.mov(R1, reg(R10))
+    asm.add(R1, -16)
+    asm.mov(R2, 8)
+    asm.call(_PROBE_READ_KERNEL)
+    asm.jump_if("!=", R0, 0, "out")
+    asm.load(R1, R10, -16, 8)
+    asm.jump_if("!=", R1, ioctl, "out")
     asm.call(_GET_CURRENT_PID_TGID)
     asm.store(R10, -4, R0, 4)
     _lookup(asm, maps["tasks"], -4)
@@ -523,9 +551,8 @@ def exit_program(maps: dict[str, int], fields: dict[str, int], ring_bytes: int) 
     asm.and_(R2, IN_RUN)
     asm.jump_if("==", R2, 0, "out")  # another ioctl
     asm.and_(R1, ~IN_RUN)
-    asm.load(R3, R6, fields["ret"], 8)
-    asm.jump_if("==", R3, 0, "returned")
-    asm.store(R7, _O_RET, R3, 8)
+    asm.jump_if("==", R6, 0, "returned")
+    asm.store(R7, _O_RET, R6, 8)
     asm.or_(R1, CLOSED)
     asm.label("returned")
     asm.store(R7, _O_FLAGS, R1, 4)

@@ -32,7 +32,7 @@ from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
 from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
 from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN, KvmRunMode
-from conformance.tracer.kvm_run_failures import KvmRunFailures, tracefs_root
+from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.late_run_exits import LateExitSource
 from conformance.tracer.recorder import Recorder
 from conformance.tracer.session import TraceSession
@@ -209,10 +209,7 @@ def _late_exit_source(wanted: bool, *, ebpf: bool) -> Iterator[_LateExits]:
 def _ebpf_recorder() -> tuple[KvmRunRecorder | None, str | None]:
     """The recorder, or None and why not, said on stderr the first time in this process (the
     trace is the same, at a stop per KVM_RUN; `check` or a test session trace many times)."""
-    try:
-        recorder, why_not = KvmRunRecorder.start(tracefs_root())
-    except OSError as error:
-        recorder, why_not = None, f"tracefs is not usable ({error.strerror or error})"
+    recorder, why_not = KvmRunRecorder.start()
     if why_not is not None and why_not not in _REPORTED:
         _REPORTED.add(why_not)
         print(f"kvm-conformance: no eBPF recorder, a stop per KVM_RUN: {why_not}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The eBPF assembler's encodings, checked by the kernel: each program below is verified and
 run (BPF_PROG_TEST_RUN on a socket filter) and must return what its instructions compute;
 the recorder's two programs must pass the verifier; and the constants the adapter and the
-assembler copy from <linux/bpf.h> and <linux/perf_event.h> must match the installed headers.
+assembler copy from <linux/bpf.h> and <asm/ptrace.h> must match the installed headers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from conformance.tracer.bpf_asm import (
 )
 
 _PACKET = bytes(64)  # socket filters run on a packet; these programs do not read it
-_TRACEFS = Path("/sys/kernel/tracing")
 
 
 def _returns(build: Callable[[Assembler], None]) -> int:
@@ -195,7 +194,7 @@ def test_encodings_are_the_kernel_s_instruction_layout() -> None:
 
 @pytest.mark.needs_bpf
 def test_the_recorder_s_programs_pass_the_verifier() -> None:
-    recorder, why_not = bpf_kvm_run.KvmRunRecorder.start(_TRACEFS)
+    recorder, why_not = bpf_kvm_run.KvmRunRecorder.start()
     assert recorder is not None, why_not
     recorder.close()
 
@@ -204,19 +203,20 @@ _HEADER_PROBE = r"""
 #include <stdio.h>
 #include <stddef.h>
 #include <linux/bpf.h>
-#include <linux/perf_event.h>
+#include <asm/ptrace.h>
 #include <sys/syscall.h>
 int main(void) {
-    printf("%d %d %d %d %d %d %d %d\n", __NR_bpf, __NR_perf_event_open, __NR_ioctl,
-           BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM,
-           BPF_PROG_LOAD);
-    printf("%d %d %d %d %d %d %d %d\n", BPF_PROG_TEST_RUN, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY,
+    printf("%d %d %d %d %d %d %d %d\n", __NR_bpf, BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM,
+           BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN,
+           BPF_RAW_TRACEPOINT_OPEN);
+    printf("%d %d %d %d %d %d %d\n", BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY,
            BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_RINGBUF, BPF_PROG_TYPE_SOCKET_FILTER,
-           BPF_PROG_TYPE_TRACEPOINT, BPF_F_NO_PREALLOC);
-    printf("%zu %zu %zu %zu %d %lu %lu\n", sizeof(union bpf_attr),
-           offsetof(union bpf_attr, map_name), offsetof(union bpf_attr, prog_name),
-           offsetof(union bpf_attr, test.data_in), PERF_TYPE_TRACEPOINT,
-           (unsigned long)PERF_EVENT_IOC_ENABLE, (unsigned long)PERF_EVENT_IOC_SET_BPF);
+           BPF_PROG_TYPE_RAW_TRACEPOINT, BPF_F_NO_PREALLOC);
+    printf("%zu %zu %zu %zu %zu\n", sizeof(union bpf_attr), offsetof(union bpf_attr, map_name),
+           offsetof(union bpf_attr, prog_name), offsetof(union bpf_attr, test.data_in),
+           offsetof(union bpf_attr, raw_tracepoint.prog_fd));
+    printf("%zu %zu %zu %zu\n", offsetof(struct pt_regs, rdx), offsetof(struct pt_regs, rsi),
+           offsetof(struct pt_regs, rdi), offsetof(struct pt_regs, orig_rax));
     printf("%d %d %d %d %d %d %d\n", BPF_FUNC_map_lookup_elem, BPF_FUNC_get_current_pid_tgid,
            BPF_FUNC_probe_read_user, BPF_FUNC_probe_read_kernel, BPF_FUNC_ringbuf_output,
            BPF_FUNC_send_signal_thread, BPF_FUNC_ringbuf_query);
@@ -236,12 +236,14 @@ def test_the_copied_constants_are_the_installed_headers(tmp_path: Path) -> None:
                              check=True).stdout.split()  # fmt: skip
     k, s = bpf_kvm_run, bpf_sys
     ours = [
-        s._NR_BPF, s._NR_PERF_EVENT_OPEN, s._NR_IOCTL, s._BPF_MAP_CREATE, s._BPF_MAP_LOOKUP_ELEM,
-        s._BPF_MAP_UPDATE_ELEM, s._BPF_MAP_DELETE_ELEM, s._BPF_PROG_LOAD,
-        s._BPF_PROG_TEST_RUN, s.MAP_HASH, s.MAP_ARRAY, s.MAP_PERCPU_ARRAY, s.MAP_RINGBUF,
-        s.PROG_SOCKET_FILTER, s.PROG_TRACEPOINT, s.NO_PREALLOC,
+        s._NR_BPF, s._BPF_MAP_CREATE, s._BPF_MAP_LOOKUP_ELEM, s._BPF_MAP_UPDATE_ELEM,
+        s._BPF_MAP_DELETE_ELEM, s._BPF_PROG_LOAD, s._BPF_PROG_TEST_RUN,
+        s._BPF_RAW_TRACEPOINT_OPEN,
+        s.MAP_HASH, s.MAP_ARRAY, s.MAP_PERCPU_ARRAY, s.MAP_RINGBUF, s.PROG_SOCKET_FILTER,
+        s.PROG_RAW_TRACEPOINT, s.NO_PREALLOC,
         s._ATTR_SIZE, s._MAP_NAME_OFFSET, s._PROG_NAME_OFFSET, s._TEST_RUN.size - 8,
-        s._PERF_TYPE_TRACEPOINT, s._PERF_EVENT_IOC_ENABLE, s._PERF_EVENT_IOC_SET_BPF,
+        s._RAW_TRACEPOINT_OPEN.size - 4,
+        k._REGS_DX, k._REGS_SI, k._REGS_DI, k._REGS_ORIG_AX,
         k._MAP_LOOKUP_ELEM, k._GET_CURRENT_PID_TGID, k._PROBE_READ_USER, k._PROBE_READ_KERNEL,
         k._RINGBUF_OUTPUT, k._SEND_SIGNAL_THREAD, k._RINGBUF_QUERY,
         k._RB_NO_WAKEUP, k._RB_AVAIL_DATA, s.RINGBUF_HEADER_SIZE, bpf_asm._PSEUDO_MAP_FD,
