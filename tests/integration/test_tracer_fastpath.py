@@ -304,11 +304,13 @@ def test_without_tracefs_full_mode_takes_two_stops_and_says_why(
     monkeypatch.setattr(kvm_run_failures, "_TRACEFS", tmp_path / "no-tracefs")
     events: list[Event] = []
     with open(os.devnull, "w") as devnull:
-        outcome = trace(_scenario("hello"), events.append, stdout=devnull.fileno())
+        outcome = trace(_scenario("hello"), events.append, ebpf=False, stdout=devnull.fileno())
     assert not outcome.one_stop_kvm_run and outcome.compiled_loop_calls == 0
     assert outcome.one_stop_unavailable is not None
     assert "tracefs is not usable" in outcome.one_stop_unavailable
     assert any(isinstance(e, Ioctl) and e.name == "KVM_RUN" and e.run_exit for e in events)
-    status = cli.main(["trace", "-o", str(tmp_path / "trace.txt"), "--", *_scenario("hello")])
+    status = cli.main(
+        ["trace", "--no-ebpf", "-o", str(tmp_path / "trace.txt"), "--", *_scenario("hello")]
+    )
     assert status == 0
     assert "two stops per KVM_RUN: tracefs is not usable" in capsys.readouterr().err
