@@ -24,7 +24,9 @@ port-IO exits; run through exits_guest.py, whose time limit suits a slow tracer)
 
 A second table times exits-100k once more by the VMM itself (exits_guest.py reports its own run,
 from its first line to the guest's end): what tracing costs the VMM's run, without the start-up
-of the tracer or of either interpreter.
+of the tracer or of either interpreter; a third gives the CPU seconds the VMM spent in that run
+(user and system: KVM_RUN's kernel work and the eBPF recorder's programs included), which the
+other load of a shared host disturbs less than wall time.
 
 A third table takes our start-up apart, on one CPU, layer by layer (each row includes the one
 above): the interpreter, python-ptrace's import, everything `trace` imports, then a whole
@@ -54,7 +56,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exits_guest import VMM_RUN_MARK
+from exits_guest import VMM_CPU_MARK, VMM_RUN_MARK
 
 _HERE = Path(__file__).resolve().parent
 _PYTHON = sys.executable
@@ -133,17 +135,19 @@ RUN_TIMEOUT_SECONDS = 120
 @dataclass
 class Cell:
     seconds: list[float] = field(default_factory=list)
-    # exits-100k: the VMM's own run (exits_guest.py's report), without any start-up
+    # exits-100k: the VMM's own run (exits_guest.py's report), without any start-up, in wall
+    # and in CPU seconds
     vmm_seconds: list[float] = field(default_factory=list)
+    vmm_cpu_seconds: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # runs that timed out or failed
 
     @property
     def median(self) -> float | None:
         return statistics.median(self.seconds) if self.seconds else None
 
-    @property
-    def vmm_median(self) -> float | None:
-        return statistics.median(self.vmm_seconds) if self.vmm_seconds else None
+    def vmm_median(self, cpu: bool) -> float | None:
+        runs = self.vmm_cpu_seconds if cpu else self.vmm_seconds
+        return statistics.median(runs) if runs else None
 
 
 def shown(runs: Sequence[float], failures: Sequence[str]) -> str:
@@ -185,8 +189,9 @@ class RunFailed(Exception):
     """A measured command that timed out or failed: its cell says so, the table goes on."""
 
 
-def time_once(argv: Sequence[str], stdin: bytes) -> tuple[float, float | None]:
-    """Wall seconds of the command, and the VMM's own run if it reported one. Raises
+def time_once(argv: Sequence[str], stdin: bytes) -> tuple[float, dict[str, float]]:
+    """Wall seconds of the command, and the VMM's own run (VMM_RUN_MARK, VMM_CPU_MARK) if it
+    reported one. Raises
     RunFailed when it passes RUN_TIMEOUT_SECONDS or ends with another status than 0 or 1."""
     start = time.perf_counter()
     try:
@@ -202,12 +207,12 @@ def time_once(argv: Sequence[str], stdin: bytes) -> tuple[float, float | None]:
         print(f"{' '.join(argv)} failed ({completed.returncode}):\n"
               f"{completed.stderr.decode(errors='replace')}", file=sys.stderr)  # fmt: skip
         raise RunFailed(f"failed ({completed.returncode})")
-    reports = [
-        float(line.removeprefix(VMM_RUN_MARK))
-        for line in completed.stderr.decode(errors="replace").splitlines()
-        if line.startswith(VMM_RUN_MARK)
-    ]
-    return seconds, reports[-1] if reports else None
+    reports = {}
+    for line in completed.stderr.decode(errors="replace").splitlines():
+        for mark in (VMM_RUN_MARK, VMM_CPU_MARK):
+            if line.startswith(mark):
+                reports[mark] = float(line.removeprefix(mark))
+    return seconds, reports
 
 
 def measure(tracers: Sequence[Tracer], repetitions: int | None) -> dict[tuple[str, str, str], Cell]:
@@ -223,13 +228,15 @@ def measure(tracers: Sequence[Tracer], repetitions: int | None) -> dict[tuple[st
                     argv = command(tracer, workload, tracer_cpu, program_cpu)
                     cell = cells.setdefault((workload.name, tracer.name, placement), Cell())
                     try:
-                        seconds, vmm_seconds = time_once(argv, workload.stdin)
+                        seconds, reports = time_once(argv, workload.stdin)
                     except RunFailed as failure:
                         cell.failures.append(str(failure))
                         continue
                     cell.seconds.append(seconds)
-                    if vmm_seconds is not None:
-                        cell.vmm_seconds.append(vmm_seconds)
+                    if VMM_RUN_MARK in reports:
+                        cell.vmm_seconds.append(reports[VMM_RUN_MARK])
+                    if VMM_CPU_MARK in reports:
+                        cell.vmm_cpu_seconds.append(reports[VMM_CPU_MARK])
     return cells
 
 
@@ -251,12 +258,16 @@ def table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tracer]) ->
     return lines
 
 
-def vmm_run_table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tracer]) -> list[str]:
+def vmm_run_table(
+    cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tracer], *, cpu: bool
+) -> list[str]:
     """exits-100k once more, timed by the VMM itself: what tracing costs its run, start-ups
-    (the tracer's, and the interpreter's of both) left out."""
+    (the tracer's, and the interpreter's of both) left out; in wall seconds, or (`cpu`) in the
+    CPU seconds the VMM itself spent, which another program's load on the host changes less."""
     names = list(placements())
     workload = next(w for w in WORKLOADS if w.name == "exits-100k")
-    header = "| exits-100k, the VMM's own run |" + "".join(
+    title = "the VMM's own CPU time" if cpu else "the VMM's own run"
+    header = f"| exits-100k, {title} |" + "".join(
         f" {name}: median s (min-max) | x native | us per KVM_RUN |" for name in names
     )
     lines = [header, "|---|" + "---:|---:|---:|" * len(names)]
@@ -264,10 +275,10 @@ def vmm_run_table(cells: dict[tuple[str, str, str], Cell], tracers: Sequence[Tra
         row = f"| {tracer.name} |"
         for placement in names:
             cell = cells[(workload.name, tracer.name, placement)]
-            native = cells[(workload.name, "native", placement)].vmm_median
-            row += f" {shown(cell.vmm_seconds, cell.failures)} |"
-            row += f" {ratio(cell.vmm_median, native)} |"
-            row += f" {per_call_us(cell.vmm_median, native, workload.kvm_runs)} |"
+            native = cells[(workload.name, "native", placement)].vmm_median(cpu)
+            median = cell.vmm_median(cpu)
+            row += f" {shown(cell.vmm_cpu_seconds if cpu else cell.vmm_seconds, cell.failures)} |"
+            row += f" {ratio(median, native)} | {per_call_us(median, native, workload.kvm_runs)} |"
         lines.append(row)
     return lines
 
@@ -299,7 +310,7 @@ def startup_medians(cpu: int) -> list[float]:
     for _ in range(_STARTUP_REPETITIONS):
         for row, (_name, argv) in enumerate(rows):
             try:
-                seconds = time_once(["taskset", "-c", str(cpu), *argv], b"")[0]
+                seconds, _reports = time_once(["taskset", "-c", str(cpu), *argv], b"")
             except RunFailed:
                 continue
             runs[row].append(1000 * seconds)
@@ -390,7 +401,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print("\n".join(table(cells, tracers)))
     print()
-    print("\n".join(vmm_run_table(cells, tracers)))
+    print("\n".join(vmm_run_table(cells, tracers, cpu=False)))
+    print()
+    print("\n".join(vmm_run_table(cells, tracers, cpu=True)))
     if arguments.subset == "all":
         print()
         print("\n".join(startup_table(startup_medians(placements()["same CPU"][0]), cells)))
