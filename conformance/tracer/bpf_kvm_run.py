@@ -1,167 +1,40 @@
-"""Every KVM_RUN of the traced tasks recorded in the kernel, without a ptrace stop: two eBPF
-programs on the syscall tracepoints, their maps and the records they write.
-
-What a KVM_RUN needs recorded is what the one-stop loop copies at each KVM_RUN stop: kvm_run's
-header (exit reason and union: the previous call's exit, and what the VMM wrote for this one),
-its PIO data and, for a VM with a coalesced MMIO zone, the ring page; plus the call's return
-value. So, as there:
-- at the `sys_enter` raw tracepoint of a KVM_RUN, the program copies that "snapshot" from the
-  vCPU's kvm_run (bpf_probe_read_user: the VMM has just written its answer there) into the
-  task's state; the snapshot is the previous call's exit and this call's entry;
-- at `sys_exit` it notes the return value (every one: also the refusals KVM makes before its
-  own kvm_userspace_exit tracepoint, an argument other than 0 or another address space's vCPU,
-  which is why the syscall's tracepoints serve here rather than KVM's).
-Both fire for every syscall of every task while attached; a syscall other than ioctl leaves
-after three instructions (sys_enter) or one small read (sys_exit).
-Consecutive calls with identical snapshots (same fd, all but the last returning 0) stay one
-group in the task's state (`count`); a group goes to the ring buffer only when the next call
-differs, so a guest that repeats an exit costs no record at all. A task's current group is
-read from its state at its next ptrace stop (bpf_run_exits.py), when it is stopped.
-
-When a task's next KVM_RUN uses another kvm_run page than its group's (one thread, two vCPUs),
-the previous call's exit is copied from the previous page first, as an EXIT record.
-
-bpf_probe_read_user does not fault pages in, so each registered kvm_run is faulted into the
-VMM's page tables when it is registered (a process_vm_readv from the tracer does it); a copy
-that fails all the same is flagged UNREADABLE and counted. A record the ring buffer has no room
-for is counted as lost. Both counters are read at the end: a lost record is an error, never
-silent.
+"""Every KVM_RUN of the traced tasks recorded in the kernel, without a ptrace stop: the eBPF
+recorder's maps, its two programs (bpf_programs.py) attached, and what the tracer tells it and
+reads from it.
 
 Python tells the programs which tasks are traced (the `tasks` map: one state per task) and
-where each vCPU fd's kvm_run is (`vcpus`: (tgid, fd) -> address, whether to copy the ring).
-The layouts are in this module only: the programs, the records' parser and the registrations.
+where each vCPU fd's kvm_run is (`vcpus`: (tgid, fd) -> address, whether to copy the ring,
+kept current by bpf_vcpu_pages.py); it reads the ring buffer's records and, at a task's stop,
+the task's current group (bpf_run_exits.py). The counters of lost records and failed copies
+are read at the end: a lost record is an error, never silent.
 """
 
 from __future__ import annotations
 
 import errno as errno_codes
 import os
-import signal
 import struct
-from dataclasses import dataclass
 
-from conformance.abi import _generated as abi
 from conformance.tracer import bpf_sys
 from conformance.tracer import ptrace_backend as backend
-from conformance.tracer.bpf_asm import R0, R1, R2, R3, R4, R6, R7, R8, R9, R10, Assembler, reg
+from conformance.tracer.bpf_layout import COUNTERS, RING, STATE_SIZE, ExitCopy, Group, parse
+from conformance.tracer.bpf_programs import entry_program, exit_program
 from conformance.tracer.errors import TracerError
-from conformance.tracer.kvm_calls import KVM_RUN
-from conformance.tracer.kvm_run import HEADER_SIZE, PAGE_SIZE, PIO_GUESS
 
-# Helpers (<linux/bpf.h>, enum bpf_func_id)
-_MAP_LOOKUP_ELEM = 1
-_GET_CURRENT_PID_TGID = 14
-_PROBE_READ_USER = 112
-_PROBE_READ_KERNEL = 113
-_RINGBUF_OUTPUT = 130
-_RINGBUF_QUERY = 134
-_SEND_SIGNAL_THREAD = 117
-_RB_NO_WAKEUP = 1
-_RB_AVAIL_DATA = 0
-# struct pt_regs (<asm/ptrace.h>, x86-64): the syscall's number and arguments as saved at entry
-_REGS_DX, _REGS_SI, _REGS_DI, _REGS_ORIG_AX = 96, 104, 112, 120
-# The raw tracepoints' arguments: sys_enter(struct pt_regs *, long id), sys_exit(regs, long ret)
-_ARG_REGS, _ARG_ID_OR_RET = 0, 8
-
-# A task's state (the `tasks` map's value) and a record (a prefix of one): meta, then snapshot.
-_META = struct.Struct("<IIiIQQqQII")  # tgid tid fd flags arg count last_ret run io_length size
-_O_TGID, _O_TID, _O_FD, _O_FLAGS, _O_ARG, _O_COUNT, _O_RET, _O_RUN, _O_IO_LENGTH, _O_SIZE = (
-    0, 4, 8, 12, 16, 24, 32, 40, 48, 52,
-)  # fmt: skip
-_O_HEADER = 64
-_IO_CAPACITY = PAGE_SIZE  # KVM's PIO data is one page
-_O_IO = _O_HEADER + HEADER_SIZE
-_O_RING = _O_IO + _IO_CAPACITY
-STATE_SIZE = _O_RING + PAGE_SIZE
-_PIO_OFFSET = abi.KVM_PIO_PAGE_OFFSET * PAGE_SIZE
-_RING_OFFSET = abi.KVM_COALESCED_MMIO_PAGE_OFFSET * PAGE_SIZE
-_EXIT_REASON = _O_HEADER + abi.kvm_run.exit_reason.offset
-_IO = _O_HEADER + abi.kvm_run._anon0.offset + abi.kvm_run_anon0.io.offset
-_IO_SIZE = _IO + abi.kvm_run_anon0_io.size.offset
-_IO_COUNT = _IO + abi.kvm_run_anon0_io.count.offset
-_IO_DATA_OFFSET = _IO + abi.kvm_run_anon0_io.data_offset.offset
-
-# flags (state and record)
-IN_RUN = 1  # state: a KVM_RUN has entered and not returned
-CLOSED = 2  # the group's last call failed: the next call starts a new group
-UNREADABLE = 4  # kvm_run could not be copied
-COPIED = 8  # the fd is a registered vCPU: the snapshot holds its kvm_run
-RING = 16  # ... and its VM's coalesced MMIO ring page
-EXIT = 32  # record: the exit of the task's previous call, copied from that call's page
-THROTTLED = 64  # state: the task was sent THROTTLE_SIGNAL, the ring being half full
-THROTTLE_SIGNAL = signal.SIGSTOP
-_NOT_MERGED = CLOSED | UNREADABLE | RING  # a ring's entries are read once: every call its own
-
-# The entry program's stack: the saved dx, si, di (24 bytes) from here
-_STACK_REGS = -72
 # The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: RING)
 _VCPU_KEY = struct.Struct("<Ii")
 _VCPU_VALUE = struct.Struct("<QI4x")
 _TASK_KEY = struct.Struct("<I")
-# The counters map (an array of one): records lost (ring full), copies that failed
-_COUNTERS = struct.Struct("<QQ")
-_O_LOST, _O_UNREADABLE = 0, 8
-
 _MAX_TASKS = 1 << 16
 _MAX_VCPUS = 1 << 12
-RING_BYTES = 1 << 22  # 4 MiB: ~10,000 records of distinct exits between a task's stops
+# 1 MiB: ~1,400 records of distinct exits (376 bytes each) before the half-full stop. The
+# kernel maps the ring's pages in whole, twice, into the tracer: 2 MiB of its RSS (4 MiB made
+# the tracer's peak RSS 27 MiB instead of 19).
+RING_BYTES = 1 << 20
 
 
 class KvmRunRecordsLost(TracerError):
     """The eBPF recorder could not keep every KVM_RUN: the trace is incomplete."""
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What a record copied of one kvm_run: its header, PIO data, ring page (or empty)."""
-
-    run_address: int
-    header: bytes
-    io: bytes
-    ring: bytes
-
-    def memory(self) -> dict[int, bytes]:
-        """address -> bytes, as RecordedStop serves reads."""
-        pieces = {self.run_address: self.header, self.run_address + _PIO_OFFSET: self.io}
-        if self.ring:
-            pieces[self.run_address + _RING_OFFSET] = self.ring
-        return pieces
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """`count` consecutive KVM_RUNs of one task on one fd with one snapshot at entry; all but
-    the last returned 0, the last returned `last_ret` (a record, or a task's current state)."""
-
-    tid: int
-    tgid: int
-    fd: int
-    arg: int
-    count: int
-    last_ret: int
-    flags: int
-    snapshot: Snapshot | None  # None: the fd is no registered vCPU (nothing copied)
-
-
-@dataclass(frozen=True, slots=True)
-class ExitCopy:
-    """An EXIT record: task `tid`'s previous call's exit, copied from its own kvm_run."""
-
-    tid: int
-    flags: int
-    snapshot: Snapshot | None
-
-
-def parse(raw: bytes) -> Group | ExitCopy:
-    """A ring record, or a task's state, from its bytes."""
-    tgid, tid, fd, flags, arg, count, last_ret, run, io_length, _size = _META.unpack_from(raw)
-    snapshot = None
-    if flags & COPIED and not flags & UNREADABLE:
-        ring = raw[_O_RING : _O_RING + PAGE_SIZE] if flags & RING else b""
-        snapshot = Snapshot(run, raw[_O_HEADER:_O_IO], raw[_O_IO : _O_IO + io_length], ring)
-    if flags & EXIT:
-        return ExitCopy(tid, flags, snapshot)
-    return Group(tid, tgid, fd, arg, count, last_ret, flags, snapshot)
 
 
 class KvmRunRecorder:
@@ -193,7 +66,7 @@ class KvmRunRecorder:
                                                name="kvmc_vcpus")  # fmt: skip
             maps["scratch"] = bpf_sys.create_map(bpf_sys.MAP_PERCPU_ARRAY, 4, STATE_SIZE, 1,
                                                  name="kvmc_scratch")  # fmt: skip
-            maps["counters"] = bpf_sys.create_map(bpf_sys.MAP_ARRAY, 4, _COUNTERS.size, 1,
+            maps["counters"] = bpf_sys.create_map(bpf_sys.MAP_ARRAY, 4, COUNTERS.size, 1,
                                                   name="kvmc_counters")  # fmt: skip
             maps["ring"] = bpf_sys.create_map(bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes,
                                               name="kvmc_ring")  # fmt: skip
@@ -252,8 +125,8 @@ class KvmRunRecorder:
 
     def counters(self) -> tuple[int, int]:
         """(records lost because the ring buffer was full, kvm_run copies that failed)."""
-        raw = bpf_sys.lookup(self._maps["counters"], b"\0\0\0\0", _COUNTERS.size)
-        lost, unreadable = _COUNTERS.unpack(raw or bytes(_COUNTERS.size))
+        raw = bpf_sys.lookup(self._maps["counters"], b"\0\0\0\0", COUNTERS.size)
+        lost, unreadable = COUNTERS.unpack(raw or bytes(COUNTERS.size))
         return lost, unreadable
 
     def close(self) -> None:
@@ -268,311 +141,3 @@ def _why(error: OSError) -> str:
     if error.errno == errno_codes.ENOENT:
         return "the kernel has no sys_enter/sys_exit raw tracepoints"
     return f"eBPF refused the recorder ({error.strerror or error})"
-
-
-# --- the programs ------------------------------------------------------------------------------
-
-
-def entry_program(maps: dict[str, int], ioctl: int) -> bytes:
-    """At sys_enter: a traced task's KVM_RUN joins its group or starts a new one."""
-    asm = Assembler()
-    _new_call(asm, maps, ioctl)
-    _copy_previous_exit(asm, maps)
-    asm.load(R1, R8, _O_FLAGS, 4)
-    asm.and_(R1, COPIED)
-    asm.jump_if("==", R1, 0, "compare")
-    _copy_snapshot(asm, maps, "entry")
-    asm.label("compare")
-    _join_or_start_group(asm, maps)
-    asm.label("out")
-    asm.mov(R0, 0)
-    asm.exit()
-    return asm.assemble()
-
-
-def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int) -> None:
-    """A KVM_RUN of a traced task (else to "out"): r9 its state; r8 this CPU's scratch record
-    with the call's tid, tgid, fd, argument and, for a registered vCPU, its page and flags."""
-    asm.load(R2, R1, _ARG_ID_OR_RET, 8)
-    asm.jump_if("!=", R2, ioctl, "out")
-    # The arguments dx (arg), si (request), di (fd): 24 bytes of the saved registers.
-    asm.load(R3, R1, _ARG_REGS, 8)
-    asm.add(R3, _REGS_DX)
-    asm.mov(R1, reg(R10))
-    asm.add(R1, _STACK_REGS)
-    asm.mov(R2, 24)
-    asm.call(_PROBE_READ_KERNEL)
-    asm.jump_if("!=", R0, 0, "out")
-    asm.load(R1, R10, _STACK_REGS + 8, 4)
-    asm.jump_if("!=", R1, _u32_as_imm(KVM_RUN), "out", wide=False)
-    asm.call(_GET_CURRENT_PID_TGID)
-    asm.mov(R7, reg(R0))
-    asm.store(R10, -4, R0, 4)  # key: tid
-    _lookup(asm, maps["tasks"], -4)
-    asm.jump_if("==", R0, 0, "out")  # not a traced task
-    asm.mov(R9, reg(R0))  # r9: the task's state
-    asm.store_imm(R10, -8, 0, 4)
-    _lookup(asm, maps["scratch"], -8)
-    asm.jump_if("==", R0, 0, "out")
-    asm.mov(R8, reg(R0))  # r8: this CPU's scratch record
-    # The new call's meta; fd and arg from the saved registers.
-    asm.store(R8, _O_TID, R7, 4)
-    asm.rsh(R7, 32)
-    asm.store(R8, _O_TGID, R7, 4)
-    asm.store(R10, -16, R7, 4)  # vcpus key: tgid, fd
-    asm.load(R1, R10, _STACK_REGS + 16, 4)
-    asm.store(R8, _O_FD, R1, 4)
-    asm.store(R10, -12, R1, 4)
-    asm.load(R1, R10, _STACK_REGS, 8)
-    asm.store(R8, _O_ARG, R1, 8)
-    asm.store_imm(R8, _O_FLAGS, 0, 4)
-    asm.store_imm(R8, _O_RUN, 0, 8)
-    asm.store_imm(R8, _O_IO_LENGTH, 0, 4)
-    asm.store_imm(R8, _O_SIZE, _O_HEADER, 4)
-    _lookup(asm, maps["vcpus"], -16)
-    asm.jump_if("==", R0, 0, "page-known")  # no vCPU we know: nothing to copy
-    asm.load(R1, R0, 0, 8)
-    asm.store(R8, _O_RUN, R1, 8)
-    asm.load(R1, R0, 8, 4)
-    asm.or_(R1, COPIED)
-    asm.store(R8, _O_FLAGS, R1, 4)
-    asm.label("page-known")
-
-
-def _lookup(asm: Assembler, map_fd: int, key_offset: int) -> None:
-    """r0 = the value under the key at r10 + key_offset, or 0."""
-    asm.load_map(R1, map_fd)
-    asm.mov(R2, reg(R10))
-    asm.add(R2, key_offset)
-    asm.call(_MAP_LOOKUP_ELEM)
-
-
-def _copy_previous_exit(asm: Assembler, maps: dict[str, int]) -> None:
-    """r9: the task's state; r8: the new call in the scratch record, its page known."""
-    # The previous call's exit is in its own page: when this call uses another one (or none),
-    # copy it from there first, as an EXIT record.
-    asm.load(R1, R9, _O_COUNT, 8)
-    asm.jump_if("==", R1, 0, "exit-copied")
-    asm.load(R1, R9, _O_FLAGS, 4)
-    asm.and_(R1, COPIED)
-    asm.jump_if("==", R1, 0, "exit-copied")
-    asm.load(R1, R9, _O_RUN, 8)
-    asm.load(R2, R8, _O_RUN, 8)
-    asm.jump_if("==", R1, reg(R2), "exit-copied")
-    # Then the group cannot go on: it goes to the ring first, its last call's exit after it.
-    # Save the new call's page and flags on the stack; the scratch holds the EXIT record.
-    asm.store(R10, -24, R2, 8)
-    _emit(asm, maps, R9, "group-before-exit")
-    asm.store_imm(R9, _O_COUNT, 0, 8)
-    asm.load(R1, R9, _O_RUN, 8)
-    asm.load(R2, R8, _O_FLAGS, 4)
-    asm.store(R10, -32, R2, 8)
-    asm.store(R8, _O_RUN, R1, 8)
-    asm.load(R1, R9, _O_FLAGS, 4)
-    asm.and_(R1, COPIED | RING)
-    asm.or_(R1, EXIT)
-    asm.store(R8, _O_FLAGS, R1, 4)
-    _copy_snapshot(asm, maps, "exit")
-    _emit(asm, maps, R8, "exit")
-    asm.load(R1, R10, -24, 8)
-    asm.store(R8, _O_RUN, R1, 8)
-    asm.load(R1, R10, -32, 8)
-    asm.store(R8, _O_FLAGS, R1, 4)
-    asm.store_imm(R8, _O_IO_LENGTH, 0, 4)
-    asm.store_imm(R8, _O_SIZE, _O_HEADER, 4)
-    asm.label("exit-copied")
-
-
-def _join_or_start_group(asm: Assembler, maps: dict[str, int]) -> None:
-    """Does the new call (r8) continue the task's group (r9)? Same fd, argument, page and
-    bytes, the group open (its calls all returned 0) and without a ring. Ends at "out"."""
-    asm.load(R1, R9, _O_COUNT, 8)
-    asm.jump_if("==", R1, 0, "new-group")
-    asm.load(R1, R9, _O_FLAGS, 4)
-    asm.load(R2, R8, _O_FLAGS, 4)
-    asm.or_(R1, reg(R2))
-    asm.and_(R1, _NOT_MERGED)
-    asm.jump_if("!=", R1, 0, "new-group")
-    for offset, size in ((_O_FD, 4), (_O_ARG, 8), (_O_RUN, 8), (_O_IO_LENGTH, 4)):
-        asm.load(R1, R9, offset, size)
-        asm.load(R2, R8, offset, size)
-        asm.jump_if("!=", R1, reg(R2), "new-group")
-    # The snapshot's bytes, unrolled 8 at a time (a loop costs the verifier ~25 ms): the header
-    # and PIO_GUESS bytes of PIO data; longer PIO data (string IO) is never merged.
-    asm.load(R1, R8, _O_IO_LENGTH, 4)
-    asm.jump_if(">", R1, PIO_GUESS, "new-group")
-    for offset in range(_O_HEADER, _O_IO + PIO_GUESS, 8):
-        asm.load(R1, R8, offset, 8)
-        asm.load(R2, R9, offset, 8)
-        asm.jump_if("!=", R1, reg(R2), "new-group")
-    asm.label("same")
-    asm.load(R1, R9, _O_COUNT, 8)
-    asm.add(R1, 1)
-    asm.store(R9, _O_COUNT, R1, 8)
-    asm.load(R1, R9, _O_FLAGS, 4)
-    asm.or_(R1, IN_RUN)
-    asm.store(R9, _O_FLAGS, R1, 4)
-    asm.jump("out")
-    # Another snapshot: the group so far goes to the ring, this call starts the next one.
-    asm.label("new-group")
-    asm.load(R1, R9, _O_COUNT, 8)
-    asm.jump_if("==", R1, 0, "start")
-    _emit(asm, maps, R9, "group")
-    asm.label("start")
-    asm.mov(R1, reg(R9))
-    asm.load(R2, R8, _O_SIZE, 4)
-    asm.jump_if(">", R2, STATE_SIZE, "out")
-    asm.jump_if("<", R2, _O_HEADER, "out")
-    asm.mov(R3, reg(R8))
-    asm.call(_PROBE_READ_KERNEL)  # a copy from map value to map value
-    asm.store_imm(R9, _O_COUNT, 1, 8)
-    asm.store_imm(R9, _O_RET, 0, 8)
-    asm.load(R1, R9, _O_FLAGS, 4)
-    asm.or_(R1, IN_RUN)
-    asm.store(R9, _O_FLAGS, R1, 4)
-
-
-def _copy_snapshot(asm: Assembler, maps: dict[str, int], name: str) -> None:
-    """Into the scratch record (r8), from the page at its _O_RUN, as its _O_FLAGS say: the
-    header; the PIO data of an IO exit (at least PIO_GUESS bytes, as the Python reader reads
-    them); the ring page. Sets io_length and size; a failed header copy sets UNREADABLE."""
-    asm.mov(R1, reg(R8))
-    asm.add(R1, _O_HEADER)
-    asm.mov(R2, HEADER_SIZE)
-    asm.load(R3, R8, _O_RUN, 8)
-    asm.call(_PROBE_READ_USER)
-    asm.jump_if("!=", R0, 0, f"{name}-unreadable")
-    _pio_length(asm, name)
-    asm.mov(R1, reg(R8))
-    asm.add(R1, _O_IO)
-    asm.mov(R2, reg(R6))
-    asm.load(R3, R8, _O_RUN, 8)
-    asm.add(R3, _PIO_OFFSET)
-    asm.call(_PROBE_READ_USER)
-    asm.jump_if("==", R0, 0, f"{name}-io-copied")
-    asm.mov(R6, 0)  # a kvm_run mapped without its PIO page: no data, as process_vm_readv
-    asm.label(f"{name}-io-copied")
-    asm.store(R8, _O_IO_LENGTH, R6, 4)
-    asm.add(R6, _O_IO + 7)
-    asm.and_(R6, ~7)
-    asm.store(R8, _O_SIZE, R6, 4)
-    asm.load(R1, R8, _O_FLAGS, 4)
-    asm.and_(R1, RING)
-    asm.jump_if("==", R1, 0, f"{name}-done")
-    asm.mov(R1, reg(R8))
-    asm.add(R1, _O_RING)
-    asm.mov(R2, PAGE_SIZE)
-    asm.load(R3, R8, _O_RUN, 8)
-    asm.add(R3, _RING_OFFSET)
-    asm.call(_PROBE_READ_USER)
-    asm.jump_if("!=", R0, 0, f"{name}-unreadable")
-    asm.store_imm(R8, _O_SIZE, STATE_SIZE, 4)
-    asm.jump(f"{name}-done")
-    asm.label(f"{name}-unreadable")
-    asm.load(R1, R8, _O_FLAGS, 4)
-    asm.or_(R1, UNREADABLE)
-    asm.store(R8, _O_FLAGS, R1, 4)
-    asm.store_imm(R8, _O_SIZE, _O_HEADER, 4)
-    _count(asm, maps, _O_UNREADABLE, name)
-    asm.label(f"{name}-done")
-
-
-def _pio_length(asm: Assembler, name: str) -> None:
-    """r6 = how many PIO bytes to copy for the header in the scratch record (r8): an IO exit's
-    size x count at KVM's PIO page, at least PIO_GUESS (as the Python reader reads them), at
-    most a page."""
-    asm.mov(R6, PIO_GUESS)
-    asm.load(R1, R8, _EXIT_REASON, 4)
-    asm.jump_if("!=", R1, abi.KVM_EXIT_IO, f"{name}-io")
-    asm.load(R1, R8, _IO_DATA_OFFSET, 8)
-    asm.jump_if("!=", R1, _PIO_OFFSET, f"{name}-io")
-    asm.load(R1, R8, _IO_SIZE, 1)
-    asm.load(R2, R8, _IO_COUNT, 4)
-    asm.jump_if(">", R2, _IO_CAPACITY, f"{name}-io-all")
-    asm.mul(R1, reg(R2))
-    asm.jump_if("<=", R1, PIO_GUESS, f"{name}-io")
-    asm.jump_if(">", R1, _IO_CAPACITY, f"{name}-io-all")
-    asm.mov(R6, reg(R1))
-    asm.jump(f"{name}-io")
-    asm.label(f"{name}-io-all")
-    asm.mov(R6, _IO_CAPACITY)
-    asm.label(f"{name}-io")
-
-
-def _emit(asm: Assembler, maps: dict[str, int], record: int, name: str) -> None:
-    """Output `record` (its _O_SIZE bytes) to the ring, waking nobody (the tracer reads it at
-    the tasks' stops); count it lost if it does not fit."""
-    asm.load_map(R1, maps["ring"])
-    asm.mov(R2, reg(record))
-    asm.load(R3, record, _O_SIZE, 4)
-    asm.mov(R4, _RB_NO_WAKEUP)
-    asm.jump_if(">", R3, STATE_SIZE, f"{name}-lost")
-    asm.jump_if("<", R3, _O_HEADER, f"{name}-lost")
-    asm.call(_RINGBUF_OUTPUT)
-    asm.jump_if("==", R0, 0, f"{name}-emitted")
-    asm.label(f"{name}-lost")
-    _count(asm, maps, _O_LOST, f"{name}-lost")
-    asm.label(f"{name}-emitted")
-
-
-def _count(asm: Assembler, maps: dict[str, int], offset: int, name: str) -> None:
-    """counters[offset] += 1 (atomically: every CPU counts into one). Clobbers r0-r5."""
-    asm.store_imm(R10, -40, 0, 4)
-    _lookup(asm, maps["counters"], -40)
-    asm.jump_if("==", R0, 0, f"{name}-uncounted")
-    asm.mov(R1, 1)
-    asm.atomic_add(R0, offset, R1)
-    asm.label(f"{name}-uncounted")
-
-
-def exit_program(maps: dict[str, int], ioctl: int, ring_bytes: int) -> bytes:
-    """At sys_exit: a traced task's KVM_RUN returned; a failure closes its group. When
-    the ring is half full, the task is stopped before it returns to the VMM (SIGSTOP, which
-    the tracer takes back: a signal-delivery-stop where it reads the ring): the VMM waits for
-    the tracer rather than records being lost. The call's result is not changed by it."""
-    asm = Assembler()
-    asm.load(R6, R1, _ARG_ID_OR_RET, 8)  # r6: the return value
-    asm.load(R3, R1, _ARG_REGS, 8)
-    asm.add(R3, _REGS_ORIG_AX)
-    asm.mov(R1, reg(R10))
-    asm.add(R1, -16)
-    asm.mov(R2, 8)
-    asm.call(_PROBE_READ_KERNEL)
-    asm.jump_if("!=", R0, 0, "out")
-    asm.load(R1, R10, -16, 8)
-    asm.jump_if("!=", R1, ioctl, "out")
-    asm.call(_GET_CURRENT_PID_TGID)
-    asm.store(R10, -4, R0, 4)
-    _lookup(asm, maps["tasks"], -4)
-    asm.jump_if("==", R0, 0, "out")
-    asm.mov(R7, reg(R0))  # r7: the task's state
-    asm.load(R1, R7, _O_FLAGS, 4)
-    asm.mov(R2, reg(R1))
-    asm.and_(R2, IN_RUN)
-    asm.jump_if("==", R2, 0, "out")  # another ioctl
-    asm.and_(R1, ~IN_RUN)
-    asm.jump_if("==", R6, 0, "returned")
-    asm.store(R7, _O_RET, R6, 8)
-    asm.or_(R1, CLOSED)
-    asm.label("returned")
-    asm.store(R7, _O_FLAGS, R1, 4)
-    asm.and_(R1, THROTTLED)
-    asm.jump_if("!=", R1, 0, "out")  # stopped already, not read yet
-    asm.load_map(R1, maps["ring"])
-    asm.mov(R2, _RB_AVAIL_DATA)
-    asm.call(_RINGBUF_QUERY)
-    asm.jump_if("<", R0, ring_bytes // 2, "out")
-    asm.load(R1, R7, _O_FLAGS, 4)
-    asm.or_(R1, THROTTLED)
-    asm.store(R7, _O_FLAGS, R1, 4)
-    asm.mov(R1, THROTTLE_SIGNAL)
-    asm.call(_SEND_SIGNAL_THREAD)
-    asm.label("out")
-    asm.mov(R0, 0)
-    asm.exit()
-    return asm.assemble()
-
-
-def _u32_as_imm(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value >= 1 << 31 else value

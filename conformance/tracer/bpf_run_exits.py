@@ -27,15 +27,14 @@ import os
 from dataclasses import dataclass
 
 from conformance.tracer import ptrace_backend as backend
-from conformance.tracer.bpf_kvm_run import (
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
+from conformance.tracer.bpf_layout import (
     IN_RUN,
     THROTTLE_SIGNAL,
     THROTTLED,
     UNREADABLE,
     ExitCopy,
     Group,
-    KvmRunRecorder,
-    KvmRunRecordsLost,
     Snapshot,
 )
 from conformance.tracer.errors import TaskGoneError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.tracer import bpf_asm, bpf_kvm_run, bpf_sys
+from conformance.tracer import bpf_asm, bpf_kvm_run, bpf_programs, bpf_sys
 from conformance.tracer.bpf_asm import (
     R0,
     R1,
@@ -234,7 +234,7 @@ def test_the_copied_constants_are_the_installed_headers(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-o", str(tmp_path / "probe"), str(source)], check=True)
     printed = subprocess.run([str(tmp_path / "probe")], capture_output=True, text=True,
                              check=True).stdout.split()  # fmt: skip
-    k, s = bpf_kvm_run, bpf_sys
+    k, s = bpf_programs, bpf_sys
     ours = [
         s._NR_BPF, s._BPF_MAP_CREATE, s._BPF_MAP_LOOKUP_ELEM, s._BPF_MAP_UPDATE_ELEM,
         s._BPF_MAP_DELETE_ELEM, s._BPF_PROG_LOAD, s._BPF_PROG_TEST_RUN,
