@@ -41,11 +41,12 @@ class KvmRunRecorder:
     """The programs attached, their maps, and what the tracer tells them."""
 
     def __init__(self, maps: dict[str, int], programs: list[int], events: list[int],
-                 ring: bpf_sys.RingBuffer) -> None:  # fmt: skip
+                 ring: bpf_sys.RingBuffer, namespace: tuple[int, int]) -> None:  # fmt: skip
         self._maps = maps
         self._programs = programs
         self._events = events
         self.ring = ring
+        self._namespace = namespace
 
     @classmethod
     def start(cls) -> tuple[KvmRunRecorder | None, str | None]:
@@ -54,6 +55,7 @@ class KvmRunRecorder:
         """
         ring_bytes = RING_BYTES
         ioctl = backend.syscall_number("ioctl")
+        namespace = pid_namespace("self")
         maps: dict[str, int] = {}
         programs: list[int] = []
         events: list[int] = []
@@ -71,8 +73,8 @@ class KvmRunRecorder:
             maps["ring"] = bpf_sys.create_map(bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes,
                                               name="kvmc_ring")  # fmt: skip
             for tracepoint, code in (
-                ("sys_enter", entry_program(maps, ioctl)),
-                ("sys_exit", exit_program(maps, ioctl, ring_bytes)),
+                ("sys_enter", entry_program(maps, ioctl, namespace)),
+                ("sys_exit", exit_program(maps, ioctl, namespace, ring_bytes)),
             ):
                 program = bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code,
                                                name=f"kvmc_{tracepoint}")  # fmt: skip
@@ -83,12 +85,17 @@ class KvmRunRecorder:
             for fd in (*events, *programs, *maps.values()):
                 os.close(fd)
             return None, _why(error)
-        return cls(maps, programs, events, ring), None
+        return cls(maps, programs, events, ring, namespace), None
 
     # --- what the tracer tells the programs ---------------------------------------------------
 
     def follow(self, tid: int) -> None:
         """Record task `tid`'s KVM_RUNs from now on (call it while the task is stopped)."""
+        if pid_namespace(str(tid)) != self._namespace:
+            raise TracerError(
+                f"task {tid} runs in a PID namespace of its own: the eBPF recorder cannot name "
+                "its KVM_RUN calls (trace it with --no-ebpf)"
+            )
         bpf_sys.update(self._maps["tasks"], _TASK_KEY.pack(tid), bytes(STATE_SIZE))
 
     def forget(self, tid: int) -> None:
@@ -133,6 +140,13 @@ class KvmRunRecorder:
         self.ring.close()
         for fd in (*self._events, *self._programs, *self._maps.values()):
             os.close(fd)
+
+
+def pid_namespace(task: str) -> tuple[int, int]:
+    """(device, as the kernel numbers it, and inode) of /proc/TASK/ns/pid: how the programs
+    name the PID namespace whose task numbers they record (bpf_get_ns_current_pid_tgid)."""
+    found = os.stat(f"/proc/{task}/ns/pid")
+    return os.major(found.st_dev) << 20 | os.minor(found.st_dev), found.st_ino
 
 
 def _why(error: OSError) -> str:

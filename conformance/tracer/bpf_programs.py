@@ -68,7 +68,7 @@ from conformance.tracer.kvm_run import HEADER_SIZE, PAGE_SIZE, PIO_GUESS
 
 # Helpers (<linux/bpf.h>, enum bpf_func_id)
 _MAP_LOOKUP_ELEM = 1
-_GET_CURRENT_PID_TGID = 14
+_GET_NS_CURRENT_PID_TGID = 120
 _PROBE_READ_USER = 112
 _PROBE_READ_KERNEL = 113
 _RINGBUF_OUTPUT = 130
@@ -83,12 +83,14 @@ _ARG_REGS, _ARG_ID_OR_RET = 0, 8
 
 # The entry program's stack: the saved dx, si, di (24 bytes) from here
 _STACK_REGS = -72
+_STACK_TASK = -80  # struct bpf_pidns_info
 
 
-def entry_program(maps: dict[str, int], ioctl: int) -> bytes:
-    """At sys_enter: a traced task's KVM_RUN joins its group or starts a new one."""
+def entry_program(maps: dict[str, int], ioctl: int, namespace: tuple[int, int]) -> bytes:
+    """At sys_enter: a traced task's KVM_RUN joins its group or starts a new one. `namespace`:
+    the (device, inode) of the tracer's PID namespace."""
     asm = Assembler()
-    _new_call(asm, maps, ioctl)
+    _new_call(asm, maps, ioctl, namespace)
     _copy_previous_exit(asm, maps)
     asm.load(R1, R8, O_FLAGS, 4)
     asm.and_(R1, COPIED)
@@ -102,7 +104,8 @@ def entry_program(maps: dict[str, int], ioctl: int) -> bytes:
     return asm.assemble()
 
 
-def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int) -> None:
+def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int,
+              namespace: tuple[int, int]) -> None:  # fmt: skip
     """A KVM_RUN of a traced task (else to "out"): r9 its state; r8 this CPU's scratch record
     with the call's tid, tgid, fd, argument and, for a registered vCPU, its page and flags."""
     asm.load(R2, R1, _ARG_ID_OR_RET, 8)
@@ -117,7 +120,7 @@ def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int) -> None:
     asm.jump_if("!=", R0, 0, "out")
     asm.load(R1, R10, _STACK_REGS + 8, 4)
     asm.jump_if("!=", R1, _u32_as_imm(KVM_RUN), "out", wide=False)
-    asm.call(_GET_CURRENT_PID_TGID)
+    _current_task(asm, namespace)
     asm.mov(R7, reg(R0))
     asm.store(R10, -4, R0, 4)  # key: tid
     _lookup(asm, maps["tasks"], -4)
@@ -149,6 +152,21 @@ def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int) -> None:
     asm.or_(R1, COPIED)
     asm.store(R8, O_FLAGS, R1, 4)
     asm.label("page-known")
+
+
+def _current_task(asm: Assembler, namespace: tuple[int, int]) -> None:
+    """r0 = tid | tgid << 32 of the running task as the tracer's PID namespace numbers it (the
+    tracer's tids; the kernel's global ones differ in a container), or to "out" when the task is
+    in another namespace (not ours to trace)."""
+    device, inode = namespace
+    asm.load_imm64(R1, device)
+    asm.load_imm64(R2, inode)
+    asm.mov(R3, reg(R10))
+    asm.add(R3, _STACK_TASK)
+    asm.mov(R4, 8)  # struct bpf_pidns_info {u32 pid, tgid}
+    asm.call(_GET_NS_CURRENT_PID_TGID)
+    asm.jump_if("!=", R0, 0, "out")
+    asm.load(R0, R10, _STACK_TASK, 8)
 
 
 def _lookup(asm: Assembler, map_fd: int, key_offset: int) -> None:
@@ -337,7 +355,9 @@ def _count(asm: Assembler, maps: dict[str, int], offset: int, name: str) -> None
     asm.label(f"{name}-uncounted")
 
 
-def exit_program(maps: dict[str, int], ioctl: int, ring_bytes: int) -> bytes:
+def exit_program(
+    maps: dict[str, int], ioctl: int, namespace: tuple[int, int], ring_bytes: int
+) -> bytes:
     """At sys_exit: a traced task's KVM_RUN returned; a failure closes its group. When
     the ring is half full, the task is stopped before it returns to the VMM (SIGSTOP, which
     the tracer takes back: a signal-delivery-stop where it reads the ring): the VMM waits for
@@ -353,7 +373,7 @@ def exit_program(maps: dict[str, int], ioctl: int, ring_bytes: int) -> bytes:
     asm.jump_if("!=", R0, 0, "out")
     asm.load(R1, R10, -16, 8)
     asm.jump_if("!=", R1, ioctl, "out")
-    asm.call(_GET_CURRENT_PID_TGID)
+    _current_task(asm, namespace)
     asm.store(R10, -4, R0, 4)
     _lookup(asm, maps["tasks"], -4)
     asm.jump_if("==", R0, 0, "out")

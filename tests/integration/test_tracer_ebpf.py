@@ -23,7 +23,7 @@ from test_tracer_fastpath import (
 
 from conformance.events import Event
 from conformance.qemu_scenarios import qemu_scenario
-from conformance.tracer import bpf_kvm_run, trace
+from conformance.tracer import TracerError, bpf_kvm_run, trace
 from conformance.tracer.bpf_kvm_run import KvmRunRecordsLost
 from conformance.vmm.machine import SCENARIOS
 
@@ -130,3 +130,15 @@ def test_without_ebpf_rights_the_trace_stops_at_each_kvm_run_and_says_why_once(
         outputs[denied] = output.read_text()
     assert outputs[True] == outputs[False]
     assert "KVM_EXIT_IO" in outputs[True]
+
+
+def test_a_task_in_another_pid_namespace_is_refused_by_name() -> None:
+    """The programs name tasks as the tracer's PID namespace does; a VMM that forks into a new
+    one (unshare --pid --fork) could not be recorded: the trace says so instead of missing its
+    KVM_RUNs. Without the recorder it is traced."""
+    argv = ["unshare", "--pid", "--fork", *_scenario("hello")]
+    with open(os.devnull, "w") as devnull:
+        with pytest.raises(TracerError, match="PID namespace of its own"):
+            trace(argv, lambda event: None, stdout=devnull.fileno())
+        outcome = trace(argv, lambda event: None, ebpf=False, stdout=devnull.fileno())
+    assert outcome.exit_status == 0 and outcome.one_stop_kvm_run
