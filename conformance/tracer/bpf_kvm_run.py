@@ -25,6 +25,7 @@ from conformance.tracer.errors import TracerError
 _VCPU_KEY = struct.Struct("<Ii")
 _VCPU_VALUE = struct.Struct("<QI4x")
 _TASK_KEY = struct.Struct("<I")
+_TRACEPOINTS = ("sys_enter", "sys_exit")  # the entry program's, the exit program's
 _MAX_TASKS = 1 << 16
 _MAX_VCPUS = 1 << 12
 # 1 MiB: ~1,400 records of distinct exits (376 bytes each) before the half-full stop. The
@@ -40,25 +41,23 @@ class KvmRunRecordsLost(TracerError):
 class KvmRunRecorder:
     """The programs attached, their maps, and what the tracer tells them."""
 
-    def __init__(self, maps: dict[str, int], programs: list[int], events: list[int],
-                 ring: bpf_sys.RingBuffer, namespace: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(self, maps: dict[str, int], programs: list[int], ring: bpf_sys.RingBuffer,
+                 namespace: tuple[int, int]) -> None:  # fmt: skip
         self._maps = maps
         self._programs = programs
-        self._events = events
+        self._attachments: list[int] = []
         self.ring = ring
         self._namespace = namespace
 
     @classmethod
     def start(cls) -> tuple[KvmRunRecorder | None, str | None]:
-        """Maps made, programs verified and attached; or None and why eBPF cannot be used
-        (no bpf(2) rights, no raw tracepoints, a verifier refusal). The ring holds RING_BYTES.
-        """
+        """Maps made and programs verified, not attached yet (attach()); or None and why eBPF
+        cannot be used (no bpf(2) rights, a verifier refusal). The ring holds RING_BYTES."""
         ring_bytes = RING_BYTES
         ioctl = backend.syscall_number("ioctl")
         namespace = pid_namespace("self")
         maps: dict[str, int] = {}
         programs: list[int] = []
-        events: list[int] = []
         try:
             maps["tasks"] = bpf_sys.create_map(bpf_sys.MAP_HASH, _TASK_KEY.size, STATE_SIZE,
                                                _MAX_TASKS, flags=bpf_sys.NO_PREALLOC,
@@ -72,20 +71,31 @@ class KvmRunRecorder:
                                                   name="kvmc_counters")  # fmt: skip
             maps["ring"] = bpf_sys.create_map(bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes,
                                               name="kvmc_ring")  # fmt: skip
-            for tracepoint, code in (
-                ("sys_enter", entry_program(maps, ioctl, namespace)),
-                ("sys_exit", exit_program(maps, ioctl, namespace, ring_bytes)),
-            ):
-                program = bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code,
-                                               name=f"kvmc_{tracepoint}")  # fmt: skip
-                programs.append(program)
-                events.append(bpf_sys.attach_to_raw_tracepoint(program, tracepoint))
+            for tracepoint, code in zip(_TRACEPOINTS, (
+                entry_program(maps, ioctl, namespace),
+                exit_program(maps, ioctl, namespace, ring_bytes),
+            ), strict=True):  # fmt: skip
+                programs.append(bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code,
+                                                     name=f"kvmc_{tracepoint}"))  # fmt: skip
             ring = bpf_sys.RingBuffer(maps["ring"], ring_bytes)
         except OSError as error:
-            for fd in (*events, *programs, *maps.values()):
+            for fd in (*programs, *maps.values()):
                 os.close(fd)
             return None, _why(error)
-        return cls(maps, programs, events, ring, namespace), None
+        return cls(maps, programs, ring, namespace), None
+
+    def attach(self) -> None:
+        """Start recording: the programs on their tracepoints. Done once a traced program opens
+        /dev/kvm (bpf_vcpu_pages.py), not before: while attached, every syscall of every task
+        takes the kernel's slower path with tracepoints, and attaching right after another
+        tracer detached waits for an RCU grace period (~13 ms here)."""
+        if self._attachments:
+            return
+        for program, tracepoint in zip(self._programs, _TRACEPOINTS, strict=True):
+            try:
+                self._attachments.append(bpf_sys.attach_to_raw_tracepoint(program, tracepoint))
+            except OSError as error:
+                raise TracerError(f"the eBPF recorder cannot record: {_why(error)}") from error
 
     # --- what the tracer tells the programs ---------------------------------------------------
 
@@ -138,7 +148,7 @@ class KvmRunRecorder:
 
     def close(self) -> None:
         self.ring.close()
-        for fd in (*self._events, *self._programs, *self._maps.values()):
+        for fd in (*self._attachments, *self._programs, *self._maps.values()):
             os.close(fd)
 
 

@@ -8,6 +8,9 @@ registrations of that process up to date, while the task that made the call is s
 The fds asked about are the ones the process's calls returned or mapped (an ioctl's or dup's
 result, an mmap's fd): a vCPU fd is always one of those.
 
+The programs are attached once a traced program has opened /dev/kvm (KvmRunRecorder.attach):
+no KVM_RUN can come before, and a trace of anything else leaves the kernel's syscalls alone.
+
 A page registered anew is faulted into the VMM's page tables with a process_vm_readv of it:
 bpf_probe_read_user cannot fault, and a VMM need not touch kvm_run before its first KVM_RUN
 (nor a forked child the pages it inherited, which fork does not copy). madvise and mprotect
@@ -48,6 +51,8 @@ class RegisteringHandler:
         self._recorder.on_syscall_exit(stop)
         if stop.nr == self._ioctl and stop.args[1] & 0xFFFFFFFF == KVM_RUN:
             return  # changes no fd and no mapping
+        if self._recorder.opened_kvm:
+            self._kvm_runs.attach()
         name = self._names.get(stop.nr)
         ret = stop.return_value
         candidates = self._candidates.setdefault(stop.tgid, set())
