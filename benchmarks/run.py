@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                          # the whole table, then tracer memory
     python benchmarks/run.py --subset tracer-overhead # native / strace -f / -X verbose / ours full
+    python benchmarks/run.py --subset ours --repetitions 7 --no-memory  # ours 4 ways vs native
 
 Ours runs four ways: full mode with the eBPF recorder (KVM_RUN unstopped, every call recorded
 in the kernel), full mode with a stop per KVM_RUN taken by the compiled loop (`--no-ebpf`, the
@@ -127,6 +128,8 @@ SUBSETS = {
     "tracer-overhead": (
         "native", "strace -f", "strace -f -X verbose", "ours full (ebpf)", "ours full (loop)",
     ),
+    # issue 17's goals: ours four ways against native, without strace's slow rows
+    "ours": ("native", "ours full (ebpf)", "ours full (loop)", "ours summary", "ours off"),
 }  # fmt: skip
 # A run taking longer is stopped and shown as such (issue 17: one 30 s row lost a whole run).
 RUN_TIMEOUT_SECONDS = 120
