@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from test_tracer_fastpath import (
     normalized,
 )
 
-from conformance.events import Event
+from conformance.events import Event, Ioctl
 from conformance.qemu_scenarios import qemu_scenario
 from conformance.tracer import TracerError, bpf_kvm_run, trace
 from conformance.tracer.bpf_kvm_run import KvmRunRecordsLost
@@ -142,3 +143,24 @@ def test_a_task_in_another_pid_namespace_is_refused_by_name() -> None:
             trace(argv, lambda event: None, stdout=devnull.fileno())
         outcome = trace(argv, lambda event: None, ebpf=False, stdout=devnull.fileno())
     assert outcome.exit_status == 0 and outcome.one_stop_kvm_run
+
+
+def test_the_recorder_merges_identical_exits_in_the_kernel_and_loses_none() -> None:
+    """exits-100k: 100,000 identical IO exits stay one group in the kernel, reach Python as a
+    few events whose repeat counts add up, then the debug-exit one."""
+    argv = [sys.executable, str(Path(__file__).parents[2] / "benchmarks" / "exits_guest.py"),
+            "100000"]  # fmt: skip
+    events: list[Event] = []
+    with open(os.devnull, "w") as devnull:
+        outcome = trace(argv, events.append, pin=True, stdout=devnull.fileno())
+    assert outcome.ebpf_kvm_run and outcome.exit_status == 1
+    assert outcome.recorded_calls == 100_001 and outcome.throttle_stops == 0
+    runs = [e for e in events if isinstance(e, Ioctl) and e.name == "KVM_RUN"]
+    ports: Counter[int] = Counter()
+    for run in runs:
+        assert run.run_exit is not None and run.errno is None
+        io = run.run_exit["io"]
+        assert isinstance(io, dict) and isinstance(io["port"], int)
+        ports[io["port"]] += run.repeat
+    assert ports == {0x80: 100_000, 0xF4: 1}
+    assert len(runs) <= 4
