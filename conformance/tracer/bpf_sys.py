@@ -96,11 +96,17 @@ def _element(command: int, map_fd: int, key: bytes, value: ctypes.Array[ctypes.c
 def lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     """The value under `key`, or None when there is none."""
     value = ctypes.create_string_buffer(value_size)
+    return value.raw if lookup_into(map_fd, key, value) else None
+
+
+def lookup_into(map_fd: int, key: bytes, value: ctypes.Array[ctypes.c_char]) -> bool:
+    """Copy the value under `key` into `value` (a buffer of the map's value size, reused by a
+    caller that looks up often); False when there is none."""
     try:
         _element(_BPF_MAP_LOOKUP_ELEM, map_fd, key, value)
     except FileNotFoundError:
-        return None
-    return value.raw
+        return False
+    return True
 
 
 def update(map_fd: int, key: bytes, value: bytes) -> None:
