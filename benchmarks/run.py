@@ -291,7 +291,7 @@ STARTUP_LAYERS = (
     ("python -c pass: the interpreter", (_PYTHON, "-c", "pass")),
     ("+ import ptrace.binding (python-ptrace)", (_PYTHON, "-c", "import ptrace.binding")),
     ("+ everything `trace` imports",
-     (_PYTHON, "-c", "import ptrace.binding, conformance.commands.trace")),
+     (_PYTHON, "-c", "import ptrace.binding, conformance.cli.trace")),
     ("+ filter, fork, exec, exit: ours off -- true", (*_ours("off").argv, "true")),
 )  # fmt: skip
 # A short Python VMM run (hello: 48 exits), native and traced: what tracing adds beyond

@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from conformance.events import Event, Ioctl
+from conformance.model.events import Event, Ioctl, KvmRunMode
 from conformance.tracer import trace
-from conformance.tracer.kvm_calls import KvmRunMode
 
 _MIB = 1 << 20
 _GUEST_RUNNER = Path(__file__).with_name("exits_guest.py")

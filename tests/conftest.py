@@ -1,7 +1,7 @@
 """What the kvm_conformance plugin does not do for this project's own suite.
 
 The needs_kvm / needs_ptrace / needs_qemu / needs_gcc markers and their skips come from the
-plugin (conformance/pytest_plugin.py, installed as a pytest11 entry point). Here: pytester for
+plugin (conformance/pytest_plugin/, installed as a pytest11 entry point). Here: pytester for
 the plugin's own tests, and the CI rule that nothing may skip. Under
 KVM_CONFORMANCE_FORBID_SKIPS=1 (set by .ci/run) a skipped test fails the session: on the CI
 machine every resource exists, so a skip means a broken setup.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conformance.rules.rules_doc import render_rules_markdown
+from conformance.lint.rules_doc import render_rules_markdown
 
 RULES_DOC = Path(__file__).resolve().parent.parent / "docs" / "rules.md"
 

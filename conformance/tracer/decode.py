@@ -28,10 +28,10 @@ import ctypes
 from dataclasses import dataclass
 
 from conformance.abi.ioctls import ArgKind, Direction, IoctlSpec
-from conformance.events import Fields, FieldValue
+from conformance.model.events import Fields, FieldValue
+from conformance.model.fd_roles import KvmObject
 from conformance.tracer import fields as layout
 from conformance.tracer.errors import MemoryReadError
-from conformance.tracer.fdtable import KvmObject
 from conformance.tracer.stops import SyscallStop
 
 _KERNEL_READS = (Direction.WRITE, Direction.READ_WRITE)

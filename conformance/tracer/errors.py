@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno as errno_codes
 import os
 
-from conformance.errors import ConformanceError
+from conformance.model.errors import ConformanceError
 
 
 class TracerError(ConformanceError):

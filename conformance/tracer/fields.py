@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from conformance.abi import _generated as abi
-from conformance.events import Fields, FieldValue
+from conformance.model.events import Fields, FieldValue
 
 CType = type[Any]
 

@@ -13,19 +13,16 @@ reading at KVM_RUN exits), KVM_CAP_XSAVE2's answer (the size of kvm_xsave with i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from conformance.abi import _generated as abi
 from conformance.abi import ioc
 from conformance.abi.ioctls import FdKind, IoctlSpec, by_name, by_number
-from conformance.events import Fields, Ioctl
+from conformance.model.events import Fields, Ioctl, KvmRunMode
+from conformance.model.fd_roles import FdTable, KvmObject, RoleNames, vm_of
 from conformance.tracer import decode
-from conformance.tracer.fdtable import FdTable, KvmObject, RoleNames
 from conformance.tracer.kvm_run import RunMappings, RunReader
 from conformance.tracer.stops import SyscallStop
 from conformance.tracer.syscall_args import signed_int
-
-KvmRunMode = Literal["full", "summary", "off"]
 
 _FD_KINDS = {
     "kvm": FdKind.SYSTEM,
@@ -67,7 +64,7 @@ class KvmCallDecoder:
             return None
         kinds = _FD_KINDS.get(target.kind) if target is not None else None
         spec = self._spec(request, kinds)
-        vm = _vm_of(target)
+        vm = vm_of(target)
         inputs = decode.read_inputs(spec, stop, arg, vm) if spec is not None else None
         run_entry = None
         if request == KVM_RUN and self._decode_runs and target is not None:
@@ -88,7 +85,7 @@ class KvmCallDecoder:
         errno: int | None,
     ) -> Ioctl:
         spec, target = pending.spec, pending.target
-        vm = _vm_of(target)
+        vm = vm_of(target)
         outputs = None
         if spec is not None:
             outputs = decode.read_outputs(spec, stop, pending.arg, vm, failed=errno is not None)
@@ -143,22 +140,17 @@ class KvmCallDecoder:
         *,
         mappings: RunMappings,
     ) -> str | None:
-        vm = _vm_of(pending.target)
+        if spec.creates is None:
+            return None
         new_fd = ret
-        if spec.creates == "vm":
-            created = self._names.vm()
-            created.created_in = mappings
-        elif spec.creates == "vcpu":
-            created = self._names.vcpu(vm, pending.arg & 0xFFFFFFFF)
-        elif spec.creates == "stats":
-            created = self._names.numbered("stats", vm)
-        elif spec.creates == "device":
+        if spec.creates == "device":
             fd, flags = (outputs or {}).get("fd"), (pending.inputs or {}).get("flags")
             if not isinstance(fd, int) or not isinstance(flags, int) or flags & _CREATE_DEVICE_TEST:
                 return None  # KVM_CREATE_DEVICE_TEST only asks whether the type exists
-            created, new_fd = self._names.numbered("device", vm), fd
-        else:
-            return None
+            new_fd = fd
+        created = self._names.created(spec.creates, vm_of(pending.target), pending.arg)
+        if spec.creates == "vm":
+            created.created_in = mappings
         fds.add(new_fd, created, close_on_exec=_CREATED_FDS_ARE_CLOSE_ON_EXEC)
         return created.role
 
@@ -166,7 +158,7 @@ class KvmCallDecoder:
     def _remember(
         spec: IoctlSpec, pending: PendingIoctl, target: KvmObject | None, ret: int
     ) -> None:
-        vm = _vm_of(target)
+        vm = vm_of(target)
         if vm is None:
             return
         inputs = pending.inputs or {}
@@ -197,9 +189,3 @@ def _run_address_for_the_compiled_loop(vcpu: KvmObject, mappings: RunMappings) -
     if mapping is None or vcpu.vm is None or vcpu.vm.coalesced_mmio:
         return None
     return mapping.run_address
-
-
-def _vm_of(target: KvmObject | None) -> KvmObject | None:
-    if target is None:
-        return None
-    return target if target.kind == "vm" else target.vm

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conformance.abi import _generated as abi
-from conformance.events import Fields, FieldValue
+from conformance.model.events import Fields, FieldValue
+from conformance.model.fd_roles import FdTable, KvmObject
 from conformance.tracer import fields as layout
-from conformance.tracer.fdtable import FdTable, KvmObject
 from conformance.tracer.stops import SyscallStop
 
 PAGE_SIZE = 4096

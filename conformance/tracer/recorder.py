@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conformance.abi import _generated as abi
-from conformance.events import (
+from conformance.model.events import (
     CloseFd,
     DupFd,
     Event,
     EventFd,
+    KvmRunMode,
     KvmRunSummary,
     Madvise,
     Mmap,
@@ -36,16 +37,10 @@ from conformance.events import (
     TaskExited,
     TaskStarted,
 )
+from conformance.model.fd_roles import FdTable, KvmObject, RoleNames
 from conformance.tracer import ptrace_backend as backend
-from conformance.tracer.fdtable import (
-    FdTable,
-    KvmObject,
-    RoleNames,
-    adopt_open_fds,
-    is_kvm_device_node,
-    kvm_fd_link,
-)
-from conformance.tracer.kvm_calls import KvmCallDecoder, KvmRunMode, PendingIoctl
+from conformance.tracer.fdtable import adopt_open_fds, is_kvm_device_node, kvm_fd_link
+from conformance.tracer.kvm_calls import KvmCallDecoder, PendingIoctl
 from conformance.tracer.kvm_run import RunMappings, adopt_run_mappings
 from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES
 from conformance.tracer.stops import SyscallStop, TaskKind
@@ -269,16 +264,27 @@ class Recorder:
     def _opened(
         self, pending: _Pending, stop: SyscallStop, process: _Process, ret: int, errno: int | None
     ) -> None:
+        role = None
         if errno is None:
             if not is_kvm_device_node(kvm_fd_link(stop.tgid, ret)):
                 return
-            close_on_exec = bool(pending.flags & os.O_CLOEXEC)
-            process.fds.add(ret, self._names.kvm(), close_on_exec=close_on_exec)
+            kvm = self._names.kvm()
+            process.fds.add(ret, kvm, close_on_exec=bool(pending.flags & os.O_CLOEXEC))
             self.opened_kvm = True
+            role = kvm.role
         elif not is_kvm_device_node(os.path.normpath(pending.path)):
             return
         self._emit(
-            OpenKvm(self._next_seq(), stop.tid, stop.tgid, ret, errno, pending.path, pending.flags)
+            OpenKvm(
+                seq=self._next_seq(),
+                tid=stop.tid,
+                pid=stop.tgid,
+                ret=ret,
+                errno=errno,
+                path=pending.path,
+                flags=pending.flags,
+                fd_role=role,
+            )
         )
 
     def _closed(
@@ -310,15 +316,31 @@ class Recorder:
         if errno is not None:
             return
         new_fd = signed_int(args[1]) if name in ("dup2", "dup3") else ret
-        replaced = fds.get(new_fd) if new_fd != old_fd else None
-        target = fds.duplicate(old_fd, new_fd, close_on_exec=close_on_exec)
-        if replaced is not None and replaced is not target:
+        made = fds.duplicate(old_fd, new_fd, close_on_exec=close_on_exec)
+        if made.closed is not None:
             self._emit(
-                CloseFd(self._next_seq(), stop.tid, stop.tgid, 0, None, new_fd, replaced.role)
+                CloseFd(
+                    seq=self._next_seq(),
+                    tid=stop.tid,
+                    pid=stop.tgid,
+                    ret=0,
+                    errno=None,
+                    fd=new_fd,
+                    fd_role=made.closed.role,
+                )
             )
-        if target is not None:
+        if made.target is not None:
             self._emit(
-                DupFd(self._next_seq(), stop.tid, stop.tgid, ret, errno, name, old_fd, target.role)
+                DupFd(
+                    seq=self._next_seq(),
+                    tid=stop.tid,
+                    pid=stop.tgid,
+                    ret=ret,
+                    errno=errno,
+                    syscall=name,
+                    old_fd=old_fd,
+                    fd_role=made.target.role,
+                )
             )
 
     # --- summary mode -------------------------------------------------------------------------

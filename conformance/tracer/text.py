@@ -6,17 +6,18 @@
 fds show their role (`5<vcpu0>`), ioctls their name, flags their symbolic names, exit reasons
 theirs; MSR indices and CPUID leaves get a comment with their architectural name (xlat.py).
 Ints are hex except counts, ids and small enums (the same rule as the normalized trace, from
-conformance.symbolic). For reading, not parsing: the raw YAML stream is the machine format.
+conformance.model.symbolic). For reading, not parsing: the raw YAML stream is the machine format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TextIO
 
-from conformance import events
-from conformance import symbolic as names
 from conformance.abi.ioctls import by_name
-from conformance.document import Value
+from conformance.model import events
+from conformance.model import symbolic as names
+from conformance.model.document import Value
 from conformance.tracer import decode, xlat
 
 _MSR_FIELD_PARENTS = frozenset({"msr", "entries"})
@@ -32,14 +33,12 @@ class TextWriter:
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
-        self._last_run: tuple[object, ...] = ()
+        self._last_run: events.Ioctl | None = None
         self._last_run_line = ""
 
     def __call__(self, event: events.Event) -> None:
         if isinstance(event, events.Ioctl) and event.run_exit is not None:
-            run = (event.tid, event.fd, event.fd_role, event.ret, event.errno, event.request,
-                   event.name, event.arg, event.run_entry, event.run_exit, event.inputs,
-                   event.outputs, event.new_fd_role)  # fmt: skip
+            run = dataclasses.replace(event, seq=0, repeat=1)  # the call, wherever it came
             if run != self._last_run:
                 self._last_run, self._last_run_line = run, format_event(event) + "\n"
             self._stream.write(self._last_run_line * event.repeat)  # a line per call, as strace

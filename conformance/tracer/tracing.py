@@ -27,11 +27,11 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from conformance.events import Event
+from conformance.model.events import Event, KvmRunMode
 from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
 from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
 from conformance.tracer.errors import TracerError
-from conformance.tracer.kvm_calls import KVM_RUN, KvmRunMode
+from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.late_run_exits import LateExitSource
 from conformance.tracer.recorder import Recorder

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
+from conformance.model.fd_roles import KvmObject
 from conformance.tracer import inject
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.errors import TaskGoneError
-from conformance.tracer.fdtable import KvmObject
 from conformance.tracer.inject import InjectionError
 from conformance.tracer.stops import SyscallStop
 
@@ -122,9 +122,6 @@ class VcpuExitCounters:
                 os.close(pidfd)
         finally:
             inject.inject_syscall(stop.tgid, stop.tid, close, (remote_fd,))
-
-    def watches(self, vcpu: KvmObject) -> bool:
-        return vcpu in self._watched
 
     def finished(self, vcpu: KvmObject) -> dict[str, int] | None:
         """The vCPU is gone (closed, or its process ended): its counters' change since

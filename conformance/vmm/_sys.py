@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import IoctlSpec
-from conformance.errors import GuestMemoryError, KvmError, KvmUnavailableError
+from conformance.model.errors import GuestMemoryError, KvmError, KvmUnavailableError
 
 KVM_DEVICE = "/dev/kvm"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from conformance.errors import GuestMemoryError
+from conformance.model.errors import GuestMemoryError
 from conformance.vmm.guests import GuestImage
 from conformance.vmm.memory import GuestMemory
 from conformance.vmm.vcpu import Vcpu

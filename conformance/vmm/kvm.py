@@ -8,7 +8,7 @@ from typing import Any
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import by_name
-from conformance.errors import KvmError
+from conformance.model.errors import KvmError
 from conformance.vmm import _sys
 from conformance.vmm._closing import Closing
 from conformance.vmm._varlen import sized_argument

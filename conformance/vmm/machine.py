@@ -17,12 +17,8 @@ from dataclasses import dataclass, field
 from types import FrameType, MappingProxyType
 
 from conformance.abi import _generated as abi
-from conformance.errors import (
-    ConformanceError,
-    GuestFault,
-    KvmUnavailableError,
-    UnknownScenarioError,
-)
+from conformance.model import scenarios
+from conformance.model.errors import ConformanceError, GuestFault, KvmUnavailableError
 from conformance.vmm import cpuid, entry
 from conformance.vmm.devices import IoBus, MmioBus
 from conformance.vmm.devices.debug_exit import (
@@ -108,21 +104,9 @@ _FAULTS = (ShutdownExit, FailEntryExit, InternalErrorExit)
 _OUT = IoDirection.OUT  # a module global: an enum member lookup costs more, once per IO exit
 
 
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    description: str
-    run: Callable[[RunLimits], RunResult]
-
-
 def run_scenario(name: str, limits: RunLimits | None = None) -> RunResult:
-    """Run the scenario called `name` to completion; UnknownScenarioError lists the known ones."""
-    scenario = SCENARIOS.get(name)
-    if scenario is None:
-        raise UnknownScenarioError(
-            f"no scenario named {name!r} (known: {', '.join(sorted(SCENARIOS))})"
-        )
-    return scenario.run(limits or RunLimits())
+    """Run the built-in scenario `name` to completion; UnknownScenarioError lists the known ones."""
+    return _PROGRAMS[scenarios.scenario(name).name](limits or RunLimits())
 
 
 def run_guest(image: GuestImage, limits: RunLimits | None = None, scenario: str = "") -> RunResult:
@@ -284,40 +268,14 @@ def _guest_scenario(scenario: str, guest_name: str) -> Callable[[RunLimits], Run
     return lambda limits: run_guest(guest(guest_name), limits, scenario)
 
 
-SCENARIOS: Mapping[str, Scenario] = MappingProxyType(
+# What the VMM core runs for each built-in scenario (model/scenarios.py describes them).
+_PROGRAMS: Mapping[str, Callable[[RunLimits], RunResult]] = MappingProxyType(
     {
-        scenario.name: scenario
-        for scenario in (
-            Scenario(
-                "memory-setup",
-                "GET_API_VERSION, CREATE_VM, 256 KiB anonymous RAM in slot 0 at gpa 0; no vCPU",
-                _memory_setup,
-            ),
-            Scenario(
-                "qemu-memory-layout",
-                "1 GiB RAM MAP_FIXED inside a PROT_NONE reservation 2 MiB larger, as QEMU maps it",
-                _qemu_memory_layout,
-            ),
-            Scenario(
-                "hello",
-                "real-mode guest prints over the 16550 and to the text screen (MMIO), then HLT",
-                _guest_scenario("hello", "hello"),
-            ),
-            Scenario(
-                "hello-long",
-                "the hello guest from 64-bit long mode on VMM-built page tables and GDT",
-                _guest_scenario("hello-long", "hello_long"),
-            ),
-            Scenario(
-                "tiny-bios",
-                "64 KiB firmware from the reset vector: serial output, then status 0x10 to 0xf4",
-                _guest_scenario("tiny-bios", "tiny_bios"),
-            ),
-            Scenario(
-                "exits-100k",
-                "100,000 port-IO exits to 0x80, then status 0 to the debug-exit port",
-                _guest_scenario("exits-100k", "exits_100k"),
-            ),
-        )
+        "memory-setup": _memory_setup,
+        "qemu-memory-layout": _qemu_memory_layout,
+        "hello": _guest_scenario("hello", "hello"),
+        "hello-long": _guest_scenario("hello-long", "hello_long"),
+        "tiny-bios": _guest_scenario("tiny-bios", "tiny_bios"),
+        "exits-100k": _guest_scenario("exits-100k", "exits_100k"),
     }
 )

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from conformance.abi import _generated as abi
-from conformance.errors import GuestMemoryError
+from conformance.model.errors import GuestMemoryError
 from conformance.vmm import _sys
 from conformance.vmm._closing import Closing
 from conformance.vmm.vm import Vm

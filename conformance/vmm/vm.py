@@ -22,7 +22,6 @@ _CHECK_EXTENSION = by_name("KVM_CHECK_EXTENSION")
 _SET_TSS_ADDR = by_name("KVM_SET_TSS_ADDR")
 _SET_IDENTITY_MAP_ADDR = by_name("KVM_SET_IDENTITY_MAP_ADDR")
 _CREATE_IRQCHIP = by_name("KVM_CREATE_IRQCHIP")
-_CREATE_PIT2 = by_name("KVM_CREATE_PIT2")
 
 
 class Vm(Closing):
@@ -77,10 +76,6 @@ class Vm(Closing):
     def create_irqchip(self) -> None:
         """KVM_CREATE_IRQCHIP: in-kernel PIC, IOAPIC and per-vCPU LAPICs (before any vCPU)."""
         _sys.ioctl(self._fd, _CREATE_IRQCHIP)
-
-    def create_pit2(self, flags: int = 0) -> None:
-        """KVM_CREATE_PIT2: an in-kernel i8254 timer (needs the in-kernel irqchip)."""
-        _sys.ioctl(self._fd, _CREATE_PIT2, abi.kvm_pit_config(flags=flags))
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.vmm.machine import SCENARIOS
+from conformance.model.scenarios import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -162,7 +162,7 @@ def test_a_deviation_from_the_qemu_reference_fails_and_is_named(tmp_path: Path) 
     references = tmp_path / "qemu"
     shutil.copytree(REPO / "traces" / "qemu", references)
     # Without the rules beside it, every deviation from QEMU's tiny-bios run is unexplained.
-    (references / "tiny-bios.rules.yaml").unlink()
+    (references / "tiny-bios.allowances.yaml").unlink()
 
     result = _check("--references", str(references), "--scenario", "tiny-bios")
 

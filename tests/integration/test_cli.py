@@ -153,7 +153,7 @@ def test_trace_to_a_file_loads_neither_yaml_nor_python_ptraces_syscall_tables(
     output = tmp_path / "trace.txt"
     program = (
         "import sys\n"
-        "from conformance.cli import main\n"
+        "from conformance.cli.main import main\n"
         f"status = main(['trace', '--kvm-run', 'off', '-o', {str(output)!r}, '--', 'true'])\n"
         "print(*sys.modules, sep='\\n')\n"
         "sys.exit(status)\n"

@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from conformance.scenario_trace import trace_scenario
-from conformance.snapshot import dump_document
-from conformance.vmm.machine import SCENARIOS
+from conformance.gate.scenarios import trace_scenario
+from conformance.model.scenarios import SCENARIOS
+from conformance.snapshot.store import dump_document
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.pytest_plugin import KvmConformance
-from conformance.vmm.machine import SCENARIOS
+from conformance.model.scenarios import SCENARIOS
+from conformance.pytest_plugin.plugin import KvmConformance
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_scenario_matches_its_expected_trace(
     kvm_conformance: KvmConformance, scenario: str
 ) -> None:
-    kvm_conformance.check(scenario)
+    kvm_conformance.matches_scenario(scenario)

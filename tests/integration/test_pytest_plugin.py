@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 
 CHECK_MEMORY_SETUP = """
 def test_memory_setup(kvm_conformance):
-    kvm_conformance.check("memory-setup")
+    kvm_conformance.matches_scenario("memory-setup")
 """
 
 

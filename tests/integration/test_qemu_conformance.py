@@ -10,16 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from conformance.compare import compare_documents
-from conformance.conformance_check import ConformanceResult, check_conformance
-from conformance.deviation_rules import load_rules, rules_beside
-from conformance.document import TraceDocument, Value
-from conformance.qemu_recording import NO_ASLR, find_qemu, record_qemu, reference_options
-from conformance.qemu_scenarios import QEMU_SCENARIOS, REFERENCE_FOR_SCENARIO, qemu_scenario
-from conformance.report_conformance import render_conformance
-from conformance.scenario_trace import trace_command, trace_scenario
-from conformance.snapshot import read_document
-from conformance.strace_import import STRACE_DECODED, import_strace_log
+from conformance.compare.allowances import allowances_beside, load_allowances
+from conformance.compare.conformance import ConformanceResult, compare_with_reference
+from conformance.compare.regression import compare_documents
+from conformance.gate.scenarios import trace_scenario
+from conformance.model.document import TraceDocument, Value
+from conformance.model.scenarios import SCENARIOS
+from conformance.normalize.capture import capture_output
+from conformance.normalize.strace_import import STRACE_DECODED, import_strace_log
+from conformance.qemu.recording import NO_ASLR, find_qemu, record_qemu, reference_options
+from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
+from conformance.report.deviations import render_conformance
+from conformance.snapshot.store import read_document
 from conformance.vmm.machine import run_scenario
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
@@ -31,7 +33,9 @@ WRONG_VMM = Path(__file__).parents[1] / "fixtures" / "variants" / "wrong_vmm.py"
 
 def _check(subject: TraceDocument, reference_name: str) -> ConformanceResult:
     path = REFERENCES / f"{reference_name}.yaml"
-    return check_conformance(subject, read_document(path), load_rules(rules_beside(path)))
+    return compare_with_reference(
+        subject, read_document(path), load_allowances(allowances_beside(path))
+    )
 
 
 @needs_qemu
@@ -47,7 +51,7 @@ def test_a_re_recorded_reference_matches_the_committed_one(scenario: str) -> Non
 
 def test_qemu_memory_layout_conforms_with_only_reasoned_deviations() -> None:
     subject = trace_scenario("qemu-memory-layout").document
-    result = _check(subject, REFERENCE_FOR_SCENARIO["qemu-memory-layout"])
+    result = _check(subject, str(SCENARIOS["qemu-memory-layout"].reference))
     assert result.ok, render_conformance(result, "qemu-memory-layout")
     assert all(deviation.allowed_by is not None for deviation in result.deviations)
     assert result.layout == []
@@ -55,7 +59,7 @@ def test_qemu_memory_layout_conforms_with_only_reasoned_deviations() -> None:
 
 def test_memory_setup_report_names_the_reservation_and_the_size() -> None:
     subject = trace_scenario("memory-setup").document
-    result = _check(subject, REFERENCE_FOR_SCENARIO["memory-setup"])
+    result = _check(subject, str(SCENARIOS["memory-setup"].reference))
     report = render_conformance(result, "memory-setup")
     assert not result.ok
     assert (
@@ -95,15 +99,15 @@ _VARIANTS = [
 def test_a_wrong_vmm_is_caught_by_call_and_field(
     variant: str, reference: str, expected: tuple[str, str, str]
 ) -> None:
-    traced = trace_command([sys.executable, str(WRONG_VMM), variant], {"tool": variant})
+    traced = capture_output([sys.executable, str(WRONG_VMM), variant], {"tool": variant})
     if reference == "our tiny-bios":
         # QEMU creates its vCPU on another thread, so its trace cannot say whether memory came
         # first; our core's single-threaded trace registers memory before the vCPU, and says so.
         our_core = trace_scenario("tiny-bios").document
-        result = check_conformance(traced.document, our_core)
+        result = compare_with_reference(traced.document, our_core)
     else:
         result = _check(traced.document, reference)
-    found = {(d.kind, d.call, d.path) for d in result.failures}
+    found = {(d.kind.value, d.call, d.path) for d in result.failures}
     assert expected in found, render_conformance(result, variant)
     _, call, path = expected
     assert call in render_conformance(result, variant) and path in render_conformance(
@@ -112,7 +116,7 @@ def test_a_wrong_vmm_is_caught_by_call_and_field(
 
 
 def test_overlapping_slots_are_named_in_the_memory_layout() -> None:
-    traced = trace_command([sys.executable, str(WRONG_VMM), "overlapping-slots"], {"tool": "x"})
+    traced = capture_output([sys.executable, str(WRONG_VMM), "overlapping-slots"], {"tool": "x"})
     result = _check(traced.document, "memory-1g")
     assert (
         "slot 0 [0x0, 0x40000000) and slot 1 [0x100000, 0x110000) overlap in the subject"
@@ -167,7 +171,7 @@ def _cut_to(ours: Value, theirs: Value) -> Value:
 
 def test_record_trace_qemu_bad_inputs(tmp_path: Path) -> None:
     def record_trace(*arguments: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "conformance.record", *arguments]
+        command = [sys.executable, "-m", "conformance.cli.record_trace", *arguments]
         return subprocess.run(command, capture_output=True, text=True, check=False)
 
     unknown = record_trace("qemu", "no-such-scenario", "-o", str(tmp_path / "x.yaml"))

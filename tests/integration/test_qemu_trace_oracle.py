@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.events import Event, Ioctl
-from conformance.qemu_scenarios import qemu_scenario
+from conformance.model.events import Event, Ioctl
+from conformance.qemu.scenarios import qemu_scenario
 from conformance.tracer import trace
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace, pytest.mark.needs_qemu]
@@ -71,9 +71,9 @@ def _we_saw(events: list[Event]) -> tuple[Sequences, Sequences, Sequences]:
         requests[event.tid] += [(event.request,)] * event.repeat
         if event.name == "KVM_SET_USER_MEMORY_REGION" and event.errno is None:
             fields = event.inputs or {}
-            slot = tuple(fields[name] for name in _SLOT_FIELDS)
-            assert all(isinstance(value, int) for value in slot), slot
-            slots[event.tid].append(slot)  # type: ignore[arg-type]
+            slot = tuple(value for name in _SLOT_FIELDS if isinstance(value := fields[name], int))
+            assert len(slot) == len(_SLOT_FIELDS), fields
+            slots[event.tid].append(slot)
         if event.name == "KVM_RUN" and event.errno is None and event.run_exit is not None:
             reason = event.run_exit["exit_reason"]
             assert isinstance(reason, int)

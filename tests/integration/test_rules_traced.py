@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from conformance.cli import main
-from conformance.document import TraceDocument
-from conformance.normalize import Normalizer
-from conformance.rules import Finding, Severity, lint
+from conformance.cli.main import main
+from conformance.lint import Finding, Severity, lint
+from conformance.model.document import TraceDocument
+from conformance.model.scenarios import SCENARIOS
+from conformance.normalize.normalizer import Normalizer
 from conformance.tracer import trace
 from conformance.vmm.guests import guest
-from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 

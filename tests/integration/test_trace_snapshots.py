@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.compare import compare_documents
-from conformance.normalize import Normalizer
-from conformance.snapshot import SnapshotStore, dump_document, load_document
+from conformance.compare.regression import compare_documents
+from conformance.normalize.normalizer import Normalizer
+from conformance.snapshot.store import SnapshotStore, dump_document, load_document
 from conformance.tracer import trace
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]

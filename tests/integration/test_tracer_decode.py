@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
-from conformance.events import Event, FieldValue, Ioctl, Mmap, OpenKvm
-from conformance.raw_yaml import RawYamlWriter
+from conformance.model.events import Event, FieldValue, Ioctl, KvmRunMode, Mmap, OpenKvm
 from conformance.tracer import SpawnError, TraceOutcome, trace
-from conformance.tracer.kvm_calls import KvmRunMode
+from conformance.tracer.raw_yaml import RawYamlWriter
 from conformance.tracer.text import format_event
 
 _TRACEES = Path(__file__).parent.parent / "fixtures" / "tracees"

@@ -22,11 +22,11 @@ from test_tracer_fastpath import (
     normalized,
 )
 
-from conformance.events import Event, Ioctl
-from conformance.qemu_scenarios import qemu_scenario
+from conformance.model.events import Event, Ioctl
+from conformance.model.scenarios import SCENARIOS
+from conformance.qemu.scenarios import qemu_scenario
 from conformance.tracer import TracerError, bpf_kvm_run, trace
 from conformance.tracer.bpf_kvm_run import KvmRunRecordsLost
-from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace, pytest.mark.needs_bpf]
 
@@ -120,8 +120,8 @@ def test_without_ebpf_rights_the_trace_stops_at_each_kvm_run_and_says_why_once(
         output = tmp_path / f"denied-{denied}.yaml"
         prefix = ["setpriv", "--bounding-set", "-bpf,-perfmon,-sys_admin"] if denied else []
         completed = subprocess.run(
-            [*prefix, sys.executable, "-m", "conformance.record", "vmm", "-o", str(output),
-             "--", *_scenario("hello")],
+            [*prefix, sys.executable, "-m", "conformance.cli.record_trace", "vmm",
+             "-o", str(output), "--", *_scenario("hello")],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert completed.returncode == 0, completed.stderr

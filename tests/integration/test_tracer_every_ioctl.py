@@ -26,7 +26,7 @@ import pytest
 
 from conformance.abi import _generated as abi
 from conformance.abi.ioctls import IOCTLS, ArgKind, Direction, IoctlSpec
-from conformance.events import Event, Fields, FieldValue, Ioctl
+from conformance.model.events import Event, Fields, FieldValue, Ioctl
 from conformance.tracer import trace
 
 _SCRIPT = Path(__file__).parent.parent / "fixtures" / "tracees" / "every_ioctl.py"

@@ -21,16 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from conformance import cli
-from conformance.compare import compare_documents
-from conformance.events import Event, Ioctl, KvmRunSummary
-from conformance.normalize import Normalizer
-from conformance.qemu_recording import reference_options
-from conformance.qemu_scenarios import qemu_scenario
-from conformance.snapshot import dump_document, load_document
+from conformance.cli import main as cli
+from conformance.compare.regression import compare_documents
+from conformance.model.events import Event, Ioctl, KvmRunMode, KvmRunSummary
+from conformance.model.scenarios import SCENARIOS
+from conformance.normalize.normalizer import Normalizer
+from conformance.qemu.recording import reference_options
+from conformance.qemu.scenarios import qemu_scenario
+from conformance.snapshot.store import dump_document, load_document
 from conformance.tracer import attach, kvm_run_failures, kvm_run_loop, trace
-from conformance.tracer.kvm_calls import KvmRunMode
-from conformance.vmm.machine import SCENARIOS
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 

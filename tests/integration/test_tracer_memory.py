@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conformance.events import Event, Ioctl
+from conformance.model.events import Event, Ioctl
 from conformance.tracer import trace
 
 pytestmark = [pytest.mark.needs_ptrace, pytest.mark.needs_kvm]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conformance.abi.ioctls import by_name, by_number
-from conformance.events import Event, FieldValue, Ioctl
-from conformance.strace_syntax import StraceValue, parse_log
+from conformance.model.events import Event, FieldValue, Ioctl
+from conformance.normalize.strace_syntax import StraceValue, parse_log
 from conformance.tracer import trace
 from conformance.tracer.decode import decodes_pointer
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.errors import ConformanceError
+from conformance.model.errors import ConformanceError
 from conformance.tracer import SyscallStop, TaskKind, TraceResult, TraceSession
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from conformance.abi import _generated as abi
-from conformance.events import CloseFd, Event, Ioctl, KvmRunSummary
+from conformance.model.events import CloseFd, Event, Ioctl, KvmRunMode, KvmRunSummary
 from conformance.tracer import trace
-from conformance.tracer.kvm_calls import KvmRunMode
 
 pytestmark = [pytest.mark.needs_kvm, pytest.mark.needs_ptrace]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conformance.abi import _generated as abi
-from conformance.errors import ConformanceError, GuestFault, KvmError, KvmUnavailableError
+from conformance.model.errors import ConformanceError, GuestFault, KvmError, KvmUnavailableError
 from conformance.vmm import _sys
 from conformance.vmm.entry import enter_real_mode
 from conformance.vmm.exits import HltExit, IntrExit

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.errors import ConformanceError
+from conformance.model.errors import ConformanceError
 from conformance.vmm.guests import GuestImage
 from conformance.vmm.machine import RunLimits, run_guest
 

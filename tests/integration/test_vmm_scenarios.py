@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conformance.errors import UnknownScenarioError
+from conformance.model.errors import UnknownScenarioError
+from conformance.model.scenarios import SCENARIOS
 from conformance.vmm.exits import HltExit, IoDirection, IoExit
-from conformance.vmm.machine import SCENARIOS, RunResult, run_scenario
+from conformance.vmm.machine import RunResult, run_scenario
 
 pytestmark = pytest.mark.needs_kvm
 

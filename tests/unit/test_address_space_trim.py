@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conformance.address_space import AddressSpace, Mapping
+from conformance.normalize.address_space import AddressSpace, HostMapping
 
 
-def _mapping(start: int, length: int) -> Mapping:
-    return Mapping(kind="region", creator=0, position=0, start=start, length=length)
+def _mapping(start: int, length: int) -> HostMapping:
+    return HostMapping(kind="region", creator=0, position=0, start=start, length=length)
 
 
 def test_trimmed_front_and_back_are_not_claimed_and_offsets_stay() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.compare import (
+from conformance.compare.regression import (
     ABSENT,
     CompareOptions,
     CompareOptionsError,
@@ -16,9 +16,9 @@ from conformance.compare import (
     DifferenceKind,
     compare_documents,
 )
-from conformance.document import TraceDocument
-from conformance.report import render_comparison
-from conformance.snapshot import SnapshotError, load_document
+from conformance.model.document import TraceDocument
+from conformance.report.diff import render_comparison
+from conformance.snapshot.store import SnapshotError, load_document
 
 EXPECTED = """\
 schema: kvm-conformance/1

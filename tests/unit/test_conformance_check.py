@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from conformance.conformance_check import check_conformance
-from conformance.deviation_rules import RulesError, load_rules
-from conformance.document import Entry, Hex, TraceCall, TraceDocument, Value
-from conformance.report_conformance import render_conformance
-from conformance.report_html import render_html
-from conformance.subsequence import align
+from conformance.compare.alignment import align
+from conformance.compare.allowances import AllowancesError, load_allowances
+from conformance.compare.conformance import compare_with_reference
+from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value
+from conformance.report.deviations import render_conformance
+from conformance.report.html import render_html
 
 
 def _document(tool: str, **threads: list[Entry]) -> TraceDocument:
@@ -61,14 +61,14 @@ _QEMU = _document(
 def test_a_subsequence_in_order_with_equal_inputs_conforms() -> None:
     subject = _document("vmm", main=[_OPEN, _CREATE_VM, _RESERVE, _RAM_IN_RESERVATION,
                                      _region(0, 0, 1 << 30, "ram0+0x0")])  # fmt: skip
-    result = check_conformance(subject, _QEMU)
+    result = compare_with_reference(subject, _QEMU)
     assert result.ok and result.deviations == []
 
 
 def test_the_nearest_reference_call_is_chosen_and_its_field_named() -> None:
     dirty_logged = _region(0, 0, 1 << 30, "ram0+0x0", ["KVM_MEM_LOG_DIRTY_PAGES"])
     subject = _document("vmm", main=[_OPEN, _CREATE_VM, dirty_logged])
-    result = check_conformance(subject, _QEMU)
+    result = compare_with_reference(subject, _QEMU)
     [deviation] = result.failures
     assert (deviation.call, deviation.path, deviation.reference_index) == (
         "KVM_SET_USER_MEMORY_REGION", "in.flags", 6
@@ -79,25 +79,28 @@ def test_the_nearest_reference_call_is_chosen_and_its_field_named() -> None:
 def test_a_call_out_of_order_is_extra_and_says_so() -> None:
     subject = _document("vmm", main=[_OPEN, _ioctl("KVM_SET_TSS_ADDR", arg=Hex(0xFEFFD000)),
                                      _CREATE_VM])  # fmt: skip
-    result = check_conformance(subject, _QEMU)
-    assert [(d.kind, d.call) for d in result.failures] in (
+    result = compare_with_reference(subject, _QEMU)
+    assert [(d.kind.value, d.call) for d in result.failures] in (
         [("extra", "KVM_SET_TSS_ADDR")], [("extra", "KVM_CREATE_VM")]
     )  # fmt: skip
     assert "out of order" in result.failures[0].note
 
 
 def test_rules_allow_with_reasons_and_require_calls(tmp_path: Path) -> None:
-    rules_file = tmp_path / "x.rules.yaml"
+    rules_file = tmp_path / "x.allowances.yaml"
     rules_file.write_text(
         "allow:\n"
         "  - {kind: field, call: KVM_SET_USER_MEMORY_REGION, field: in.memory_size,"
         " reason: small guest}\n"
         "require:\n  - {call: KVM_SET_TSS_ADDR, reason: QEMU sets it on x86}\n"
     )
-    rules = load_rules(rules_file)
+    rules = load_allowances(rules_file)
     subject = _document("vmm", main=[_OPEN, _CREATE_VM, _region(0, 0, 0x40000, "ram0+0x0")])
-    result = check_conformance(subject, _QEMU, rules)
-    assert [(d.kind, d.allowed) for d in result.deviations] == [("field", True), ("missing", False)]
+    result = compare_with_reference(subject, _QEMU, rules)
+    assert [(d.kind.value, d.allowed) for d in result.deviations] == [
+        ("field", True),
+        ("missing", False),
+    ]
     assert "KVM_SET_TSS_ADDR: never made; required: QEMU sets it on x86" in render_conformance(
         result, "x"
     )
@@ -115,10 +118,10 @@ def test_rules_allow_with_reasons_and_require_calls(tmp_path: Path) -> None:
     ],
 )
 def test_bad_rules_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
-    rules_file = tmp_path / "bad.rules.yaml"
+    rules_file = tmp_path / "bad.allowances.yaml"
     rules_file.write_text(text)
-    with pytest.raises(RulesError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_rules(rules_file)
+    with pytest.raises(AllowancesError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_allowances(rules_file)
 
 
 def test_the_articles_memory_observation_in_words() -> None:
@@ -131,7 +134,7 @@ def test_the_articles_memory_observation_in_words() -> None:
             _region(0, 0, 0x40000, "ram0+0x0"),
         ],
     )  # fmt: skip
-    layout = check_conformance(article_program, _QEMU).layout
+    layout = compare_with_reference(article_program, _QEMU).layout
     assert layout == [
         "slot 0: QEMU registers 1 GiB at gpa 0x0; subject registers 256 KiB at gpa 0x0",
         "slot 0: QEMU reserves 1075838976 bytes PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
@@ -152,7 +155,7 @@ def test_align_prefers_more_pairs_then_better_fields() -> None:
 def test_html_is_self_contained_and_escaped() -> None:
     hostile = _ioctl("KVM_SET_TSS_ADDR", arg="<script>alert(1)</script>")
     subject = _document("vmm", main=[_OPEN, _CREATE_VM, hostile])
-    page = render_html(check_conformance(subject, _QEMU), "<b>name</b>")
+    page = render_html(compare_with_reference(subject, _QEMU), "<b>name</b>")
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "&lt;b&gt;name&lt;/b&gt;" in page
     assert "<style>" in page and "src=" not in page and "href=" not in page

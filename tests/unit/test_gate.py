@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from conformance.gate import GateReport, ScenarioResult, Verdict
-from conformance.rules import Finding, Severity
+from conformance.compare.allowances import Allowances, DeviationKind
+from conformance.compare.conformance import ConformanceResult, Deviation
+from conformance.gate.verdict import ConformanceOutcome, GateReport, ScenarioResult, SnapshotOutcome
+from conformance.lint import Finding, Severity
+from conformance.model.document import TraceDocument
+from conformance.model.scenarios import SCENARIOS
 
 
 def _finding(severity: Severity) -> Finding:
@@ -14,7 +19,12 @@ def _finding(severity: Severity) -> Finding:
 
 def _result(*findings: Finding, scenario: str = "hello") -> ScenarioResult:
     return ScenarioResult(
-        scenario, Verdict.PASSED, Path("expected/hello.yaml"), 70, 0.3, findings=findings
+        scenario=SCENARIOS[scenario],
+        snapshot_outcome=SnapshotOutcome.PASSED,
+        snapshot=Path("expected/hello.yaml"),
+        calls=70,
+        seconds=0.3,
+        findings=findings,
     )
 
 
@@ -30,5 +40,13 @@ def test_lint_warnings_alone_do_not_fail() -> None:
 
 
 def test_a_scenario_that_deviates_on_purpose_is_marked() -> None:
-    assert _result(scenario="memory-setup").deviates_on_purpose
-    assert not _result(scenario="tiny-bios").deviates_on_purpose
+    failed = ConformanceResult(TraceDocument({}, {}), TraceDocument({}, {}), Allowances())
+    failed.deviations.append(
+        Deviation(kind=DeviationKind.EXTRA, thread="main", call="KVM_RUN", subject_index=0)
+    )
+    on_purpose = dataclasses.replace(_result(scenario="memory-setup"), conformance=failed)
+    assert on_purpose.conformance_outcome is ConformanceOutcome.DEVIATES_ON_PURPOSE
+    assert not on_purpose.fails
+    not_on_purpose = dataclasses.replace(_result(scenario="tiny-bios"), conformance=failed)
+    assert not_on_purpose.conformance_outcome is ConformanceOutcome.FAILED
+    assert not_on_purpose.fails and not_on_purpose.tally == "failed"

@@ -9,7 +9,7 @@ from importlib import resources
 
 import pytest
 
-from conformance.errors import ConformanceError
+from conformance.model.errors import ConformanceError
 from conformance.vmm.guests import (
     GUEST_NAMES,
     GuestBuildError,

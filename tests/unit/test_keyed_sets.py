@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from conformance.document import Value
-from conformance.keyed_sets import (
+from conformance.compare.keyed_sets import (
     GUEST_MUTABLE_CPUID,
     KeyedDifference,
     cpuid_differences,
     keyed_comparer,
     msr_differences,
 )
+from conformance.model.document import Value
 
 LEAF0: dict[str, Value] = {"function": 0x0, "index": 0x0, "flags": 0, "eax": 0xD, "ebx": 1}
 LEAF1: dict[str, Value] = {"function": 0x1, "index": 0x0, "flags": 0, "eax": 0x306A9, "ecx": 0}

@@ -13,12 +13,12 @@ import mmap
 import os
 from collections.abc import Iterable, Iterator
 
-from conformance import events
 from conformance.abi import _generated as kvm_abi
 from conformance.abi.ioctls import IOCTLS
-from conformance.document import Entry, Hex, Value
-from conformance.normalize import UNMAPPED, Normalizer
-from conformance.snapshot import dump_document
+from conformance.model import events
+from conformance.model.document import Entry, Hex, Value
+from conformance.normalize.normalizer import UNMAPPED, Normalizer
+from conformance.snapshot.store import dump_document
 
 RESERVATION = 0x7768B3E00000
 RAM_SIZE = 1 << 30
@@ -38,7 +38,7 @@ class Events:
         return (next(self._seq), self.tid, self.pid, ret, failed)
 
     def open_kvm(self, fd: int = 9) -> events.OpenKvm:
-        return events.OpenKvm(*self._call(fd), "/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+        return events.OpenKvm(*self._call(fd), "/dev/kvm", os.O_RDWR | os.O_CLOEXEC, "kvm")
 
     def ioctl(
         self,

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conformance import events, snapshot_format
-from conformance.document import Entry, Hex, Value
-from conformance.raw_yaml import RawYamlWriter, raw_entry
-from conformance.snapshot_format import _dumped, format_call, format_value
+from conformance.model import events, flow_yaml
+from conformance.model.document import Entry, Hex, Value
+from conformance.model.flow_yaml import _dumped, format_call, format_value
+from conformance.tracer.raw_yaml import RawYamlWriter, raw_entry
 
 # Strings YAML reads as something else, or that need quoting in flow context, beside any text.
 _AWKWARD = ["", "yes", "No", "null", "~", "0x10", "1e3", ".inf", "-", "a: b", "a,b", "[x]", "{",
@@ -44,7 +44,7 @@ def test_a_string_is_written_alike_at_every_depth(text: str) -> None:
 
 @given(st.dictionaries(_TEXT, _VALUE, max_size=6))
 def test_format_call_equals_yaml_dump(entry: Entry) -> None:
-    assert format_call(entry) == _dumped(snapshot_format._Flow(entry))
+    assert format_call(entry) == _dumped(flow_yaml.FlowMapping(entry))
 
 
 def test_containers_met_twice_are_dumped_with_anchors() -> None:
@@ -54,10 +54,10 @@ def test_containers_met_twice_are_dumped_with_anchors() -> None:
 
 
 def test_rendering_survives_the_cache_being_cleared(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(snapshot_format, "_CACHE_LIMIT", 3)
+    monkeypatch.setattr(flow_yaml, "_CACHE_LIMIT", 3)
     values: list[Value] = [{f"k{i}": [f"v{i}", "yes", Hex(i)]} for i in range(20)]
     assert format_value(values) == _dumped(values)
-    assert len(snapshot_format._ITEM_TEXTS) <= 3
+    assert len(flow_yaml._ITEM_TEXTS) <= 3
 
 
 _FIELDS: st.SearchStrategy[events.Fields] = st.dictionaries(
@@ -113,7 +113,7 @@ def test_raw_stream_is_each_entry_dumped_by_yaml(stream: list[events.Event]) -> 
         expected += f"  '{tid}':\n"
         for event in stream:
             if event.tid == tid:
-                expected += f"    - {_dumped(snapshot_format._Flow(raw_entry(event)))}\n"
+                expected += f"    - {_dumped(flow_yaml.FlowMapping(raw_entry(event)))}\n"
     assert output.getvalue() == expected
 
 
@@ -137,4 +137,4 @@ def test_repeated_kvm_runs_are_written_as_each_alone() -> None:
     lines = output.getvalue().splitlines()
     body = [line for line in lines if line.startswith("    - ")]
     by_thread = sorted(stream, key=lambda event: event.tid)
-    assert body == [f"    - {_dumped(snapshot_format._Flow(raw_entry(e)))}" for e in by_thread]
+    assert body == [f"    - {_dumped(flow_yaml.FlowMapping(raw_entry(e)))}" for e in by_thread]

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-from conformance.compare import compare_documents
-from conformance.report import render_comparison, write_comparison
-from conformance.snapshot import load_document
+from conformance.compare.regression import compare_documents
+from conformance.report.diff import render_comparison, write_comparison
+from conformance.snapshot.store import load_document
 
 EXPECTED = """\
 schema: kvm-conformance/1

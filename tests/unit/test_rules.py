@@ -10,13 +10,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conformance.cli import main
-from conformance.rules import RULES, LintConfig, LintConfigError, Severity, lint, load_config
-from conformance.rules.config import find_pyproject
-from conformance.rules.output import render_json, render_text
-from conformance.rules.rules_doc import render_rules_markdown
-from conformance.rules.sarif import render_sarif
-from conformance.snapshot import load_document, read_document
+from conformance.cli.main import main
+from conformance.lint import RULES, LintConfig, LintConfigError, Severity, lint, load_config
+from conformance.lint.config import find_pyproject
+from conformance.lint.output import render_json, render_text
+from conformance.lint.rules_doc import render_rules_markdown
+from conformance.lint.sarif import render_sarif
+from conformance.snapshot.store import load_document, read_document
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "rules"
 REPOSITORY = Path(__file__).resolve().parents[2]

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.document import Hex, TraceCall, TraceDocument
-from conformance.errors import ConformanceError
-from conformance.snapshot import (
+from conformance.model.document import Hex, TraceCall, TraceDocument
+from conformance.model.errors import ConformanceError
+from conformance.model.flow_yaml import format_call
+from conformance.snapshot.store import (
     SnapshotError,
     SnapshotOverwriteError,
     SnapshotStore,
     dump_document,
-    format_call,
     load_document,
     read_document,
     write_document,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.record import main as record_trace
-from conformance.strace_import import StraceImportError, import_strace_log
-from conformance.strace_syntax import StraceSyntaxError, parse_log
+from conformance.cli.record_trace import main as record_trace
+from conformance.normalize.strace_import import StraceImportError, import_strace_log
+from conformance.normalize.strace_syntax import StraceSyntaxError, parse_log
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "strace" / "article.strace"
 

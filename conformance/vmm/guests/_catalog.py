@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from conformance.errors import ConformanceError
+from conformance.model.errors import ConformanceError
 
 Mode = Literal["real", "long", "reset-vector"]
 

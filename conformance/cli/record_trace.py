@@ -1,0 +1,150 @@
+"""`record-trace`: write a normalized trace document from QEMU, any VMM, or an strace log.
+
+    record-trace qemu SCENARIO [-o FILE] [--qemu PATH] [--force]
+    record-trace vmm [-o FILE] [--force] -- CMD ARGS...
+    record-trace strace-log LOG [-o FILE] [--lenient] [--force]
+
+`qemu` writes traces/qemu/SCENARIO.yaml by default, with QEMU's own output in SCENARIO.log
+beside it; the others write to stdout unless given -o. An existing file is never replaced
+without --force. Exit status: 0 written; an error's own status, as `kvm-conformance` exits
+with it (2 usage or environment, 127 a command that cannot be started), with one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from conformance.cli.arguments import command_after_dashes
+from conformance.gate.references import REFERENCE_DIRECTORY
+from conformance.model.document import TraceDocument
+from conformance.model.errors import ConformanceError
+from conformance.normalize.capture import capture_output
+from conformance.normalize.strace_import import import_strace_log
+from conformance.qemu.recording import find_qemu, record_qemu
+from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
+from conformance.snapshot.store import dump_document, write_document
+
+
+class OutputExistsError(ConformanceError):
+    """The output file exists and --force was not given."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.command(args)
+    except ConformanceError as error:
+        print(f"record-trace: {error}", file=sys.stderr)
+        return error.exit_status
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="record-trace",
+        description="Record a VMM's use of /dev/kvm as a normalized trace document.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="SOURCE")
+
+    qemu = commands.add_parser(
+        "qemu", help="run QEMU for a scenario under the tracer and write its reference trace"
+    )
+    qemu.add_argument(
+        "scenario",
+        metavar="SCENARIO",
+        help=f"one of: {', '.join(sorted(QEMU_SCENARIOS))}",
+    )
+    qemu.add_argument("-o", "--output", type=Path, help="default: traces/qemu/SCENARIO.yaml")
+    qemu.add_argument("--qemu", metavar="PATH", help="QEMU binary (default: qemu-system-x86_64)")
+    qemu.add_argument("--force", action="store_true", help="replace an existing file")
+    qemu.set_defaults(command=_record_qemu)
+
+    vmm = commands.add_parser("vmm", help="run any VMM command under the tracer")
+    vmm.add_argument("-o", "--output", type=Path, help="default: stdout")
+    vmm.add_argument("--force", action="store_true", help="replace an existing file")
+    vmm.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    vmm.set_defaults(command=_record_vmm)
+
+    strace = commands.add_parser(
+        "strace-log", help="import a `strace -f [-yy] [-X verbose]` log of a VMM"
+    )
+    strace.add_argument("log", type=Path, metavar="LOG")
+    strace.add_argument("-o", "--output", type=Path, help="default: stdout")
+    strace.add_argument(
+        "--lenient", action="store_true", help="skip lines that cannot be parsed, and count them"
+    )
+    strace.add_argument("--force", action="store_true", help="replace an existing file")
+    strace.set_defaults(command=_import_strace)
+    return parser
+
+
+def _record_qemu(args: argparse.Namespace) -> int:
+    scenario = qemu_scenario(args.scenario)
+    output: Path = args.output or REFERENCE_DIRECTORY / f"{scenario.name}.yaml"
+    _refuse_overwrite(output, args.force)
+    qemu = find_qemu(args.qemu)
+    _progress(f"recording {scenario.name}: {' '.join(scenario.argv(qemu))}")
+    recording = record_qemu(scenario, qemu)
+    log = output.with_suffix(".log")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_document(output, recording.document)
+    log.write_text(recording.log, encoding="utf-8")
+    _progress(
+        f"{recording.document.call_count()} calls on {len(recording.document.threads)} "
+        f"thread(s) in {recording.seconds:.2f} s; wrote {output} (QEMU's output: {log})"
+    )
+    return 0
+
+
+def _record_vmm(args: argparse.Namespace) -> int:
+    command = command_after_dashes(args.argv)
+    if not command:
+        raise ConformanceError("vmm: give the VMM's command after `--`")
+    if args.output is not None:
+        _refuse_overwrite(args.output, args.force)
+    _progress(f"tracing {' '.join(command)}")
+    traced = capture_output(command, {"tool": "vmm", "argv": list(command)})
+    if traced.outcome.message is not None:
+        _progress(traced.outcome.message)
+    traced.document.source["exit_status"] = traced.outcome.exit_status
+    _progress(
+        f"{traced.document.call_count()} calls in {traced.seconds:.2f} s; "
+        f"the VMM exited with status {traced.outcome.exit_status}"
+    )
+    _write(traced.document, args.output)
+    return 0
+
+
+def _import_strace(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        _refuse_overwrite(args.output, args.force)
+    imported = import_strace_log(args.log, lenient=args.lenient)
+    if imported.skipped_lines:
+        _progress(f"{args.log}: skipped {imported.skipped_lines} line(s) that could not be parsed")
+    _write(imported.document, args.output)
+    return 0
+
+
+def _write(document: TraceDocument, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(dump_document(document))
+        return
+    write_document(output, document)
+    _progress(f"wrote {output}")
+
+
+def _refuse_overwrite(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise OutputExistsError(f"{output} exists; give --force to replace it")
+
+
+def _progress(message: str) -> None:
+    print(f"record-trace: {message}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

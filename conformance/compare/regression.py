@@ -1,0 +1,274 @@
+"""Comparing two trace documents, thread by thread: the regression half.
+
+Regression asks "does this trace equal the stored one?": per thread role the two call sequences
+are aligned (difflib on each call's identity: syscall, fd role, request), so an inserted or a
+lost call is reported as exactly that instead of shifting every later call into a difference;
+aligned calls are then compared field by field. What the VMM chose (`in:`, `arg`, fd roles,
+`exit`, `repeat`...) is compared; what the kernel answered (`out:`) is not, unless a scenario
+opts a path in (`CompareOptions.compare_outputs`); any path can be left out (`ignore`).
+
+The conformance half (an ordered-subsequence match against QEMU's trace, with named rules) is
+built on the same pieces: `call_identity` to pair calls, `field_differences` to compare a pair,
+and `Difference` to report.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from conformance.compare.keyed_sets import keyed_comparer
+from conformance.model.document import TraceCall, TraceDocument, Value, thread_role_order
+from conformance.model.errors import ConformanceError
+
+
+class _Absent:
+    """The value of a field one side does not have."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
+Compared: TypeAlias = "Value | _Absent"
+
+
+class DifferenceKind(enum.Enum):
+    FIELD = "field"  # an aligned call whose field differs
+    MISSING_CALL = "missing call"  # expected, not made
+    EXTRA_CALL = "extra call"  # made, not expected
+    MISSING_THREAD = "missing thread"
+    EXTRA_THREAD = "extra thread"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    kind: DifferenceKind
+    thread: str
+    call_name: str  # "KVM_SET_USER_MEMORY_REGION", "mmap"; "" for a whole thread
+    # Position in each thread's list. For a missing call, actual_index is where it would have
+    # come in the actual trace; for an extra call, expected_index likewise.
+    expected_index: int | None = None
+    actual_index: int | None = None
+    path: str = ""  # the field: "in.guest_phys_addr", "exit.port", "out.entries[3].eax"
+    expected: Compared = ABSENT
+    actual: Compared = ABSENT
+    expected_line: int | None = None  # line of the call in the expected file, when loaded
+
+
+class CompareOptionsError(ConformanceError):
+    """A scenario's comparison options that are not a mapping of path lists."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompareOptions:
+    """Per-scenario choices: kernel answers to compare after all, fields to leave out.
+
+    Paths are dotted field paths as differences show them; a path covers everything below it
+    (`out` opts every answer in, `in.flags` just one field). `REQUEST:path` limits a path to
+    the calls of one request (`KVM_SET_CPUID2:in.entries`).
+    """
+
+    compare_outputs: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+    @classmethod
+    def from_mapping(cls, data: object, where: str) -> CompareOptions:
+        """From a scenario's YAML: {compare_outputs: [paths], ignore: [paths]}."""
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise CompareOptionsError(f"{where}: comparison options must be a mapping")
+        unknown = sorted(str(key) for key in data if key not in ("compare_outputs", "ignore"))
+        if unknown:
+            raise CompareOptionsError(f"{where}: unknown comparison option(s) {unknown}")
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("compare_outputs", "ignore"):
+            paths = data.get(key, [])
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise CompareOptionsError(f"{where}: '{key}' must be a list of field paths")
+            lists[key] = tuple(paths)
+        return cls(compare_outputs=lists["compare_outputs"], ignore=lists["ignore"])
+
+    def compares(self, path: str, request: str = "") -> bool:
+        """Whether field `path` of a call of `request` is compared."""
+        if _covered(path, _for_request(self.ignore, request)):
+            return False
+        if _covered(path, ("out",)):
+            opted_in = _for_request(self.compare_outputs, request)
+            return _covered(path, opted_in) or any(_covered(option, (path,)) for option in opted_in)
+        return True
+
+
+def _for_request(paths: Sequence[str], request: str) -> list[str]:
+    """The paths that apply to a call of `request`, without their `REQUEST:` qualifier."""
+    chosen = []
+    for path in paths:
+        qualifier, separator, rest = path.rpartition(":")
+        if not separator:
+            chosen.append(path)
+        elif qualifier == request:
+            chosen.append(rest)
+    return chosen
+
+
+def _covered(path: str, prefixes: Sequence[str]) -> bool:
+    return any(
+        path == prefix or path.startswith((prefix + ".", prefix + "[")) for prefix in prefixes
+    )
+
+
+@dataclass(slots=True)
+class Comparison:
+    scenario: str
+    expected: TraceDocument
+    actual: TraceDocument
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def call_identity(call: TraceCall) -> tuple[str, str, str]:
+    """What makes two calls "the same call" for alignment: syscall, fd role, request."""
+    entry = call.entry
+    return (str(entry.get("call")), str(entry.get("fd", "")), str(entry.get("req", "")))
+
+
+def compare_documents(
+    expected: TraceDocument,
+    actual: TraceDocument,
+    *,
+    scenario: str,
+    options: CompareOptions | None = None,
+) -> Comparison:
+    """Regression: every thread's calls, aligned, field by field."""
+    chosen = options or CompareOptions()
+    comparison = Comparison(scenario, expected, actual)
+    roles = sorted(set(expected.threads) | set(actual.threads), key=thread_role_order)
+    for role in roles:
+        if role not in actual.threads:
+            comparison.differences.append(
+                Difference(
+                    DifferenceKind.MISSING_THREAD, role, "", expected=len(expected.threads[role])
+                )
+            )
+        elif role not in expected.threads:
+            comparison.differences.append(
+                Difference(DifferenceKind.EXTRA_THREAD, role, "", actual=len(actual.threads[role]))
+            )
+        else:
+            comparison.differences.extend(
+                _thread_differences(role, expected.threads[role], actual.threads[role], chosen)
+            )
+    return comparison
+
+
+def _thread_differences(
+    role: str, expected: list[TraceCall], actual: list[TraceCall], options: CompareOptions
+) -> Iterator[Difference]:
+    # autojunk off: KVM_RUN makes up most of a vCPU thread and must still align.
+    matcher = difflib.SequenceMatcher(
+        a=[call_identity(call) for call in expected],
+        b=[call_identity(call) for call in actual],
+        autojunk=False,
+    )
+    for tag, e_start, e_end, a_start, a_end in matcher.get_opcodes():
+        if tag == "equal":
+            for offset in range(e_end - e_start):
+                e_call, a_call = expected[e_start + offset], actual[a_start + offset]
+                for path, e_value, a_value in field_differences(e_call, a_call, options):
+                    yield Difference(
+                        DifferenceKind.FIELD,
+                        role,
+                        e_call.name,
+                        e_start + offset,
+                        a_start + offset,
+                        path,
+                        e_value,
+                        a_value,
+                        e_call.line,
+                    )
+            continue
+        for index in range(e_start, e_end):
+            call = expected[index]
+            yield Difference(
+                DifferenceKind.MISSING_CALL,
+                role,
+                call.name,
+                index,
+                a_start,
+                expected=call.entry,
+                expected_line=call.line,
+            )
+        for index in range(a_start, a_end):
+            call = actual[index]
+            yield Difference(
+                DifferenceKind.EXTRA_CALL, role, call.name, e_end, index, actual=call.entry
+            )
+
+
+def field_differences(
+    expected: TraceCall, actual: TraceCall, options: CompareOptions
+) -> Iterator[tuple[str, Compared, Compared]]:
+    """(path, expected, actual) for every compared field where two calls differ."""
+    yield from _value_differences(expected.name, "", expected.entry, actual.entry, options)
+
+
+def _value_differences(
+    request: str, path: str, expected: Compared, actual: Compared, options: CompareOptions
+) -> Iterator[tuple[str, Compared, Compared]]:
+    if path and not options.compares(path, request):
+        return
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        keys = list(expected) + [key for key in actual if key not in expected]
+        for key in keys:
+            yield from _value_differences(
+                request,
+                f"{path}.{key}" if path else key,
+                expected.get(key, ABSENT),
+                actual.get(key, ABSENT),
+                options,
+            )
+    elif (
+        isinstance(expected, list)
+        and isinstance(actual, list)
+        and (keyed := keyed_comparer(request, path)) is not None
+    ):
+        # CPUID entries and MSR lists are sets to the kernel: compared by key, not position.
+        for found in keyed(expected, actual):
+            entry_path = f"{path}[{found.key}]"
+            field_path = f"{entry_path}.{found.field}" if found.field else entry_path
+            if options.compares(field_path, request):
+                yield (field_path, _present(found.expected), _present(found.actual))
+    elif isinstance(expected, list) and isinstance(actual, list) and _all_structured(expected):
+        # Lists of structs (CPUID entries, MSRs) item by item; lists of flags as a whole.
+        for index in range(max(len(expected), len(actual))):
+            yield from _value_differences(
+                request,
+                f"{path}[{index}]",
+                expected[index] if index < len(expected) else ABSENT,
+                actual[index] if index < len(actual) else ABSENT,
+                options,
+            )
+    elif not _same(expected, actual):
+        yield (path, expected, actual)
+
+
+def _present(value: Value | None) -> Compared:
+    return ABSENT if value is None else value
+
+
+def _all_structured(values: list[Value]) -> bool:
+    return bool(values) and all(isinstance(value, dict | list) for value in values)
+
+
+def _same(expected: Compared, actual: Compared) -> bool:
+    # Hex(16) and 16 are one value shown two ways; 1 and "1" are different values.
+    if isinstance(expected, int) and isinstance(actual, int):
+        return expected == actual
+    return type(expected) is type(actual) and expected == actual

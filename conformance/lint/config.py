@@ -1,0 +1,92 @@
+"""Per-project lint settings: `[tool.kvm-conformance]` in pyproject.toml.
+
+    [tool.kvm-conformance]
+    disable = [{id = "KVMC008", reason = "our VMM targets one known kernel"}]
+
+Only `disable` is read here; other keys of the table belong to other commands. Every disabled
+rule needs a reason, so that a reader of the project sees why a check is off.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from conformance.lint.catalog import RULES_BY_ID
+from conformance.model.errors import ConformanceError
+
+TABLE = "tool.kvm-conformance"
+
+
+class LintConfigError(ConformanceError):
+    """A [tool.kvm-conformance] table that cannot be used."""
+
+
+@dataclass(frozen=True)
+class LintConfig:
+    """Which rules are off, each with the project's reason."""
+
+    disabled: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    source: str = "LintConfig"  # where it came from, for messages
+
+    def __post_init__(self) -> None:
+        for rule_id, reason in self.disabled.items():
+            if rule_id not in RULES_BY_ID:
+                known = ", ".join(RULES_BY_ID)
+                raise LintConfigError(
+                    f"{self.source}: unknown rule id {rule_id!r} in disable (known: {known})"
+                )
+            if not reason.strip():
+                raise LintConfigError(f"{self.source}: disabling {rule_id} needs a reason")
+
+
+def project_config(explicit: Path | None, start: Path) -> LintConfig:
+    """The lint settings a command or test uses: `explicit` (--config), else those of the
+    nearest pyproject.toml from `start` up, else none (every rule on)."""
+    found = explicit if explicit is not None else find_pyproject(start)
+    return load_config(found) if found is not None else LintConfig()
+
+
+def find_pyproject(start: Path) -> Path | None:
+    """The nearest pyproject.toml in `start` or a directory above it."""
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: Path) -> LintConfig:
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except OSError as error:
+        raise LintConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise LintConfigError(f"{path}: not valid TOML: {error}") from None
+    tool = document.get("tool", {})
+    table = tool.get("kvm-conformance", {}) if isinstance(tool, dict) else {}
+    if not isinstance(table, dict):
+        raise LintConfigError(f"{path}: [{TABLE}] must be a table")
+    return LintConfig(_disabled(table.get("disable", []), path), source=f"{path} [{TABLE}]")
+
+
+def _disabled(items: object, path: Path) -> dict[str, str]:
+    where = f"{path} [{TABLE}] disable"
+    if not isinstance(items, list):
+        raise LintConfigError(f'{where}: must be a list of {{id = "KVMC...", reason = "..."}}')
+    disabled: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise LintConfigError(f'{where}: each entry needs id = "KVMC..." and a reason')
+        unknown = sorted(set(item) - {"id", "reason"})
+        if unknown:
+            raise LintConfigError(f"{where}: unknown key(s) {unknown} for {item['id']}")
+        reason = item.get("reason")
+        if not isinstance(reason, str):
+            raise LintConfigError(f"{where}: disabling {item['id']} needs a reason")
+        disabled[item["id"]] = reason
+    return disabled

@@ -1,0 +1,2 @@
+"""Results -> what people read: terminal diffs, deviations, HTML, and the shared value and mark
+formatting."""

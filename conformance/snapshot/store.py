@@ -1,0 +1,155 @@
+"""Snapshot files: trace documents read and written atomically, and a directory of them.
+
+The YAML itself (deterministic dump, strict load, SnapshotError) is `snapshot.format`'s; this
+module adds the files: reads that report unreadable or non-UTF-8 files as SnapshotErrors, writes
+that readers never see half done, and `SnapshotStore`, which never overwrites a snapshot unless
+asked to, as syrupy's --snapshot-update.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conformance.model.document import TraceDocument
+from conformance.model.errors import ConformanceError
+from conformance.snapshot.format import SnapshotError, dump_document, load_document
+
+__all__ = [
+    "SnapshotError",
+    "SnapshotOverwriteError",
+    "SnapshotStore",
+    "StoreReport",
+    "dump_document",
+    "load_document",
+    "read_document",
+    "write_document",
+]
+
+
+class SnapshotOverwriteError(ConformanceError):
+    """A snapshot differs from what is on disk and updating was not asked for."""
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def read_document(path: Path) -> TraceDocument:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise SnapshotError(path, line, "not UTF-8 text") from None
+    return load_document(text, path)
+
+
+def write_document(path: Path, document: TraceDocument) -> None:
+    _write_atomically(path, dump_document(document).encode("utf-8"))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one, even across a crash."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:
+        raise SnapshotError(path, None, f"cannot write: {error.strerror}") from None
+    replaced = False
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fchmod(stream.fileno(), 0o644)  # mkstemp's 0600 would hide a committed snapshot
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+        replaced = True
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+    except OSError as error:
+        raise SnapshotError(path, None, f"cannot write: {error.strerror}") from None
+    finally:
+        if not replaced:
+            Path(temporary).unlink(missing_ok=True)
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StoreReport:
+    """What a session did to the snapshot directory, as syrupy reports it at the end."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+class SnapshotStore:
+    """A directory of `<scenario>.yaml` snapshots; never overwrites one unless `update` is set."""
+
+    def __init__(self, directory: Path, *, update: bool = False) -> None:
+        self.directory = directory
+        self.update = update
+        self._report = StoreReport()
+        self._used: set[str] = set()
+
+    def path_for(self, scenario: str) -> Path:
+        if not scenario or "/" in scenario or scenario.startswith("."):
+            raise SnapshotError(self.directory / scenario, None, "not a valid scenario name")
+        return self.directory / f"{scenario}.yaml"
+
+    def load(self, scenario: str) -> TraceDocument | None:
+        """The stored snapshot, or None when there is none yet."""
+        path = self.path_for(scenario)
+        self._used.add(scenario)
+        return read_document(path) if path.exists() else None
+
+    def save(self, scenario: str, document: TraceDocument) -> str:
+        """Store a snapshot; returns "created", "updated" or "unchanged"."""
+        path = self.path_for(scenario)
+        self._used.add(scenario)
+        new = dump_document(document).encode("utf-8")
+        try:
+            old = path.read_bytes() if path.exists() else None
+        except OSError as error:
+            raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
+        if old == new:
+            outcome = "unchanged"
+        elif old is None:
+            outcome = "created"
+        elif self.update:
+            outcome = "updated"
+        else:
+            raise SnapshotOverwriteError(
+                f"{path}: the snapshot differs; run with --snapshot-update to replace it"
+            )
+        if outcome != "unchanged":
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _write_atomically(path, new)
+        getattr(self._report, outcome).append(scenario)
+        return outcome
+
+    def report(self) -> StoreReport:
+        """Created/updated/unchanged in this session, and stored snapshots no one asked for."""
+        stored = (
+            sorted(path.stem for path in self.directory.glob("*.yaml"))
+            if self.directory.is_dir()
+            else []
+        )
+        return StoreReport(
+            created=sorted(self._report.created),
+            updated=sorted(self._report.updated),
+            unchanged=sorted(self._report.unchanged),
+            unused=[scenario for scenario in stored if scenario not in self._used],
+        )

@@ -1,0 +1,170 @@
+"""The `yaml` output of the tracer: the trace format (docs/trace-format.md) with raw values.
+
+    schema: kvm-conformance/1
+    source: {...}
+    threads:
+      '812':
+        - {call: ioctl, fd: 5, fd_role: vcpu0, req: KVM_RUN, arg: 0x0, ret: 0, exit: {...}}
+
+Threads are keyed by tid; fds are numbers (with their role beside them), addresses are host
+addresses, flags are numbers: what the kernel saw, for debugging the tracer or the normalizer.
+`in:` is what the kernel read at entry, `out:` what it wrote by exit; for KVM_RUN, `entry:` is
+what the VMM answered the previous exit with and `exit:` the exit. Byte strings are lists of
+bytes, ints that hold addresses or sizes are written in hex (the same rule as snapshots).
+
+Streaming: each thread's lines go to a spool file as the events arrive, and close() writes the
+document, one thread after another, so memory stays flat however long the trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+from types import TracebackType
+from typing import IO, TextIO, get_args
+
+from conformance.model import events
+from conformance.model.document import SCHEMA, Entry, Hex, Value
+from conformance.model.flow_yaml import format_call, format_value
+
+_HEX_FIELDS = frozenset({"addr", "length", "offset", "old_addr", "old_length", "new_length"})
+_HEX_FIELDS |= {"new_addr", "prot", "flags", "arg"}
+
+
+class RawYamlWriter:
+    """An on_event callback writing the raw YAML stream to `output` when closed."""
+
+    def __init__(self, output: TextIO, source: Entry) -> None:
+        self._output = output
+        self._source = source
+        self._spools: dict[int, IO[str]] = {}
+        self._open_spools = contextlib.ExitStack()
+        # tid -> its last KVM_RUN as text but for `seq`, and its line's text after `seq`
+        self._last_runs: dict[int, tuple[str, str]] = {}
+
+    def __call__(self, event: events.Event) -> None:
+        spool = self._spools.get(event.tid)
+        if spool is None:
+            # Lives until close(); the ExitStack closes it (and every other spool) there.
+            spool_file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+            spool = self._open_spools.enter_context(spool_file)
+            self._spools[event.tid] = spool
+        if isinstance(event, events.Ioctl) and event.run_exit is not None:
+            for seq in range(event.seq, event.seq + event.repeat):  # an entry per call
+                spool.write(self._run_line(event, seq))
+        else:
+            spool.write(f"    - {format_call(raw_entry(event))}\n")
+
+    def _run_line(self, event: events.Ioctl, seq: int) -> str:
+        """A VMM's KVM_RUN loop mostly repeats one exit: a thread's KVM_RUN equal to its last
+        but for `seq` reuses that one's text after `seq` instead of formatting it again. The
+        decoded fields are compared by repr, which unlike == tells mappings apart by key order.
+        """
+        run = repr(dataclasses.replace(event, seq=0, repeat=1))
+        head = f"    - {{call: ioctl, seq: {seq}, "
+        last = self._last_runs.get(event.tid)
+        if last is not None and last[0] == run:
+            return head + last[1]
+        line = f"    - {format_call(raw_entry(dataclasses.replace(event, seq=seq)))}\n"
+        if line.startswith(head):
+            self._last_runs[event.tid] = (run, line[len(head) :])
+        return line
+
+    def close(self) -> None:
+        self._output.write(f"schema: {SCHEMA}\nsource: {format_value(self._source)}\n")
+        self._output.write("threads:\n" if self._spools else "threads: {}\n")
+        for tid in sorted(self._spools):
+            spool = self._spools[tid]
+            self._output.write(f"  '{tid}':\n")
+            spool.seek(0)
+            shutil.copyfileobj(spool, self._output)
+        self._spools.clear()
+        self._open_spools.close()
+        self._output.flush()
+
+    def __enter__(self) -> RawYamlWriter:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def raw_entry(event: events.Event) -> Entry:
+    """One event as a trace entry with raw values."""
+    entry: Entry = {"call": _call_name(event), "seq": event.seq}
+    if isinstance(event, events.Ioctl):
+        entry.update(fd=event.fd, fd_role=event.fd_role)
+        entry["req"] = event.name or Hex(event.request)
+        entry["arg"] = Hex(event.arg)
+        for key, fields in (
+            ("in", event.inputs),
+            ("entry", event.run_entry),
+            ("out", event.outputs),
+            ("exit", event.run_exit),
+        ):
+            if fields is not None:
+                entry[key] = _value(fields, key)
+    else:
+        for name in _PLAIN_FIELDS[type(event)]:
+            value = getattr(event, name)
+            if value is not None:
+                entry[name] = _value(value, name)
+        if not isinstance(event, events.Call):
+            return entry
+    if event.errno is not None:
+        entry["errno"] = event.errno
+    else:
+        entry["ret"] = _value(event.ret, "ret")
+    if isinstance(event, events.Ioctl) and event.new_fd_role is not None:
+        entry["new_fd_role"] = event.new_fd_role
+    return entry
+
+
+def _call_name(event: events.Event) -> str:
+    if isinstance(event, events.DupFd):
+        return event.syscall
+    return _CALL_NAMES.get(type(event)) or type(event).__name__.lower()
+
+
+_CALL_NAMES: dict[type, str] = {
+    events.OpenKvm: "open",
+    events.CloseFd: "close",
+    events.EventFd: "eventfd2",
+    events.TaskStarted: "task_started",
+    events.TaskExited: "task_exited",
+    events.KvmRunSummary: "kvm_run_summary",
+}
+
+
+def _plain_fields(kind: type[events.Event]) -> tuple[str, ...]:
+    """The fields written as they are, in their order: a syscall's result comes last, and the
+    task events have no result."""
+    exclude = {"seq", "tid"} if kind in _TASK_EVENTS else {"seq", "tid", "pid", "ret", "errno"}
+    return tuple(name for name in kind.__dataclass_fields__ if name not in exclude)
+
+
+_TASK_EVENTS = (events.TaskStarted, events.TaskExited, events.KvmRunSummary)
+# Which fields an event writes depends only on its class: decided once, not per event.
+_PLAIN_FIELDS = {kind: _plain_fields(kind) for kind in get_args(events.Event)}
+
+
+def _value(value: object, name: str) -> Value:
+    # Ordered by how often each kind comes: ints, then the mappings and bytes of decoded structs.
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return Hex(value) if value > 0xFFFF or name in _HEX_FIELDS else value
+    if isinstance(value, dict):
+        return {(key := str(field)): _value(item, key) for field, item in value.items()}
+    if isinstance(value, bytes):
+        return [Hex(byte) for byte in value]
+    if isinstance(value, list):
+        return [_value(item, name) for item in value]
+    return str(value)
