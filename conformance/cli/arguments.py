@@ -10,8 +10,10 @@ import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from conformance.lint import LintConfig, project_config
+if TYPE_CHECKING:  # `trace` parses its command here and must not load the rules (~30-60 ms)
+    from conformance.lint import LintConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a judgment failed: a difference, a deviation not allowed, a rule's error
@@ -116,5 +118,7 @@ def add_lint_config_option(parser: argparse.ArgumentParser) -> None:
 
 def lint_config(args: argparse.Namespace) -> LintConfig:
     """The settings `--config` names, else the nearest pyproject.toml's."""
+    from conformance.lint import project_config  # noqa: PLC0415 - see the import above
+
     explicit: Path | None = args.config
     return project_config(explicit, Path.cwd())
