@@ -86,6 +86,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="run tracer and command on one CPU (ptrace stops cost several times less)",
     )
     parser.add_argument(
+        "--no-ebpf",
+        action="store_true",
+        help="full mode: stop at each KVM_RUN instead of recording it with eBPF",
+    )
+    parser.add_argument(
         "--no-fast-path",
         action="store_true",
         help="stop at every syscall instead of installing the seccomp filter",
@@ -159,7 +164,12 @@ def _traced(
         )
         return attach(args.pid, writer, kvm_run=args.kvm_run, fast_path=False)
     return trace(
-        command, writer, kvm_run=args.kvm_run, fast_path=not args.no_fast_path, pin=args.pin
+        command,
+        writer,
+        kvm_run=args.kvm_run,
+        fast_path=not args.no_fast_path,
+        pin=args.pin,
+        ebpf=not args.no_ebpf,
     )
 
 

@@ -140,6 +140,9 @@ def _event(call: _RawCall, pid: int, path: Path) -> events.Event:
         elif key != "call":
             values[key] = _plain(value)
     if kind is events.Ioctl:
+        memory = values.pop("guest_memory", None)
+        if memory is not None:
+            values["guest_memory"] = _guest_memory(memory, path, call.line)
         request = values.pop("req", None)
         spec = IOCTLS.get(request) if isinstance(request, str) else None
         if isinstance(request, str) and spec is None:
@@ -164,6 +167,15 @@ def _event(call: _RawCall, pid: int, path: Path) -> events.Event:
     if missing:
         raise _error(path, call.line, f"a {name} call needs {', '.join(missing)}")
     return kind(**{key: value for key, value in values.items() if key in wanted})
+
+
+def _guest_memory(value: object, path: Path, line: int) -> events.GuestMemoryDigest:
+    """`guest_memory: {vm: ROLE, pages: N, sha256: HEX}` as tracer/raw_yaml.py writes it."""
+    if isinstance(value, dict):
+        vm, pages, sha256 = value.get("vm"), value.get("pages"), value.get("sha256")
+        if isinstance(vm, str) and isinstance(pages, int) and isinstance(sha256, str):
+            return events.GuestMemoryDigest(vm_role=vm, pages=pages, sha256=sha256)
+    raise _error(path, line, "`guest_memory` must be {vm: ROLE, pages: N, sha256: HEX}")
 
 
 def _fields(value: object, path: Path, line: int) -> events.FieldValue:

@@ -100,6 +100,20 @@ class Recorder:
         adopt_run_mappings(pid, process.fds, process.mappings)
         self.opened_kvm = self.opened_kvm or process.fds.has_kvm_objects()
 
+    def kvm_run_page(self, tid: int, fd: int) -> tuple[int, bool] | None:
+        """Where `fd`'s vCPU has its kvm_run in `tid`'s process, and whether its VM's coalesced
+        MMIO ring is read at exits too; None when `fd` is no vCPU there or kvm_run is not
+        mapped. What a reader of exits that does not stop at KVM_RUN must copy (bpf_vcpu_pages.py).
+        """
+        process = self._processes.get(tid)
+        vcpu = process.fds.get(fd) if process is not None else None
+        if process is None or vcpu is None or vcpu.kind != "vcpu":
+            return None
+        mapping = process.mappings.by_vcpu.get(vcpu)
+        if mapping is None or mapping.run_address is None:
+            return None
+        return mapping.run_address, vcpu.vm is not None and vcpu.vm.coalesced_mmio
+
     # --- session.TraceHandler -----------------------------------------------------------------
 
     def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
