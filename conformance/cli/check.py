@@ -249,8 +249,9 @@ def _writes(args: argparse.Namespace) -> tuple[bool, bool]:
 
 
 def _interrupted(interrupt: KeyboardInterrupt) -> int:
+    """A trace cut short says which scenario; a Ctrl-C between two traces is SIGINT's."""
     signum = interrupt.signum if isinstance(interrupt, TraceInterrupted) else signal.SIGINT
-    what = f"{interrupt}" if isinstance(interrupt, TraceInterrupted) else "interrupted"
+    what = str(interrupt) if isinstance(interrupt, TraceInterrupted) else "interrupted by SIGINT"
     print(f"kvm-conformance: {what}; no snapshot written", file=sys.stderr)
     return 128 + signum
 
