@@ -64,6 +64,11 @@ class Located:
 
 @dataclass(slots=True)
 class TraceDocument:
+    """A trace. One loaded from a file is read-only: calls written the same way share one
+    entry (a long trace repeats its calls; sharing keeps a 100 MB trace in memory a few
+    hundred MB smaller), so changing a loaded entry in place changes every call like it; build
+    a new entry instead."""
+
     source: Entry
     threads: dict[str, list[TraceCall]]
     path: Path | None = None  # the file it was loaded from, for messages

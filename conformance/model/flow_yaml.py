@@ -25,7 +25,10 @@ class FlowSequence(list[Value]):
 
 
 class Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: object) -> bool:
+        # A value met twice is written twice: trace documents hold no anchors or aliases (a
+        # loaded document shares the entries of identical calls, a dump must not show it).
+        return True
 
 
 def _represent_hex(dumper: yaml.SafeDumper, value: Hex) -> yaml.ScalarNode:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.input_files import read_input_text
 from conformance.snapshot.format import SnapshotError, dump_document, load_document
 
 __all__ = [
@@ -37,15 +38,8 @@ class SnapshotOverwriteError(ConformanceError):
 
 
 def read_document(path: Path) -> TraceDocument:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise SnapshotError(path, line, "not UTF-8 text") from None
+    """A trace file: a regular file of UTF-8 YAML in the trace format, else a SnapshotError."""
+    text = read_input_text(path, lambda line, message: SnapshotError(path, line, message))
     return load_document(text, path)
 
 

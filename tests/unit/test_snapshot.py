@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.model.document import Hex, TraceCall, TraceDocument
+from conformance.model.document import Hex, TraceCall, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import format_call
 from conformance.snapshot.store import (
@@ -91,9 +91,12 @@ def test_dump_orders_threads_main_then_vcpus_numerically_and_sorts_source() -> N
 
 
 def test_strings_that_look_like_numbers_stay_strings() -> None:
-    call = TraceCall({"call": "open", "path": "0x10", "flags": ["yes", "1:20", "null"]})
-    text = dump_document(TraceDocument({}, {"main": [call]}))
-    assert load(text).threads["main"][0].entry == call.entry
+    call = TraceCall({"call": "open", "path": "0x10", "flags": ["O_RDWR"]})
+    source: dict[str, Value] = {"words": ["yes", "1:20", "null", "0777", "1_000", "+5", "1e3"]}
+    text = dump_document(TraceDocument(source, {"main": [call]}))
+    loaded = load(text)
+    assert loaded.threads["main"][0].entry == call.entry
+    assert loaded.source == source
 
 
 def test_format_call_is_one_line() -> None:
@@ -114,7 +117,7 @@ def test_format_call_is_one_line() -> None:
         (
             "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main: {call: x}\n",
             4,
-            "list of calls",
+            "thread 'main': expected a list",
         ),
         ("schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {fd: vm}\n", 5, "'call:"),
         (
@@ -123,14 +126,14 @@ def test_format_call_is_one_line() -> None:
             "'fd'",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: x, in: 3}\n",
+            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: open, in: 3}\n",
             5,
-            "'in' must be a mapping",
+            "main[0] in: expected a mapping",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, repeat: 0}\n",
+            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: open, repeat: 0}\n",
             5,
-            "'repeat'",
+            "m[0] repeat: expected a positive integer, found 0",
         ),
         (
             "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, arg: 1.5}\n",
@@ -147,15 +150,16 @@ def test_format_call_is_one_line() -> None:
             5,
             "duplicate key",
         ),
-        ("schema: kvm-conformance/1\nsource: {a: &x 1, b: *x}\nthreads: {}\n", 2, "aliases"),
+        ("schema: kvm-conformance/1\nsource: {a: &x 1, b: *x}\nthreads: {}\n", 2, "anchors"),
+        ("schema: kvm-conformance/1\nsource: {a: 1, b: *x}\nthreads: {}\n", 2, "aliases"),
         (
             "schema: kvm-conformance/1\nsource: !!python/name:os.system x\nthreads: {}\n",
             2,
-            "unsupported value",
+            "YAML tags (tag:yaml.org,2002:python/name:os.system) are not allowed",
         ),
         ("schema: kvm-conformance/1\nsource: {}\nthreads:\n  m: [\n", 5, "malformed YAML"),
         ("schema: kvm-conformance/1\nsource: {a: 0b_}\nthreads: {}\n", 2, "malformed integer"),
-        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n\x07\n", 4, "not a text file"),
+        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n\x07\n", 4, "0x0007 is not allowed"),
         (
             "schema: kvm-conformance/1\nsource: " + "[" * 40 + "]" * 40 + "\nthreads: {}\n",
             2,
