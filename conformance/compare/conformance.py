@@ -100,10 +100,11 @@ def compare_with_reference(
         layout=layout_differences(subject, reference),
     )
     options = CompareOptions(ignore=_NEVER_COMPARED)
+    judge = _Judge(chosen)
     for role in sorted(subject.threads, key=thread_role_order):
         rows, deviations = _thread(role, subject, reference, options)
         result.rows[role] = rows
-        result.deviations.extend(_judged(deviation, chosen) for deviation in deviations)
+        result.deviations.extend(judge(deviation) for deviation in deviations)
     made = {located.call.name for located in subject.calls()}
     for requirement in chosen.require:
         if requirement.call not in made:
@@ -119,13 +120,22 @@ def compare_with_reference(
     return result
 
 
-def _judged(deviation: Deviation, allowances: Allowances) -> Deviation:
-    allowance = allowances.allowing(
-        deviation.kind, deviation.thread, deviation.call, deviation.path
-    )
-    if allowance is None:
-        return deviation
-    return dataclasses.replace(deviation, allowed_by=allowance)
+class _Judge:
+    """Allowances matched once per distinct (kind, thread, call, field): a long trace's
+    deviations are mostly the same few."""
+
+    def __init__(self, allowances: Allowances) -> None:
+        self.allowances = allowances
+        self.seen: dict[tuple[DeviationKind, str, str, str], Allowance | None] = {}
+
+    def __call__(self, deviation: Deviation) -> Deviation:
+        key = (deviation.kind, deviation.thread, deviation.call, deviation.path)
+        if key not in self.seen:
+            self.seen[key] = self.allowances.allowing(*key)
+        allowance = self.seen[key]
+        if allowance is None:
+            return deviation
+        return dataclasses.replace(deviation, allowed_by=allowance)
 
 
 def _thread(
@@ -158,10 +168,13 @@ def _thread(
         leftover = [leftover[s] for s in secondary.unpaired]
 
     deviations: list[Deviation] = []
+    first_made: dict[tuple[str, ...], int] = {}  # identity -> its first index in `primary`
+    for position, theirs in enumerate(primary):
+        first_made.setdefault(conformance_identity(theirs), position)
     for index, call in enumerate(calls):
         where = paired.get(index)
         if where is None:
-            deviations.append(_extra(role, index, call, primary, primary_role))
+            deviations.append(_extra(role, index, call, first_made, primary_role))
             continue
         other_role, other_index = where
         theirs = reference.threads[other_role][other_index]
@@ -216,15 +229,18 @@ def _anywhere(
 
 
 def _extra(
-    role: str, index: int, call: TraceCall, primary: list[TraceCall], primary_role: str | None
+    role: str,
+    index: int,
+    call: TraceCall,
+    first_made: dict[tuple[str, ...], int],
+    primary_role: str | None,
 ) -> Deviation:
-    identity = conformance_identity(call)
     note = "the reference never makes this call"
-    later = [i for i, theirs in enumerate(primary) if conformance_identity(theirs) == identity]
-    if later:
+    first = first_made.get(conformance_identity(call))
+    if first is not None:
         note = (
             f"out of order: the reference makes {call.name} on thread {primary_role} "
-            f"(#{later[0]}), but not at this point"
+            f"(#{first}), but not at this point"
         )
     return Deviation(
         kind=DeviationKind.EXTRA,
