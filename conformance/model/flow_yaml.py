@@ -80,7 +80,8 @@ def _dumped(value: Value) -> str:
 # representers write them; a string's text in a flow collection is taken from yaml.dump itself,
 # once per distinct string, so quoting follows PyYAML's rules exactly. What could come out
 # differently is left to yaml.dump: other types (bool, dict subclasses), a container met twice
-# (dumped with an &anchor) and strings written over several lines (indented by depth).
+# (written out again each time: no anchors) and strings written over several lines (indented
+# by depth).
 
 
 class _NotFast(Exception):
