@@ -34,6 +34,7 @@ from conformance.gate.verdict import (
 )
 from conformance.lint import LintConfig, Severity
 from conformance.lint.output import finding_record, render_text
+from conformance.model.printable import printable_text
 from conformance.model.scenarios import select_scenarios
 from conformance.report.deviations import render_conformance
 from conformance.report.diff import render_comparison, use_color
@@ -175,10 +176,10 @@ def _print_text_summary(report: GateReport, seconds: float, config: LintConfig) 
         failed_reference = result.conformance_outcome is ConformanceOutcome.FAILED
         if failed_reference and result.conformance is not None:
             print()
-            sys.stdout.write(render_conformance(result.conformance, name))
+            sys.stdout.write(printable_text(render_conformance(result.conformance, name)))
         if result.lint_fails:
             print()
-            sys.stdout.write(render_text(result.findings, name, config))
+            sys.stdout.write(printable_text(render_text(result.findings, name, config)))
     for path in report.unused:
         print(f"unused: {path} (no scenario of that name; not deleted)")
     counts: dict[str, int] = {}

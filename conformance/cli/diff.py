@@ -13,6 +13,7 @@ from pathlib import Path
 from conformance.compare.allowances import Allowances, allowances_beside, load_allowances
 from conformance.compare.conformance import compare_with_reference
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import printable_text
 from conformance.report.deviations import render_conformance, side_by_side
 from conformance.report.html import render_html
 from conformance.snapshot.store import read_document
@@ -51,14 +52,14 @@ def _diff(args: argparse.Namespace) -> int:
     allowances = load_allowances(allowances_path) if allowances_path is not None else Allowances()
     result = compare_with_reference(subject, reference, allowances)
     name = str(subject.source.get("scenario") or args.subject)
-    sys.stdout.write(render_conformance(result, name))
+    sys.stdout.write(printable_text(render_conformance(result, name)))
     if args.side_by_side:
         for thread in result.rows:
-            print(f"\nthread {thread}: subject | QEMU")
-            print("\n".join(side_by_side(result, thread)))
+            print(printable_text(f"\nthread {thread}: subject | QEMU"))
+            print(printable_text("\n".join(side_by_side(result, thread))))
     if args.html is not None:
         try:
-            args.html.write_text(render_html(result, name), encoding="utf-8")
+            args.html.write_text(printable_text(render_html(result, name)), encoding="utf-8")
         except OSError as error:
             raise ConformanceError(f"cannot write {args.html}: {error.strerror}") from None
     return 0 if result.ok else EXIT_DEVIATION

@@ -12,6 +12,7 @@ from conformance.lint.output import render_json, render_text
 from conformance.lint.sarif import render_sarif
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import printable_text
 from conformance.normalize.capture import capture
 from conformance.snapshot.store import read_document
 
@@ -51,7 +52,7 @@ def _lint(args: argparse.Namespace) -> int:
     elif args.format == "json":
         sys.stdout.write(render_json(findings, shown, config))
     else:
-        sys.stdout.write(render_text(findings, shown, config))
+        sys.stdout.write(printable_text(render_text(findings, shown, config)))
     return EXIT_FINDINGS if has_errors(findings) else 0
 
 

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import printable_text
 
 EXIT_USAGE = 2
 
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_USAGE
     except ConformanceError as error:
-        print(f"kvm-conformance: {error}", file=sys.stderr)
+        print(f"kvm-conformance: {printable_text(str(error))}", file=sys.stderr)
         return error.exit_status
 
 

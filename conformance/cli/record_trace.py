@@ -22,6 +22,7 @@ from conformance.cli.arguments import command_after_dashes
 from conformance.gate.references import REFERENCE_DIRECTORY
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import printable_text
 from conformance.normalize.capture import capture_output
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.command(args)
     except ConformanceError as error:
-        print(f"record-trace: {error}", file=sys.stderr)
+        print(f"record-trace: {printable_text(str(error))}", file=sys.stderr)
         return error.exit_status
     return result
 
@@ -143,7 +144,7 @@ def _refuse_overwrite(output: Path, force: bool) -> None:
 
 
 def _progress(message: str) -> None:
-    print(f"record-trace: {message}", file=sys.stderr, flush=True)
+    print(f"record-trace: {printable_text(message)}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from conformance.lint.catalog import RULES
 from conformance.lint.config import LintConfig
 from conformance.lint.engine import Finding, Severity
+from conformance.model.printable import printable_data
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = (
@@ -33,7 +34,7 @@ def render_sarif(findings: Sequence[Finding], trace: str | None, config: LintCon
         "results": [_result(finding, trace) for finding in findings],
     }
     log = {"$schema": SARIF_SCHEMA_URI, "version": SARIF_VERSION, "runs": [run]}
-    return json.dumps(log, indent=2) + "\n"
+    return json.dumps(printable_data(log), indent=2) + "\n"
 
 
 def _driver() -> JsonObject:

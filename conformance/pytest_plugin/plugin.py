@@ -36,6 +36,7 @@ from conformance.lint import Finding, LintConfig, has_errors, lint, project_conf
 from conformance.lint.output import render_text
 from conformance.model.document import TraceDocument, Value
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import printable_text
 from conformance.normalize.capture import Capture, capture_output
 from conformance.pytest_plugin.snapshots import SnapshotSession
 
@@ -170,7 +171,7 @@ class KvmConformance:
         directory = None if cwd is None else str(cwd)
         traced = _failing_on_error(lambda: capture_output(argv, source, env=env, cwd=directory))
         if traced.outcome.message is not None:
-            pytest.fail(_with_stderr(traced.outcome.message, traced), pytrace=False)
+            pytest.fail(printable_text(_with_stderr(traced.outcome.message, traced)), pytrace=False)
         return self._wrap(traced)
 
     def matches_scenario(
@@ -196,7 +197,7 @@ class KvmConformance:
         if has_errors(findings):
             argv = document.source.get("argv")
             name = " ".join(map(str, argv)) if isinstance(argv, list) else str(document.path)
-            pytest.fail(render_text(findings, name, chosen), pytrace=False)
+            pytest.fail(printable_text(render_text(findings, name, chosen)), pytrace=False)
         return findings
 
     def _wrap(self, traced: Capture) -> TracedCommand:
@@ -215,7 +216,7 @@ def _failing_on_error(action: Callable[[], _Result]) -> _Result:
     except ConformanceError as error:
         message = str(error)
     # Outside the except block, so that the failure is not shown chained to the error.
-    pytest.fail(message, pytrace=False)
+    pytest.fail(printable_text(message), pytrace=False)
 
 
 def _with_stderr(message: str, traced: Capture) -> str:

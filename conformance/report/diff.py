@@ -20,6 +20,7 @@ from typing import TextIO
 from conformance.compare.regression import Comparison, Difference, DifferenceKind
 from conformance.model.document import TraceCall
 from conformance.model.flow_yaml import format_call
+from conformance.model.printable import printable_text
 from conformance.report.values import value_text
 
 CONTEXT_CALLS = 2
@@ -148,7 +149,10 @@ class _Painter:
         self._color = color
 
     def _paint(self, code: str, text: str) -> str:
-        return f"{code}{text}{_RESET}" if self._color else text
+        # Every line goes through here: what it quotes from a trace is made printable before
+        # colour codes of our own are put around it.
+        shown = printable_text(text)
+        return f"{code}{shown}{_RESET}" if self._color else shown
 
     def red(self, text: str) -> str:
         return self._paint(_RED, text)
