@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from conformance.lint.catalog import RULES_BY_ID
 from conformance.model.errors import ConformanceError
+from conformance.model.input_files import read_input_text
 
 TABLE = "tool.kvm-conformance"
 
@@ -60,13 +61,14 @@ def find_pyproject(start: Path) -> Path | None:
 
 
 def load_config(path: Path) -> LintConfig:
+    def error(line: int | None, message: str) -> LintConfigError:
+        return LintConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+    text = read_input_text(path, error)  # a FIFO or a file that is not UTF-8: one clear line
     try:
-        with path.open("rb") as stream:
-            document = tomllib.load(stream)
-    except OSError as error:
-        raise LintConfigError(f"{path}: cannot read: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise LintConfigError(f"{path}: not valid TOML: {error}") from None
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as problem:
+        raise LintConfigError(f"{path}: not valid TOML: {problem}") from None
     tool = document.get("tool", {})
     table = tool.get("kvm-conformance", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):

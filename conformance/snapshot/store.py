@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
-from conformance.model.input_files import read_input_text
+from conformance.model.input_files import read_input_bytes, read_input_text
 from conformance.snapshot.format import SnapshotError, dump_document, load_document
 
 __all__ = [
@@ -93,6 +93,8 @@ class SnapshotStore:
     """A directory of `<scenario>.yaml` snapshots; never overwrites one unless `update` is set."""
 
     def __init__(self, directory: Path, *, update: bool = False) -> None:
+        if directory.exists() and not directory.is_dir():
+            raise SnapshotError(directory, None, "not a directory: snapshots are stored in one")
         self.directory = directory
         self.update = update
         self._report = StoreReport()
@@ -114,10 +116,11 @@ class SnapshotStore:
         path = self.path_for(scenario)
         self._used.add(scenario)
         new = dump_document(document).encode("utf-8")
-        try:
-            old = path.read_bytes() if path.exists() else None
-        except OSError as error:
-            raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
+        old = (
+            read_input_bytes(path, lambda line, message: SnapshotError(path, line, message))
+            if path.exists()
+            else None
+        )
         if old == new:
             outcome = "unchanged"
         elif old is None:
@@ -129,7 +132,10 @@ class SnapshotStore:
                 f"{path}: the snapshot differs; run with --snapshot-update to replace it"
             )
         if outcome != "unchanged":
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SnapshotError(self.directory, None, f"cannot create: {error}") from None
             _write_atomically(path, new)
         getattr(self._report, outcome).append(scenario)
         return outcome
