@@ -246,6 +246,12 @@ class Normalizer:
         )
         self._resources.append(mapping)
         process.space.add(mapping)
+        container = mapping.parent
+        if event.addr and container is not None and container.contains(event.addr):
+            # The address is named by the mapping the new one was placed in, not by one it
+            # replaced there: remapping the same guest memory 1,500 times is one reservation
+            # and its latest RAM, not a chain of 1,500 mappings each naming the one before.
+            entry["addr"] = AddressRef(container, event.addr - container.start)
         if fixed_name is not None:  # a KVM fd's pages (kvm_run): always part of the trace
             mapping.mark_relevant()
         entry["ret"] = ResourceRef(mapping)

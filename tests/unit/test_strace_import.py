@@ -188,3 +188,28 @@ def test_long_lines_that_are_no_kvm_call_are_passed_over_quickly(tmp_path: Path,
     log = tmp_path / "vmm.strace"
     log.write_text('openat(AT_FDCWD, "/dev/kvm", O_RDWR|O_CLOEXEC) = 3\n' + line + "\n")
     assert import_strace_log(log).document.call_count() == 1
+
+
+def test_1500_remaps_inside_one_reservation(tmp_path: Path) -> None:
+    """A VMM remapping its guest memory over and over (balloon, hotplug): this crashed the
+    normalizer with RecursionError at 1,500."""
+    remap = (
+        "mmap(0x7f0000000000, 1073741824, PROT_READ|PROT_WRITE, "
+        "MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED, -1, 0) = 0x7f0000000000\n"
+    )
+    log = tmp_path / "vmm.strace"
+    log.write_text(
+        'openat(AT_FDCWD, "/dev/kvm", O_RDWR|O_CLOEXEC) = 3\n'
+        "ioctl(3, KVM_CREATE_VM, 0) = 4\n"
+        "mmap(NULL, 1075838976, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) = 0x7f0000000000\n"
+        + remap
+        * 1500
+        + "ioctl(4, KVM_SET_USER_MEMORY_REGION, {slot=0, flags=0, guest_phys_addr=0, "
+        "memory_size=1073741824, userspace_addr=0x7f0000000000}) = 0\n"
+    )
+    main = [call.entry for call in import_strace_log(log).document.threads["main"]]
+    assert [entry.get("ret") for entry in main if entry["call"] == "mmap"] == ["region0", "ram0"]
+    assert main[-1]["in"] == {
+        "slot": 0, "flags": [], "guest_phys_addr": 0, "memory_size": 1 << 30,
+        "userspace_addr": "ram0+0x0",
+    }  # fmt: skip
