@@ -81,7 +81,13 @@ class FlowReader:
 
     def flow_mapping(self, text: str) -> dict[str, Value] | None:
         """The mapping `text` (a whole `{...}` on one line) holds, or None (see module doc)."""
-        if "'" not in text and '"' not in text and "\\" not in text:
+        # The bracket count bounds the nesting depth, which the json module does not check.
+        if (
+            "'" not in text
+            and '"' not in text
+            and "\\" not in text
+            and text.count("{") + text.count("[") + 3 < MAX_DEPTH
+        ):
             quoted = text
             for old, new in _QUOTING:
                 quoted = quoted.replace(old, new)
@@ -136,7 +142,9 @@ class FlowReader:
                 else:
                     top.append(value)
                 if isinstance(value, dict | list):
-                    if len(stack) > MAX_DEPTH:
+                    # A call sits three levels deep in its document (the document, threads, the
+                    # thread's list): past MAX_DEPTH in all, libyaml's pass reports it.
+                    if len(stack) + 3 >= MAX_DEPTH:
                         return None
                     stack.append(value)
                     expect = "key" if isinstance(value, dict) else "value"

@@ -22,8 +22,9 @@ import yaml
 from conformance.model.document import SCHEMA, Entry, Hex, TraceCall, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import Dumper, FlowMapping, FlowSequence
+from conformance.model.printable import printable
 from conformance.snapshot import schema
-from conformance.snapshot.skeleton import PLACEHOLDER, Run, split
+from conformance.snapshot.skeleton import PLACEHOLDER, Run, Split, split
 
 # A call is one line up to this width; past it (or holding a table such as CPUID entries) it is
 # laid out in block style with one line per record. Wide, because a KVM_RUN with the VMM's answer
@@ -34,6 +35,7 @@ _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _STRICT_INT = re.compile(r"-?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+)")
 # The characters YAML allows in a stream (YAML 1.1, as PyYAML's reader checks them).
+_OTHER_LINE_BREAKS = re.compile("[\r\x85\u2028\u2029]")
 _NOT_YAML_TEXT = re.compile(
     "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 )
@@ -134,7 +136,11 @@ def load_document(text: str, path: Path | str) -> TraceDocument:
     if bad is not None:
         line = text.count("\n", 0, bad.start()) + 1
         raise SnapshotError(path, line, f"character {ord(bad[0]):#06x} is not allowed in YAML text")
-    parts = split(text)
+    # libyaml breaks lines at \r, \r\n, U+0085, U+2028 and U+2029 too. \r\n is one break
+    # either way; with any other, the split's line numbers would not be libyaml's: no fast path.
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+    parts = split(text) if not _OTHER_LINE_BREAKS.search(text) else Split(text, {})
     try:
         root = _compose(parts.skeleton, path)
     except SnapshotError:
@@ -285,7 +291,8 @@ class _Document:
         if problem is not None:
             if node is not None:
                 line = _line_of(node, problem.path)
-            raise SnapshotError(self.path, line, f"{where} {problem.path}: {problem.message}")
+            shown = printable(problem.path)
+            raise SnapshotError(self.path, line, f"{where} {shown}: {problem.message}")
 
     def _mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):

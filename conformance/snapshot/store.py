@@ -8,8 +8,10 @@ asked to, as syrupy's --snapshot-update.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from conformance.model.input_files import read_input_bytes, read_input_text
 from conformance.snapshot.format import SnapshotError, dump_document, load_document
 
 __all__ = [
+    "PARTIAL_DIRECTORY",
     "SnapshotError",
     "SnapshotOverwriteError",
     "SnapshotStore",
@@ -47,23 +50,38 @@ def write_document(path: Path, document: TraceDocument) -> None:
     _write_atomically(path, dump_document(document).encode("utf-8"))
 
 
+# Files being written live in a hidden directory beside their target until they are renamed
+# over it, and the directory goes when the write is done. It holds a .gitignore of "*" (as
+# pytest's cache does), so `git status` never lists what a killed run left in it, nor do
+# NAME.yaml globs; and each write removes the partial files of writers that are gone (a writer
+# holds an flock on its file until the rename: one not locked and older than a few seconds was
+# left by a killed run), then the directory once it is empty.
+PARTIAL_DIRECTORY = ".kvm-conformance-partial"
+_LEFT_BEHIND_AFTER = 5.0  # seconds: far longer than a writer takes from mkstemp to flock
+_IGNORE_ALL = "# files kvm-conformance is writing (or a killed run left)\n*\n"
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one, even across a crash."""
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
+        try:
+            partial = _partial_directory(path.parent)
+            descriptor, temporary = tempfile.mkstemp(dir=partial, prefix=f"{path.name}.")
+        except FileNotFoundError:  # another writer removed the directory just then
+            partial = _partial_directory(path.parent)
+            descriptor, temporary = tempfile.mkstemp(dir=partial, prefix=f"{path.name}.")
     except OSError as error:
         raise SnapshotError(path, None, f"cannot write: {error.strerror}") from None
     replaced = False
     try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # held until closed: this writer is alive
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fchmod(stream.fileno(), 0o644)  # mkstemp's 0600 would hide a committed snapshot
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        replaced = True
+            os.replace(temporary, path)
+            replaced = True
         directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(directory)  # make the rename itself durable
@@ -74,6 +92,47 @@ def _write_atomically(path: Path, data: bytes) -> None:
     finally:
         if not replaced:
             Path(temporary).unlink(missing_ok=True)
+        _remove_if_empty(partial)
+
+
+def _partial_directory(parent: Path) -> Path:
+    partial = parent / PARTIAL_DIRECTORY
+    partial.mkdir(exist_ok=True)
+    ignore = partial / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(_IGNORE_ALL)
+    _remove_left_behind(partial)
+    return partial
+
+
+def _remove_if_empty(partial: Path) -> None:
+    """The directory and its .gitignore, when no partial file is in it (another writer's new
+    file makes the rmdir fail, and that writer puts the .gitignore back)."""
+    try:
+        if [entry.name for entry in os.scandir(partial)] == [".gitignore"]:
+            (partial / ".gitignore").unlink()
+            partial.rmdir()
+    except OSError:
+        pass  # another writer's file is there, or the directory is already gone
+
+
+def _remove_left_behind(partial: Path) -> None:
+    now = time.time()
+    for entry in os.scandir(partial):
+        if entry.name == ".gitignore":
+            continue
+        try:
+            descriptor = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # renamed or removed meanwhile
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if now - os.fstat(descriptor).st_mtime > _LEFT_BEHIND_AFTER:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # locked: its writer is still at work (or it is already gone)
+        finally:
+            os.close(descriptor)
 
 
 # -- the store ------------------------------------------------------------------------------

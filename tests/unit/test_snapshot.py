@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 from conformance.model.document import Hex, TraceCall, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import format_call
+from conformance.snapshot import store
 from conformance.snapshot.store import (
     SnapshotError,
     SnapshotOverwriteError,
@@ -299,3 +304,46 @@ def test_the_documented_example_is_a_snapshot_as_written() -> None:
     text = (Path(__file__).parents[2] / "docs" / "trace-format.md").read_text()
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     assert dump_document(load(example)) == example
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from conformance.snapshot.store import load_document, write_document
+document = load_document(Path(sys.argv[2]).read_text(), sys.argv[2])
+print("ready", flush=True)
+while True:
+    write_document(Path(sys.argv[1]), document)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_git_or_a_later_run_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 at random points of a write loop (9 of 10 tries left `.NAME.yaml.XXXX.tmp`
+    files before): git status stays clean, the snapshot stays whole, and the next write
+    removes what was left."""
+    source = Path(__file__).resolve().parents[2] / "expected" / "hello.yaml"
+    snapshot = tmp_path / "hello.yaml"
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    write_document(snapshot, read_document(source))
+    chooser = random.Random(19)
+    for _ in range(10):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(snapshot), str(source)], stdout=subprocess.PIPE
+        )
+        assert writer.stdout is not None and writer.stdout.readline() == b"ready\n"
+        time.sleep(chooser.uniform(0.0, 0.2))
+        writer.kill()
+        writer.wait()
+    status = subprocess.run(
+        ["git", "-C", str(tmp_path), "status", "--porcelain"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert status.stdout.split() == ["??", "hello.yaml"]
+    assert read_document(snapshot).threads == read_document(source).threads
+    monkeypatch.setattr(store, "_LEFT_BEHIND_AFTER", 0.0)
+    write_document(snapshot, read_document(source))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "hello.yaml"]
