@@ -27,7 +27,7 @@ from conformance.normalize.capture import capture_output
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
 from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
-from conformance.snapshot.store import dump_document, write_document
+from conformance.snapshot.store import dump_document, write_document, write_text
 
 
 class OutputExistsError(ConformanceError):
@@ -86,14 +86,19 @@ def _parser() -> argparse.ArgumentParser:
 def _record_qemu(args: argparse.Namespace) -> int:
     scenario = qemu_scenario(args.scenario)
     output: Path = args.output or REFERENCE_DIRECTORY / f"{scenario.name}.yaml"
+    log = qemu_log_path(output)
+    # Both files are checked before QEMU runs: a user's file named like the log is theirs too.
     _refuse_overwrite(output, args.force)
+    _refuse_overwrite(log, args.force)
     qemu = find_qemu(args.qemu)
     _progress(f"recording {scenario.name}: {' '.join(scenario.argv(qemu))}")
     recording = record_qemu(scenario, qemu)
-    log = output.with_suffix(".log")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConformanceError(f"cannot create {output.parent}: {error.strerror}") from None
     write_document(output, recording.document)
-    log.write_text(recording.log, encoding="utf-8")
+    write_text(log, recording.log)
     _progress(
         f"{recording.document.call_count()} calls on {len(recording.document.threads)} "
         f"thread(s) in {recording.seconds:.2f} s; wrote {output} (QEMU's output: {log})"
@@ -136,6 +141,14 @@ def _write(document: TraceDocument, output: Path | None) -> None:
         return
     write_document(output, document)
     _progress(f"wrote {output}")
+
+
+def qemu_log_path(output: Path) -> Path:
+    """Where QEMU's own output goes beside its trace: NAME.log for NAME.yaml, and OUTPUT.log
+    for any other name (`-o trace.log` must not put the log over the trace)."""
+    if output.suffix == ".yaml":
+        return output.with_suffix(".log")
+    return output.with_name(output.name + ".log")
 
 
 def _refuse_overwrite(output: Path, force: bool) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "load_document",
     "read_document",
     "write_document",
+    "write_text",
 ]
 
 
@@ -59,6 +60,12 @@ def write_document(path: Path, document: TraceDocument) -> None:
 PARTIAL_DIRECTORY = ".kvm-conformance-partial"
 _LEFT_BEHIND_AFTER = 5.0  # seconds: far longer than a writer takes from mkstemp to flock
 _IGNORE_ALL = "# files kvm-conformance is writing (or a killed run left)\n*\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Any other text file the project writes (QEMU's log beside its trace), as atomically as
+    a snapshot."""
+    _write_atomically(path, text.encode("utf-8"))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
