@@ -102,7 +102,7 @@ def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Pa
     assert result.returncode == 2
     assert result.stdout == ""  # refused before tracing anything
     assert result.stderr == (
-        f"kvm-conformance: {snapshot}:12: 'repeat' must be a positive integer\n"
+        f"kvm-conformance: {snapshot}:12: main[1] repeat: expected a positive integer, found 0\n"
     )
 
 
