@@ -62,28 +62,22 @@ _MEMO_LIMIT = 1 << 16
 
 
 def _is_name(value: Value) -> bool:
-    if not isinstance(value, str):
-        return False
-    known = _NAMES.get(value)
-    if known is None:
-        known = _remember(_NAMES, value, _NAME)
-    return known
+    return _matches(value, _NAMES, _NAME)
 
 
 def _is_symbol(value: Value) -> bool:
+    return _matches(value, _SYMBOLS, _SYMBOL)
+
+
+def _matches(value: Value, memo: dict[str, bool], pattern: re.Pattern[str]) -> bool:
     if not isinstance(value, str):
         return False
-    known = _SYMBOLS.get(value)
+    known = memo.get(value)
     if known is None:
-        known = _remember(_SYMBOLS, value, _SYMBOL)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[value] = known = pattern.fullmatch(value) is not None
     return known
-
-
-def _remember(memo: dict[str, bool], value: str, pattern: re.Pattern[str]) -> bool:
-    if len(memo) >= _MEMO_LIMIT:
-        memo.clear()
-    memo[value] = found = pattern.fullmatch(value) is not None
-    return found
 
 
 INT = Kind("an integer", _is_int)
