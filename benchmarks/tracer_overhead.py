@@ -1,5 +1,6 @@
 """Tracer overhead (issue 4's table): hello, exits-100k and QEMU -S under native, strace -f,
-strace -f -X verbose and ours (full decoding), both CPU placements, ratios to native.
+strace -f -X verbose and ours (full decoding, with the eBPF recorder and with the compiled
+loop), both CPU placements, ratios to native.
 
 The measurement is benchmarks/run.py's; this is its `--subset tracer-overhead`.
 

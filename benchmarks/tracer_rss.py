@@ -1,12 +1,13 @@
 """The tracer's peak resident memory while it traces N KVM_RUN exits, in one fresh process.
 
-    python benchmarks/tracer_rss.py full 1000000
-    {"mode": "full", "exits": 1000000, "kvm_run_calls": 1000001, "peak_mib": 19.2}
+    python benchmarks/tracer_rss.py full 1000000 [--no-ebpf]
+    {"mode": "full", "ebpf": true, "exits": 1000000, "kvm_run_calls": 1000001, "peak_mib": 19.2}
 
-The figure is the process's peak (VmHWM) over the whole run: in full mode the compiled loop
-hands identical exits over merged, so there is no point in the run where N single exits have
-arrived to sample at. Comparing the peak at 10k and at 1M exits shows whether memory grows with
-the exits traced. Tracer and tracee are pinned to one CPU, as `trace --pin`.
+The figure is the process's peak (VmHWM) over the whole run: in full mode the eBPF recorder
+(or, with --no-ebpf, the compiled loop) hands identical exits over merged, so there is no
+point in the run where N single exits have arrived to sample at. Comparing the peak at 10k
+and at 1M exits shows whether memory grows with the exits traced. Tracer and tracee are
+pinned to one CPU, as `trace --pin`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _status_kib(field: str) -> int:
     raise LookupError(f"no {field} in /proc/self/status")
 
 
-def measure(mode: KvmRunMode, exits: int) -> dict[str, object]:
+def measure(mode: KvmRunMode, exits: int, *, ebpf: bool) -> dict[str, object]:
     calls = 0
 
     def on_event(event: Event) -> None:
@@ -40,11 +41,12 @@ def measure(mode: KvmRunMode, exits: int) -> dict[str, object]:
             calls += event.repeat
 
     argv = [sys.executable, str(_GUEST_RUNNER), str(exits)]
-    outcome = trace(argv, on_event, kvm_run=mode, pin=True)
+    outcome = trace(argv, on_event, kvm_run=mode, pin=True, ebpf=ebpf)
     if outcome.exit_status != 1:  # the guest ends with 0 to the debug-exit port: status 1
         raise SystemExit(f"traced guest ended with status {outcome.exit_status}")
     return {
         "mode": mode,
+        "ebpf": outcome.ebpf_kvm_run,
         "exits": exits,
         "kvm_run_calls": calls,  # full mode: every one decoded (exits + the debug-exit one)
         "peak_mib": _status_kib("VmHWM") * 1024 / _MIB,
@@ -55,8 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("full", "summary", "off"))
     parser.add_argument("exits", type=int)
+    parser.add_argument("--no-ebpf", action="store_true", help="full mode: a stop per KVM_RUN")
     arguments = parser.parse_args()
-    result = measure(arguments.mode, arguments.exits)
+    result = measure(arguments.mode, arguments.exits, ebpf=not arguments.no_ebpf)
     print(json.dumps(result))
 
 

@@ -10,25 +10,36 @@ import argparse
 import sys
 from pathlib import Path
 
+from conformance.cli.arguments import EXIT_FAILED, add_command
+from conformance.cli.documents import read_trace
 from conformance.compare.allowances import Allowances, allowances_beside, load_allowances
 from conformance.compare.conformance import compare_with_reference
 from conformance.model.errors import ConformanceError
-from conformance.model.printable import printable_text
 from conformance.report.deviations import render_conformance, side_by_side
-from conformance.report.html import render_html
-from conformance.snapshot.store import read_document
-
-EXIT_DEVIATION = 1
+from conformance.report.html import conformance_page
+from conformance.report.left_out import render_left_out
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "diff",
-        help="check a VMM's trace against a QEMU reference (exit 0 conforms, 1 deviates, "
-        "2 unreadable input)",
+        summary="check a VMM's trace against a QEMU reference, as its allowances permit",
+        description="Check that each call of SUBJECT appears in REFERENCE's sequence, in "
+        "order, with the same inputs, unless an allowance (REFERENCE.allowances.yaml: kind, "
+        "call, field and a reason) permits the deviation. Reference calls the subject does not "
+        "make are not deviations. Deviations with one cause print as one line; -v prints each. "
+        "Either file may be a normalized trace or a raw `trace --format yaml` stream.",
+        examples=[
+            "kvm-conformance diff mine.yaml traces/qemu/memory-1g.yaml",
+            "kvm-conformance diff mine.yaml traces/qemu/tiny-bios.yaml --html report.html",
+            "kvm-conformance diff mine.yaml ref.yaml --allowances ours.allowances.yaml -v",
+        ],
     )
-    parser.add_argument("subject", type=Path, metavar="SUBJECT.yaml")
-    parser.add_argument("reference", type=Path, metavar="REFERENCE.yaml")
+    parser.add_argument("subject", type=Path, metavar="SUBJECT.yaml", help="the VMM's trace")
+    parser.add_argument(
+        "reference", type=Path, metavar="REFERENCE.yaml", help="the trace to fit inside (QEMU's)"
+    )
     parser.add_argument(
         "--allowances",
         type=Path,
@@ -36,30 +47,50 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the deviations allowed, each with its reason (default: "
         "REFERENCE.allowances.yaml if it exists)",
     )
-    parser.add_argument("--html", type=Path, metavar="OUT", help="also write an HTML report")
     parser.add_argument(
-        "--side-by-side", action="store_true", help="print the aligned sequences too"
+        "--html", type=Path, metavar="FILE", help="also write a self-contained HTML report"
+    )
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="also print the aligned sequences"
+    )
+    parser.add_argument(
+        "-v",
+        "--full",
+        action="store_true",
+        help="every deviation on its own line and the memory layout, no line cut",
+    )
+    parser.add_argument(
+        "--not-decisions",
+        action="store_true",
+        help="also say how many differences were left out as not VMM decisions (clocks, "
+        "padding, fields the kernel ignores) and why",
     )
     parser.set_defaults(command=_diff)
 
 
 def _diff(args: argparse.Namespace) -> int:
-    subject = read_document(args.subject)
-    reference = read_document(args.reference)
+    subject = read_trace(args.subject)
+    reference = read_trace(args.reference)
     allowances_path: Path | None = args.allowances
     if allowances_path is None and allowances_beside(args.reference).exists():
         allowances_path = allowances_beside(args.reference)
     allowances = load_allowances(allowances_path) if allowances_path is not None else Allowances()
     result = compare_with_reference(subject, reference, allowances)
     name = str(subject.source.get("scenario") or args.subject)
-    sys.stdout.write(printable_text(render_conformance(result, name)))
+    sys.stdout.write(render_conformance(result, name, full=args.full))
+    if args.not_decisions:
+        print("\n".join(render_left_out(result.left_out)))
     if args.side_by_side:
         for thread in result.rows:
-            print(printable_text(f"\nthread {thread}: subject | QEMU"))
-            print(printable_text("\n".join(side_by_side(result, thread))))
+            print(f"\nthread {thread}: subject | QEMU")
+            print("\n".join(side_by_side(result, thread)))
     if args.html is not None:
-        try:
-            args.html.write_text(printable_text(render_html(result, name)), encoding="utf-8")
-        except OSError as error:
-            raise ConformanceError(f"cannot write {args.html}: {error.strerror}") from None
-    return 0 if result.ok else EXIT_DEVIATION
+        write_html(args.html, conformance_page(result, name))
+    return 0 if result.ok else EXIT_FAILED
+
+
+def write_html(path: Path, page: str) -> None:
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise ConformanceError(f"cannot write {path}: {error.strerror}") from None

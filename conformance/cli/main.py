@@ -1,10 +1,11 @@
 """`kvm-conformance`: the command line.
 
-Exit statuses: a command's own result (0, 1 for a difference or finding, the guest's or traced
-program's status), 2 for a usage or environment error (no /dev/kvm, unknown scenario, unreadable
-input), 3 when a guest stops abnormally (triple fault, failed entry, internal error, run limit),
-127 when the command to trace could not be started: each error class carries its status.
-Every error the project raises on purpose becomes one line on stderr, never a traceback.
+Exit statuses (cli/arguments.py, EXIT_STATUSES): 0 passed, 1 a judgment failed (a difference,
+a deviation not allowed, a rule's error), 2 a usage or environment error (a bad option, an
+unreadable or wrong kind of file, a process that does not exist, no /dev/kvm), 3 a guest that
+stopped abnormally, 127 a command to trace that could not be started; `trace` and `run`
+otherwise exit with the traced program's or the guest's own status. Every error the project
+raises on purpose becomes one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from conformance.cli.arguments import (
+    EXIT_STATUSES,
+    EXIT_USAGE,
+    add_version_option,
+    split_at_dashes,
+)
 from conformance.model.errors import ConformanceError
-from conformance.model.printable import printable_text
-
-EXIT_USAGE = 2
+from conformance.model.printable import shown_text
 
 # Subcommand -> the module that registers it. Only the running command's module is imported:
 # `run` does not pay for the tracer, nor `trace` for the comparison and rules code, and a traced
@@ -32,11 +37,24 @@ _COMMAND_MODULES = {
     "lint": "conformance.cli.lint",
     "diff": "conformance.cli.diff",
 }
+_EXAMPLES = """\
+examples:
+  kvm-conformance trace -- ./my-vmm guest.bin      # every KVM call, strace-like, on stderr
+  kvm-conformance check                            # the gate: every scenario, three judgments
+  kvm-conformance diff mine.yaml traces/qemu/memory-1g.yaml --html report.html
+  kvm-conformance lint mine.yaml --format sarif    # KVM usage rules, for code scanning
+  kvm-conformance COMMAND --help                   # a command's options and examples"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    args = _parser(arguments[:1]).parse_args(arguments)
+    split = split_at_dashes(arguments)
+    parser = _parser(split.ours[:1])
+    args = parser.parse_args(split.ours)
+    if split.command is not None:
+        if not getattr(args, "takes_command", False):
+            parser.error(f"{split.ours[0]} takes no command after `--`")
+        args.after_dashes = split.command
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
@@ -46,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_USAGE
     except ConformanceError as error:
-        print(f"kvm-conformance: {printable_text(str(error))}", file=sys.stderr)
+        print(f"kvm-conformance: {shown_text(str(error))}", file=sys.stderr)
         return error.exit_status
 
 
@@ -55,8 +73,12 @@ def _parser(first_argument: list[str]) -> argparse.ArgumentParser:
     one (every module for `--help` or a mistyped command, so that usage lists them all)."""
     parser = argparse.ArgumentParser(
         prog="kvm-conformance",
-        description="Check that a VMM drives /dev/kvm the way QEMU does.",
+        description="Check that a VMM drives /dev/kvm the way QEMU does: trace it, compare "
+        "the trace with its snapshot and with QEMU's reference, lint it.",
+        epilog=f"{_EXAMPLES}\n\n{EXIT_STATUSES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_option(parser)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     named = _COMMAND_MODULES.get(first_argument[0]) if first_argument else None
     modules = [named] if named is not None else sorted(set(_COMMAND_MODULES.values()))

@@ -6,9 +6,17 @@
 
 `qemu` writes traces/qemu/SCENARIO.yaml by default, with QEMU's own output in SCENARIO.log
 beside it; the others write to stdout unless given -o. An existing file is never replaced
-without --force. Exit status: 0 written; an error's own status, as `kvm-conformance` exits
-with it (2 usage or environment, 127 a command that cannot be started), with one line on
-stderr.
+without --force.
+
+`vmm` runs the VMM as `trace` does: it reads our stdin and writes to our stdout and stderr
+(its stdout goes to our stderr when the document itself goes to stdout, so that the document
+stays readable YAML). The document is written however the VMM ended, so that a failing VMM
+can be linted, but not from a trace that SIGINT/SIGTERM cut short.
+
+Exit status: `vmm` exits with the VMM's own status (128 + N when signal N killed it), so a
+failing VMM never gives 0; `qemu` and `strace-log` exit 0 when written. An error of ours exits
+with its own status, as `kvm-conformance` does (2 usage or environment, 127 a command that
+cannot be started), with one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,16 +26,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from conformance.cli.arguments import command_after_dashes
+from conformance.cli.arguments import (
+    EXIT_STATUSES,
+    add_command,
+    add_version_option,
+    split_at_dashes,
+    traced_command,
+)
 from conformance.gate.references import REFERENCE_DIRECTORY
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
-from conformance.model.printable import printable_text
-from conformance.normalize.capture import capture_output
+from conformance.model.printable import shown_text
+from conformance.normalize.capture import capture
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
 from conformance.qemu.scenarios import QEMU_SCENARIOS, qemu_scenario
 from conformance.snapshot.store import dump_document, write_document, write_text
+
+_STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced by
+_SIGNALLED = 128  # a shell's status for a command ended by a signal: 128 + N
 
 
 class OutputExistsError(ConformanceError):
@@ -35,11 +52,17 @@ class OutputExistsError(ConformanceError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    split = split_at_dashes(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(split.ours)
+    if split.command is not None:
+        if not getattr(args, "takes_command", False):
+            parser.error(f"{split.ours[0]} takes no command after `--`")
+        args.after_dashes = split.command
     try:
         result: int = args.command(args)
     except ConformanceError as error:
-        print(f"record-trace: {printable_text(str(error))}", file=sys.stderr)
+        print(f"record-trace: {shown_text(str(error))}", file=sys.stderr)
         return error.exit_status
     return result
 
@@ -47,34 +70,66 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="record-trace",
-        description="Record a VMM's use of /dev/kvm as a normalized trace document.",
+        description="Record a VMM's use of /dev/kvm as a normalized trace document "
+        "(schema kvm-conformance/1): from QEMU for a scenario, from any VMM command, or from "
+        "an strace log.",
+        epilog="examples:\n"
+        "  record-trace qemu memory-1g                  # QEMU's reference, into traces/qemu/\n"
+        "  record-trace vmm -o mine.yaml -- ./my-vmm guest.bin\n"
+        "  record-trace strace-log qemu.strace -o qemu.yaml\n\n" + EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_option(parser)
     commands = parser.add_subparsers(required=True, metavar="SOURCE")
 
-    qemu = commands.add_parser(
-        "qemu", help="run QEMU for a scenario under the tracer and write its reference trace"
+    qemu = add_command(
+        commands,
+        "qemu",
+        summary="run QEMU for a scenario under the tracer and write its reference trace",
+        description="Run qemu-system-x86_64 for one scenario under the tracer (ASLR off, one "
+        "CPU) and write its normalized trace, with QEMU's own output beside it (NAME.log). An "
+        "existing reference is replaced only with --force.",
+        examples=["record-trace qemu memory-1g", "record-trace qemu tiny-bios --force"],
     )
     qemu.add_argument(
         "scenario",
         metavar="SCENARIO",
         help=f"one of: {', '.join(sorted(QEMU_SCENARIOS))}",
     )
-    qemu.add_argument("-o", "--output", type=Path, help="default: traces/qemu/SCENARIO.yaml")
+    qemu.add_argument(
+        "-o", "--output", type=Path, help="where to write (default: traces/qemu/SCENARIO.yaml)"
+    )
     qemu.add_argument("--qemu", metavar="PATH", help="QEMU binary (default: qemu-system-x86_64)")
     qemu.add_argument("--force", action="store_true", help="replace an existing file")
     qemu.set_defaults(command=_record_qemu)
 
-    vmm = commands.add_parser("vmm", help="run any VMM command under the tracer")
-    vmm.add_argument("-o", "--output", type=Path, help="default: stdout")
-    vmm.add_argument("--force", action="store_true", help="replace an existing file")
-    vmm.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
-    vmm.set_defaults(command=_record_vmm)
-
-    strace = commands.add_parser(
-        "strace-log", help="import a `strace -f [-yy] [-X verbose]` log of a VMM"
+    vmm = add_command(
+        commands,
+        "vmm",
+        summary="run any VMM command under the tracer and write its normalized trace",
+        description="Run a VMM command to its end under the tracer and write the normalized "
+        "trace document (to stdout unless -o). The VMM reads our stdin and writes to our "
+        "stdout and stderr (to stderr only, when the document goes to stdout); record-trace "
+        "exits with the VMM's status.",
+        examples=["record-trace vmm -o mine.yaml -- ./my-vmm guest.bin"],
     )
-    strace.add_argument("log", type=Path, metavar="LOG")
-    strace.add_argument("-o", "--output", type=Path, help="default: stdout")
+    vmm.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
+    vmm.add_argument("--force", action="store_true", help="replace an existing file")
+    vmm.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="[--] CMD ARGS", help="the VMM to trace"
+    )
+    vmm.set_defaults(command=_record_vmm, takes_command=True)
+
+    strace = add_command(
+        commands,
+        "strace-log",
+        summary="import a `strace -f [-yy] [-X verbose]` log of a VMM",
+        description="Read an strace log of a VMM (strace -f, best with -yy and -X verbose) and "
+        "write the same normalized document the tracer would have given.",
+        examples=["record-trace strace-log qemu.strace -o qemu.yaml"],
+    )
+    strace.add_argument("log", type=Path, metavar="LOG", help="the strace output file")
+    strace.add_argument("-o", "--output", type=Path, help="where to write (default: stdout)")
     strace.add_argument(
         "--lenient", action="store_true", help="skip lines that cannot be parsed, and count them"
     )
@@ -107,22 +162,34 @@ def _record_qemu(args: argparse.Namespace) -> int:
 
 
 def _record_vmm(args: argparse.Namespace) -> int:
-    command = command_after_dashes(args.argv)
+    command = traced_command(args)
+    if command[:1] == ["--"]:
+        command = command[1:]
     if not command:
         raise ConformanceError("vmm: give the VMM's command after `--`")
     if args.output is not None:
         _refuse_overwrite(args.output, args.force)
     _progress(f"tracing {' '.join(command)}")
-    traced = capture_output(command, {"tool": "vmm", "argv": list(command)})
-    if traced.outcome.message is not None:
-        _progress(traced.outcome.message)
-    traced.document.source["exit_status"] = traced.outcome.exit_status
+    sys.stdout.flush()
+    traced = capture(
+        command,
+        {"tool": "vmm", "argv": list(command)},
+        stdout=None if args.output is not None else _STDERR_FD,
+    )
+    outcome = traced.outcome
+    if outcome.message is not None:
+        _progress(outcome.message)
+    interrupted = outcome.result.interrupted_by
+    if interrupted is not None:
+        _progress(f"interrupted by signal {interrupted}: nothing written")
+        return _SIGNALLED + interrupted
+    traced.document.source["exit_status"] = outcome.exit_status
     _progress(
         f"{traced.document.call_count()} calls in {traced.seconds:.2f} s; "
-        f"the VMM exited with status {traced.outcome.exit_status}"
+        f"the VMM exited with status {outcome.exit_status}"
     )
     _write(traced.document, args.output)
-    return 0
+    return outcome.exit_status
 
 
 def _import_strace(args: argparse.Namespace) -> int:
@@ -157,7 +224,7 @@ def _refuse_overwrite(output: Path, force: bool) -> None:
 
 
 def _progress(message: str) -> None:
-    print(f"record-trace: {printable_text(message)}", file=sys.stderr, flush=True)
+    print(f"record-trace: {shown_text(message)}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

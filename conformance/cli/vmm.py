@@ -6,25 +6,43 @@ import argparse
 import sys
 
 from conformance.abi import ioctls
+from conformance.cli.arguments import add_command
 from conformance.model.scenarios import SCENARIOS
 from conformance.vmm import machine
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    abi = commands.add_parser(
-        "abi", help="print the KVM ioctl table: NAME 0xNUMBER DIRECTION FDKIND ARGTYPE"
+    abi = add_command(
+        commands,
+        "abi",
+        summary="print the KVM ioctl table: NAME 0xNUMBER DIRECTION FDKIND ARGTYPE",
+        description="Print every KVM ioctl whose number exists on x86-64, one a line: its name, "
+        "request number, direction as the kernel reads it, the kinds of fd it is valid on and "
+        "its argument's C type, all generated from <linux/kvm.h>.",
+        examples=["kvm-conformance abi", "kvm-conformance abi | grep CPUID"],
     )
     abi.set_defaults(command=_abi)
 
-    scenarios = commands.add_parser("scenarios", help="list the VMM core's scenarios")
+    scenarios = add_command(
+        commands,
+        "scenarios",
+        summary="list the VMM core's scenarios",
+        description="List the scenarios of the project's own small VMM (the ones `check` "
+        "traces and `run` runs), each with what it does.",
+        examples=["kvm-conformance scenarios"],
+    )
     scenarios.set_defaults(command=_scenarios)
 
-    run = commands.add_parser(
+    run = add_command(
+        commands,
         "run",
-        help="run a scenario on the VMM core; prints the guest's serial output and exits with "
-        "its debug-exit status (0 after HLT)",
+        summary="run a scenario on the VMM core and print the guest's serial output",
+        description="Run one scenario on the project's VMM core, untraced. The guest's serial "
+        "output goes to stdout; the exit status is the guest's debug-exit status as QEMU's "
+        "isa-debug-exit gives it ((value << 1) | 1), or 0 when the guest halts.",
+        examples=["kvm-conformance run hello", "kvm-conformance run tiny-bios; echo $?"],
     )
-    run.add_argument("scenario", metavar="SCENARIO")
+    run.add_argument("scenario", metavar="SCENARIO", help="a name from `kvm-conformance scenarios`")
     run.set_defaults(command=_run)
 
 

@@ -10,11 +10,18 @@
         field: in.memory_size  # a path covers everything below it
         thread: main           # optional, as `call` and `field` are
         reason: the guest needs 256 KiB, not QEMU's 1 GiB
+      - kind: extra
+        call: KVM_CHECK_EXTENSION
+        fd: vm                 # the subject call's fd role, exactly
+        arg: KVM_CAP_READONLY_MEM   # its argument, where it names what is asked
+        reason: asking the VM fd gets the same answer per VM
     require:                   # reference calls the subject must make (missing ones are
       - call: KVM_SET_CPUID2   # otherwise fine: QEMU does more than a small VMM needs to)
         reason: without it the guest sees no CPUID leaves at all
 
-An allowance without a reason is refused: the point of the file is to say why.
+An allowance without a reason is refused: the point of the file is to say why. An allowance
+matches exactly what it names and nothing wider: every key it gives must match, and a key it
+leaves out matches anything.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
 from conformance.model.errors import ConformanceError
 from conformance.model.input_files import read_input_text
 
-_RULE_KEYS = {"kind", "call", "field", "thread", "reason"}
+_RULE_KEYS = {"kind", "call", "field", "thread", "fd", "arg", "reason"}
 
 
 class DeviationKind(enum.Enum):
@@ -46,6 +54,23 @@ class AllowancesError(ConformanceError):
     """An allowances file that cannot be read or does not say what the format needs."""
 
 
+class Judged(Protocol):
+    """What an allowance is matched against: a deviation (compare/conformance.py's)."""
+
+    @property
+    def kind(self) -> DeviationKind: ...
+    @property
+    def thread(self) -> str: ...
+    @property
+    def call(self) -> str: ...
+    @property
+    def path(self) -> str: ...  # the field, for a field deviation; "" otherwise
+    @property
+    def fd(self) -> str: ...  # the subject call's fd role
+    @property
+    def arg(self) -> str: ...  # its argument, where it names what is asked
+
+
 @dataclass(frozen=True, slots=True)
 class Allowance:
     kind: DeviationKind  # EXTRA or FIELD
@@ -53,13 +78,17 @@ class Allowance:
     call: str | None = None
     field: str | None = None
     thread: str | None = None
+    fd: str | None = None  # the subject call's fd role
+    arg: str | None = None  # the argument that names what is asked (KVM_CHECK_EXTENSION's)
 
-    def allows(self, kind: DeviationKind, thread: str, call: str, path: str = "") -> bool:
+    def allows(self, deviation: Judged) -> bool:
         return (
-            kind == self.kind
-            and (self.call is None or self.call == call)
-            and (self.thread is None or self.thread == thread)
-            and (self.field is None or _covers(self.field, path))
+            deviation.kind == self.kind
+            and (self.call is None or self.call == deviation.call)
+            and (self.thread is None or self.thread == deviation.thread)
+            and (self.field is None or _covers(self.field, deviation.path))
+            and (self.fd is None or self.fd == deviation.fd)
+            and (self.arg is None or self.arg == deviation.arg)
         )
 
 
@@ -75,10 +104,8 @@ class Allowances:
     require: tuple[Requirement, ...] = ()
     path: Path | None = None
 
-    def allowing(
-        self, kind: DeviationKind, thread: str, call: str, path: str = ""
-    ) -> Allowance | None:
-        return next((rule for rule in self.allow if rule.allows(kind, thread, call, path)), None)
+    def allowing(self, deviation: Judged) -> Allowance | None:
+        return next((rule for rule in self.allow if rule.allows(deviation)), None)
 
 
 def _covers(prefix: str, path: str) -> bool:
@@ -166,6 +193,8 @@ def _allow_rule(path: Path, index: int, item: object) -> Allowance:
         call=_text(path, where, rule, "call"),
         field=field,
         thread=_text(path, where, rule, "thread"),
+        fd=_text(path, where, rule, "fd"),
+        arg=_text(path, where, rule, "arg"),
     )
 
 

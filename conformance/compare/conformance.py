@@ -11,7 +11,13 @@ Deviations: a subject call QEMU does not make (`extra`), a paired call whose fie
 (`field`), and a call a rule requires that the subject never makes (`missing`). Reference calls
 the subject skips are not deviations: QEMU does much more than a small VMM needs to. A rule
 allows an extra or field deviation with its reason; the check passes when every deviation is
-allowed.
+allowed. An extra call's note says what the whole reference does instead: the same call on
+another thread, on another fd, or nothing like it.
+
+Fields that are not a VMM's decision (abi/not_decisions.py) are left out of every pair
+(`ConformanceResult.left_out` keeps the differences that left out). KVM_RUN exits are the
+guest's behaviour, not the VMM's: they are compared only when both sides ran the same guest
+(compare/guest_images.py); otherwise each side's exits are summarized in `exits`.
 """
 
 from __future__ import annotations
@@ -23,13 +29,17 @@ from dataclasses import dataclass, field
 
 from conformance.compare.alignment import align, conformance_identity
 from conformance.compare.allowances import Allowance, Allowances, DeviationKind
+from conformance.compare.decisions import LeftOut, decide
+from conformance.compare.guest_images import ExitComparison, compare_exits
 from conformance.compare.memory_layout import layout_differences
 from conformance.compare.regression import ABSENT, Compared, CompareOptions, field_differences
+from conformance.model.calls import fd as fd_of
 from conformance.model.document import TraceCall, TraceDocument, thread_role_order
 
 # `undecoded` says what an strace import could not see; `repeat` is how often the guest made an
 # exit, which QEMU's timer kicks and our VMM's answers to polling loops legitimately change.
 _NEVER_COMPARED = ("undecoded", "repeat")
+_FDS_SHOWN = 3  # the reference's other fds an extra call's note names
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,8 @@ class Deviation:
     subject_value: Compared = ABSENT
     note: str = ""  # what the check found out beyond the kind (order, a requirement's reason)
     allowed_by: Allowance | None = None
+    fd: str = ""  # the subject call's fd role
+    arg: str = ""  # its integer argument where it names what is asked (a capability)
 
     @property
     def allowed(self) -> bool:
@@ -79,6 +91,9 @@ class ConformanceResult:
     deviations: list[Deviation] = field(default_factory=list)
     rows: dict[str, list[Row]] = field(default_factory=dict)  # by subject thread
     layout: list[str] = field(default_factory=list)
+    # Differences in paired calls left out because the field is not a VMM decision.
+    left_out: list[LeftOut] = field(default_factory=list)
+    exits: ExitComparison | None = None  # whether KVM_RUN exits were compared, and why
 
     @property
     def failures(self) -> list[Deviation]:
@@ -93,18 +108,20 @@ def compare_with_reference(
     subject: TraceDocument, reference: TraceDocument, allowances: Allowances | None = None
 ) -> ConformanceResult:
     chosen = allowances or Allowances()
+    exits = compare_exits(subject, reference)
     result = ConformanceResult(
         subject=subject,
         reference=reference,
         allowances=chosen,
         layout=layout_differences(subject, reference),
+        exits=exits,
     )
     options = CompareOptions(ignore=_NEVER_COMPARED)
-    judge = _Judge(chosen)
     for role in sorted(subject.threads, key=thread_role_order):
-        rows, deviations = _thread(role, subject, reference, options)
-        result.rows[role] = rows
-        result.deviations.extend(judge(deviation) for deviation in deviations)
+        thread = _Thread(role, subject, reference, options, compare_runs=exits.compared)
+        result.rows[role] = thread.rows
+        result.deviations.extend(_judged(deviation, chosen) for deviation in thread.deviations)
+        result.left_out.extend(thread.left_out)
     made = {located.call.name for located in subject.calls()}
     for requirement in chosen.require:
         if requirement.call not in made:
@@ -120,73 +137,97 @@ def compare_with_reference(
     return result
 
 
-class _Judge:
-    """Allowances matched once per distinct (kind, thread, call, field): a long trace's
-    deviations are mostly the same few."""
-
-    def __init__(self, allowances: Allowances) -> None:
-        self.allowances = allowances
-        self.seen: dict[tuple[DeviationKind, str, str, str], Allowance | None] = {}
-
-    def __call__(self, deviation: Deviation) -> Deviation:
-        key = (deviation.kind, deviation.thread, deviation.call, deviation.path)
-        if key not in self.seen:
-            self.seen[key] = self.allowances.allowing(*key)
-        allowance = self.seen[key]
-        if allowance is None:
-            return deviation
-        return dataclasses.replace(deviation, allowed_by=allowance)
+def _judged(deviation: Deviation, allowances: Allowances) -> Deviation:
+    allowance = allowances.allowing(deviation)
+    if allowance is None:
+        return deviation
+    return dataclasses.replace(deviation, allowed_by=allowance)
 
 
-def _thread(
-    role: str, subject: TraceDocument, reference: TraceDocument, options: CompareOptions
-) -> tuple[list[Row], list[Deviation]]:
-    calls = subject.threads[role]
-    strace_subject = subject.source.get("tool") == "strace"
+class _Thread:
+    """One subject thread against the reference: its pairing, deviations, rows."""
 
-    def disagreement(mine: TraceCall, theirs: TraceCall) -> int:
-        return len(call_differences(mine, theirs, options, strace_subject))
+    def __init__(
+        self,
+        role: str,
+        subject: TraceDocument,
+        reference: TraceDocument,
+        options: CompareOptions,
+        *,
+        compare_runs: bool,
+    ) -> None:
+        self.role = role
+        self.reference = reference
+        self.options = options
+        self.strace_subject = subject.source.get("tool") == "strace"
+        self.deviations: list[Deviation] = []
+        self.left_out: list[LeftOut] = []
+        calls = subject.threads[role]
+        # Without the same guest, a KVM_RUN says what the guest did: summarized, not paired.
+        compared = [i for i, call in enumerate(calls) if compare_runs or call.name != "KVM_RUN"]
+        self.primary_role = role if role in reference.threads else None
+        primary = reference.threads.get(role, [])
+        paired = self._pair(calls, compared, primary)
+        for index in compared:
+            self._judge(index, calls[index], paired.get(index), primary)
+        self.rows = self._rows(compared, primary, paired)
 
-    primary_role = role if role in reference.threads else None
-    primary = reference.threads.get(role, [])
-    queries = [i for i, call in enumerate(calls) if _is_system_query(call)]
-    ordered = [i for i, call in enumerate(calls) if not _is_system_query(call)]
-    alignment = align([calls[i] for i in ordered], primary, disagreement)
-    paired: dict[int, tuple[str, int]] = {ordered[s]: (role, r) for s, r in alignment.pairs}
-    for index in queries:
-        found = _anywhere(calls[index], reference, disagreement)
-        if found is not None:
-            paired[index] = found
-    leftover = [ordered[s] for s in alignment.unpaired]
-    for other_role in _other_threads(reference, primary_role, [calls[i] for i in leftover]):
-        if not leftover:
-            break
-        others = reference.threads[other_role]
-        secondary = align([calls[i] for i in leftover], others, disagreement)
-        for s, r in secondary.pairs:
-            paired[leftover[s]] = (other_role, r)
-        leftover = [leftover[s] for s in secondary.unpaired]
+    def disagreement(self, mine: TraceCall, theirs: TraceCall) -> int:
+        """How badly two calls of one identity pair: differing fields, and fields that are a
+        decision in one only (a registration against a slot's deletion)."""
+        differences, _, one_sided = _compared(mine, theirs, self.options, self.strace_subject)
+        return len(differences) + one_sided
 
-    deviations: list[Deviation] = []
-    first_made: dict[tuple[str, ...], int] = {}  # identity -> its first index in `primary`
-    for position, theirs in enumerate(primary):
-        first_made.setdefault(conformance_identity(theirs), position)
-    for index, call in enumerate(calls):
-        where = paired.get(index)
+    def _pair(
+        self, calls: list[TraceCall], compared: list[int], primary: list[TraceCall]
+    ) -> dict[int, tuple[str, int]]:
+        queries = [i for i in compared if _is_system_query(calls[i])]
+        ordered = [i for i in compared if not _is_system_query(calls[i])]
+        alignment = align([calls[i] for i in ordered], primary, self.disagreement)
+        paired = {ordered[s]: (self.role, r) for s, r in alignment.pairs}
+        for index in queries:
+            found = _anywhere(calls[index], self.reference, self.disagreement)
+            if found is not None:
+                paired[index] = found
+        leftover = [ordered[s] for s in alignment.unpaired]
+        others = _other_threads(self.reference, self.primary_role, [calls[i] for i in leftover])
+        for other_role in others:
+            if not leftover:
+                break
+            secondary = align(
+                [calls[i] for i in leftover], self.reference.threads[other_role], self.disagreement
+            )
+            for s, r in secondary.pairs:
+                paired[leftover[s]] = (other_role, r)
+            leftover = [leftover[s] for s in secondary.unpaired]
+        return paired
+
+    def _judge(
+        self, index: int, call: TraceCall, where: tuple[str, int] | None, primary: list[TraceCall]
+    ) -> None:
+        made = Deviation(
+            kind=DeviationKind.EXTRA,
+            thread=self.role,
+            call=call.name,
+            subject_index=index,
+            fd=fd_of(call.entry),
+            arg=_argument(call),
+        )
         if where is None:
-            deviations.append(_extra(role, index, call, first_made, primary_role))
-            continue
+            note = _extra_note(call, self.reference, self.primary_role, primary)
+            self.deviations.append(
+                dataclasses.replace(made, reference_thread=self.primary_role, note=note)
+            )
+            return
         other_role, other_index = where
-        theirs = reference.threads[other_role][other_index]
-        for path, reference_value, subject_value in call_differences(
-            call, theirs, options, strace_subject
-        ):
-            deviations.append(
-                Deviation(
+        theirs = self.reference.threads[other_role][other_index]
+        differences, left_out = call_differences(call, theirs, self.options, self.strace_subject)
+        self.left_out.extend(left_out)
+        for path, reference_value, subject_value in differences:
+            self.deviations.append(
+                dataclasses.replace(
+                    made,
                     kind=DeviationKind.FIELD,
-                    thread=role,
-                    call=call.name,
-                    subject_index=index,
                     reference_thread=other_role,
                     reference_index=other_index,
                     path=path,
@@ -194,7 +235,36 @@ def _thread(
                     subject_value=subject_value,
                 )
             )
-    return _rows(calls, primary, primary_role, paired, deviations), deviations
+
+    def _rows(
+        self, compared: list[int], primary: list[TraceCall], paired: dict[int, tuple[str, int]]
+    ) -> list[Row]:
+        """The side-by-side view: each compared subject call, and the reference's calls of the
+        thread of the same role that it skipped, in order."""
+        differing = {d.subject_index for d in self.deviations if d.kind is DeviationKind.FIELD}
+        rows: list[Row] = []
+        next_reference = 0
+        for index in compared:
+            where = paired.get(index)
+            if where is not None and where[0] == self.primary_role:
+                rows.extend(_skipped(self.primary_role, next_reference, where[1]))
+                next_reference = where[1] + 1
+            if where is None:
+                rows.append(Row(RowStatus.EXTRA, index, None, None))
+                continue
+            if index in differing:
+                status = RowStatus.DIFFERS
+            else:
+                status = RowStatus.SAME if where[0] == self.primary_role else RowStatus.ELSEWHERE
+            rows.append(Row(status, index, where[0], where[1]))
+        rows.extend(_skipped(self.primary_role, next_reference, len(primary)))
+        return rows
+
+
+def _argument(call: TraceCall) -> str:
+    """The argument that is part of a call's identity (KVM_CHECK_EXTENSION's capability)."""
+    identity = conformance_identity(call)
+    return identity[3] if len(identity) > 3 else ""
 
 
 def _is_system_query(call: TraceCall) -> bool:
@@ -228,28 +298,47 @@ def _anywhere(
     return role, index
 
 
-def _extra(
-    role: str,
-    index: int,
-    call: TraceCall,
-    first_made: dict[tuple[str, ...], int],
-    primary_role: str | None,
-) -> Deviation:
-    note = "the reference never makes this call"
-    first = first_made.get(conformance_identity(call))
-    if first is not None:
-        note = (
-            f"out of order: the reference makes {call.name} on thread {primary_role} "
-            f"(#{first}), but not at this point"
+def _extra_note(
+    call: TraceCall, reference: TraceDocument, primary_role: str | None, primary: list[TraceCall]
+) -> str:
+    """What the whole reference does instead of this call: the same call elsewhere in its
+    thread, on another thread, on another fd, or nothing of the kind."""
+    identity = conformance_identity(call)
+    what = _what(call)
+    here = [i for i, theirs in enumerate(primary) if conformance_identity(theirs) == identity]
+    if here:
+        return (
+            f"out of order: the reference makes {what} on thread {primary_role} (#{here[0]}), "
+            "but not at this point"
         )
-    return Deviation(
-        kind=DeviationKind.EXTRA,
-        thread=role,
-        call=call.name,
-        subject_index=index,
-        reference_thread=primary_role,
-        note=note,
+    elsewhere = [
+        located for located in reference.calls() if conformance_identity(located.call) == identity
+    ]
+    if elsewhere:
+        first = elsewhere[0]
+        return (
+            f"out of order: the reference makes {what} on thread {first.thread} "
+            f"(#{first.index}), but not at this point"
+        )
+    on_fds = sorted(
+        {
+            fd_of(located.entry)
+            for located in reference.calls()
+            if located.call.name == call.name and _argument(located.call) == _argument(call)
+        }
+        - {fd_of(call.entry)}
     )
+    if on_fds:
+        shown = ", ".join(on_fds[:_FDS_SHOWN]) + (
+            f" and {len(on_fds) - _FDS_SHOWN} more" if len(on_fds) > _FDS_SHOWN else ""
+        )
+        return f"the reference makes {what} on {shown}, never on {fd_of(call.entry)}"
+    return f"the reference never makes {what}"
+
+
+def _what(call: TraceCall) -> str:
+    argument = _argument(call)
+    return f"{call.name}({argument})" if argument else call.name
 
 
 def _other_threads(
@@ -267,44 +356,26 @@ def _other_threads(
 
 def call_differences(
     subject: TraceCall, reference: TraceCall, options: CompareOptions, strace_subject: bool
-) -> list[tuple[str, Compared, Compared]]:
-    """(path, reference value, subject value) for each compared field that differs; CPUID
-    entries and MSR lists as keyed sets (compare.field_differences does that)."""
+) -> tuple[list[tuple[str, Compared, Compared]], list[LeftOut]]:
+    """(path, reference value, subject value) for each compared field that differs, and the
+    differences left out as not VMM decisions. CPUID entries and MSR lists are compared as
+    keyed sets (regression.field_differences does that)."""
+    differences, left_out, _ = _compared(subject, reference, options, strace_subject)
+    return differences, left_out
+
+
+def _compared(
+    subject: TraceCall, reference: TraceCall, options: CompareOptions, strace_subject: bool
+) -> tuple[list[tuple[str, Compared, Compared]], list[LeftOut], int]:
     ignore = options.ignore
     if "undecoded" in subject.entry:  # strace printed a pointer: inputs unknown, not empty
         ignore = (*ignore, "in", "out")
     plain = CompareOptions(compare_outputs=options.compare_outputs, ignore=ignore)
-    found = list(field_differences(reference, subject, plain))
+    left_out: list[LeftOut] = []
+    found = list(field_differences(reference, subject, plain, left_out))
     if strace_subject:  # strace leaves padding and reserved fields out: absent is unknown
         found = [item for item in found if item[2] is not ABSENT]
-    return found
-
-
-def _rows(
-    calls: list[TraceCall],
-    primary: list[TraceCall],
-    primary_role: str | None,
-    paired: dict[int, tuple[str, int]],
-    deviations: list[Deviation],
-) -> list[Row]:
-    differing = {d.subject_index for d in deviations if d.kind is DeviationKind.FIELD}
-    rows: list[Row] = []
-    next_reference = 0
-    for index in range(len(calls)):
-        where = paired.get(index)
-        if where is not None and where[0] == primary_role:
-            rows.extend(_skipped(primary_role, next_reference, where[1]))
-            next_reference = where[1] + 1
-        if where is None:
-            rows.append(Row(RowStatus.EXTRA, index, None, None))
-            continue
-        if index in differing:
-            status = RowStatus.DIFFERS
-        else:
-            status = RowStatus.SAME if where[0] == primary_role else RowStatus.ELSEWHERE
-        rows.append(Row(status, index, where[0], where[1]))
-    rows.extend(_skipped(primary_role, next_reference, len(primary)))
-    return rows
+    return found, left_out, decide(reference, subject).one_sided
 
 
 def _skipped(role: str | None, start: int, stop: int) -> Iterator[Row]:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
 
-from conformance.model.document import Value
+from conformance.model.document import Hex, Value
 
 CpuidKey: TypeAlias = tuple[int, int]  # (function, index)
 _Key = TypeVar("_Key", CpuidKey, int)
@@ -79,7 +79,8 @@ def cpuid_set(
         for mask in masks:
             value = fields.get(mask.register)
             if (mask.function, mask.index) == key and isinstance(value, int):
-                fields[mask.register] = value & ~mask.bits
+                masked = value & ~mask.bits
+                fields[mask.register] = Hex(masked) if isinstance(value, Hex) else masked
         keyed[key] = fields
     return keyed
 
@@ -90,11 +91,15 @@ def cpuid_differences(
     masks: Sequence[CpuidMask] = GUEST_MUTABLE_CPUID,
 ) -> list[KeyedDifference]:
     """CPUID entries compared by (function, index): extra, missing and differing entries."""
-    return _differences(
-        cpuid_set(expected, masks),
-        cpuid_set(actual, masks),
-        lambda key: f"{key[0]:#x}/{key[1]:#x}",
-    )
+    return _differences(cpuid_set(expected, masks), cpuid_set(actual, masks), _cpuid_name)
+
+
+def _cpuid_name(key: CpuidKey) -> str:
+    return f"{key[0]:#x}/{key[1]:#x}"
+
+
+def _msr_name(key: int) -> str:
+    return f"{key:#x}"
 
 
 def msr_set(items: Iterable[Value]) -> dict[int, dict[str, Value]]:
@@ -113,7 +118,7 @@ def msr_set(items: Iterable[Value]) -> dict[int, dict[str, Value]]:
 
 def msr_differences(expected: Iterable[Value], actual: Iterable[Value]) -> list[KeyedDifference]:
     """MSR lists compared by MSR index: extra, missing and differing entries."""
-    return _differences(msr_set(expected), msr_set(actual), lambda key: f"{key:#x}")
+    return _differences(msr_set(expected), msr_set(actual), _msr_name)
 
 
 KeyedComparer = Callable[[Sequence[Value], Sequence[Value]], list[KeyedDifference]]
@@ -140,6 +145,19 @@ KEYED_LISTS: Mapping[tuple[str, str], KeyedComparer] = {
 def keyed_comparer(request: str, path: str) -> KeyedComparer | None:
     """The set comparison for this field of this request, or None for an ordinary list."""
     return KEYED_LISTS.get((request, path))
+
+
+def element_key(request: str, path: str, item: Value) -> str | None:
+    """How a keyed comparison names `item` of the list at `path` (`0x1/0x0` for a CPUID entry,
+    `0x10` for an MSR); None for a list compared by position, or an item without its key."""
+    comparer = KEYED_LISTS.get((request, path))
+    if comparer is None or not isinstance(item, dict):
+        return None
+    if comparer is _cpuid_lists:
+        key = cpuid_key(item)
+        return _cpuid_name(key) if key is not None else None
+    index = item.get("index")
+    return _msr_name(index) if isinstance(index, int) else None
 
 
 def _mappings(values: Sequence[Value]) -> list[Mapping[str, Value]]:

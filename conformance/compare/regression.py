@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from conformance.compare.decisions import LeftOut, decide
 from conformance.compare.keyed_sets import keyed_comparer
 from conformance.model.document import TraceCall, TraceDocument, Value, thread_role_order
 from conformance.model.errors import ConformanceError
@@ -127,6 +128,9 @@ class Comparison:
     expected: TraceDocument
     actual: TraceDocument
     differences: list[Difference] = field(default_factory=list)
+    options: CompareOptions = field(default_factory=CompareOptions)  # what was compared
+    # Differences not reported because the field is not a VMM decision (compare/decisions.py).
+    left_out: list[LeftOut] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -148,7 +152,7 @@ def compare_documents(
 ) -> Comparison:
     """Regression: every thread's calls, aligned, field by field."""
     chosen = options or CompareOptions()
-    comparison = Comparison(scenario, expected, actual)
+    comparison = Comparison(scenario, expected, actual, options=chosen)
     roles = sorted(set(expected.threads) | set(actual.threads), key=thread_role_order)
     for role in roles:
         if role not in actual.threads:
@@ -163,25 +167,29 @@ def compare_documents(
             )
         else:
             comparison.differences.extend(
-                _thread_differences(role, expected.threads[role], actual.threads[role], chosen)
+                _thread_differences(
+                    role,
+                    expected.threads[role],
+                    actual.threads[role],
+                    chosen,
+                    comparison.left_out,
+                )
             )
     return comparison
 
 
 def _thread_differences(
-    role: str, expected: list[TraceCall], actual: list[TraceCall], options: CompareOptions
+    role: str,
+    expected: list[TraceCall],
+    actual: list[TraceCall],
+    options: CompareOptions,
+    left_out: list[LeftOut],
 ) -> Iterator[Difference]:
-    # autojunk off: KVM_RUN makes up most of a vCPU thread and must still align.
-    matcher = difflib.SequenceMatcher(
-        a=[call_identity(call) for call in expected],
-        b=[call_identity(call) for call in actual],
-        autojunk=False,
-    )
-    for tag, e_start, e_end, a_start, a_end in matcher.get_opcodes():
+    for tag, e_start, e_end, a_start, a_end in aligned_calls(expected, actual, options):
         if tag == "equal":
             for offset in range(e_end - e_start):
                 e_call, a_call = expected[e_start + offset], actual[a_start + offset]
-                for path, e_value, a_value in field_differences(e_call, a_call, options):
+                for path, e_value, a_value in field_differences(e_call, a_call, options, left_out):
                     yield Difference(
                         DifferenceKind.FIELD,
                         role,
@@ -212,11 +220,83 @@ def _thread_differences(
             )
 
 
+Opcode: TypeAlias = tuple[str, int, int, int, int]
+
+
+def aligned_calls(
+    expected: Sequence[TraceCall], actual: Sequence[TraceCall], options: CompareOptions
+) -> list[Opcode]:
+    """The two threads aligned, as difflib opcodes: "equal" runs pair calls of one identity
+    (compared field by field), "delete"/"insert" runs are missing and extra calls.
+
+    Two passes, as a word diff refines a line diff: calls are first matched whole (every
+    compared field), so that an inserted CHECK_EXTENSION among three, or two swapped calls,
+    shows as that one call instead of shifting its neighbours' fields; the runs left over
+    are then paired by identity (syscall, fd role, request), where a changed field is a field
+    difference of a paired call.
+    """
+    whole = _matcher(
+        [_fingerprint(c, options) for c in expected], [_fingerprint(c, options) for c in actual]
+    )
+    opcodes: list[Opcode] = []
+    for tag, e_start, e_end, a_start, a_end in whole.get_opcodes():
+        if tag == "equal":
+            opcodes.append((tag, e_start, e_end, a_start, a_end))
+            continue
+        by_identity = _matcher(
+            [call_identity(call) for call in expected[e_start:e_end]],
+            [call_identity(call) for call in actual[a_start:a_end]],
+        )
+        for inner, e1, e2, a1, a2 in by_identity.get_opcodes():
+            if inner == "replace":  # as difflib means it: deleted, then inserted
+                opcodes.append(("delete", e_start + e1, e_start + e2, a_start + a1, a_start + a1))
+                opcodes.append(("insert", e_start + e2, e_start + e2, a_start + a1, a_start + a2))
+            else:
+                opcodes.append((inner, e_start + e1, e_start + e2, a_start + a1, a_start + a2))
+    return opcodes
+
+
+def _matcher(a: Sequence[Hashable], b: Sequence[Hashable]) -> difflib.SequenceMatcher[Hashable]:
+    # autojunk off: KVM_RUN makes up most of a vCPU thread and must still align.
+    return difflib.SequenceMatcher(a=a, b=b, autojunk=False)
+
+
+def _fingerprint(call: TraceCall, options: CompareOptions) -> str:
+    """The call's compared fields as text: equal exactly when no field would differ."""
+    return repr(_compared_part(call.name, "", call.entry, options))
+
+
+def _compared_part(request: str, path: str, value: Value, options: CompareOptions) -> object:
+    if isinstance(value, dict):
+        return tuple(
+            (key, _compared_part(request, f"{path}.{key}" if path else key, item, options))
+            for key, item in sorted(value.items())
+            if options.compares(f"{path}.{key}" if path else key, request)
+        )
+    if isinstance(value, list):
+        if keyed_comparer(request, path) is not None:  # a set: its order does not count
+            return tuple(
+                sorted(repr(_compared_part(request, path, item, options)) for item in value)
+            )
+        return tuple(_compared_part(request, path, item, options) for item in value)
+    return (type(value) is str, int(value) if isinstance(value, int) else value)
+
+
 def field_differences(
-    expected: TraceCall, actual: TraceCall, options: CompareOptions
+    expected: TraceCall,
+    actual: TraceCall,
+    options: CompareOptions,
+    left_out: list[LeftOut] | None = None,
 ) -> Iterator[tuple[str, Compared, Compared]]:
-    """(path, expected, actual) for every compared field where two calls differ."""
-    yield from _value_differences(expected.name, "", expected.entry, actual.entry, options)
+    """(path, expected, actual) for every compared field where two calls differ; fields that
+    are not a VMM decision (compare/decisions.py) are not compared, and the differences they
+    would have made go to `left_out` when given."""
+    decided = decide(expected, actual)
+    if left_out is not None:
+        left_out.extend(item for item in decided.left_out if options.compares(item.path, item.call))
+    yield from _value_differences(
+        expected.name, "", decided.expected.entry, decided.actual.entry, options
+    )
 
 
 def _value_differences(

@@ -51,6 +51,18 @@ def gcc_missing() -> str | None:
     return None
 
 
+@functools.cache
+def bpf_missing() -> str | None:
+    """Whether the tracer's eBPF recorder loads here (bpf(2) rights, the raw syscall
+    tracepoints, the verifier): it is tried."""
+    from conformance.tracer.bpf_kvm_run import KvmRunRecorder  # noqa: PLC0415 - costs ~10 ms
+
+    recorder, why_not = KvmRunRecorder.start()
+    if recorder is not None:
+        recorder.close()
+    return why_not
+
+
 @dataclass(frozen=True, slots=True)
 class Requirement:
     description: str  # what a test marked with it needs, as `pytest --markers` shows it
@@ -64,5 +76,8 @@ REQUIREMENTS: Mapping[str, Requirement] = MappingProxyType(
         "needs_ptrace": Requirement("needs permission to ptrace child processes", ptrace_missing),
         "needs_qemu": Requirement("needs qemu-system-x86_64", qemu_missing),
         "needs_gcc": Requirement("needs gcc and the kernel headers (linux/kvm.h)", gcc_missing),
+        "needs_bpf": Requirement(
+            "needs eBPF on tracepoints (root: CAP_BPF, CAP_PERFMON)", bpf_missing
+        ),
     }
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from conformance.lint import capabilities, cpuid_msr, irq, lifecycle, memory
+from conformance.lint import capabilities, cpuid_msr, irq, lifecycle, memory, mmio
 from conformance.lint.engine import Rule
 
 RULES: tuple[Rule, ...] = tuple(
@@ -15,6 +15,7 @@ RULES: tuple[Rule, ...] = tuple(
             *cpuid_msr.RULES,
             *irq.RULES,
             *lifecycle.RULES,
+            *mmio.RULES,
             *capabilities.RULES,
         ),
         key=lambda rule: rule.id,

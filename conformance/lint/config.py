@@ -32,6 +32,7 @@ class LintConfig:
 
     disabled: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "LintConfig"  # where it came from, for messages
+    path: Path | None = None  # the pyproject.toml it was read from
 
     def __post_init__(self) -> None:
         for rule_id, reason in self.disabled.items():
@@ -42,6 +43,17 @@ class LintConfig:
                 )
             if not reason.strip():
                 raise LintConfigError(f"{self.source}: disabling {rule_id} needs a reason")
+
+    def line_of(self, rule_id: str) -> int | None:
+        """The line of the file that disables `rule_id` (its quoted id), for SARIF."""
+        if self.path is None:
+            return None
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return None
+        quoted = (f'"{rule_id}"', f"'{rule_id}'")
+        return next((n for n, line in enumerate(lines, 1) if any(q in line for q in quoted)), None)
 
 
 def project_config(explicit: Path | None, start: Path) -> LintConfig:
@@ -73,7 +85,8 @@ def load_config(path: Path) -> LintConfig:
     table = tool.get("kvm-conformance", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
         raise LintConfigError(f"{path}: [{TABLE}] must be a table")
-    return LintConfig(_disabled(table.get("disable", []), path), source=f"{path} [{TABLE}]")
+    disabled = _disabled(table.get("disable", []), path)
+    return LintConfig(disabled, source=f"{path} [{TABLE}]", path=path)
 
 
 def _disabled(items: object, path: Path) -> dict[str, str]:

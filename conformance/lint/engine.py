@@ -59,6 +59,17 @@ class Rule:
     incidents: tuple[str, ...]
     rationale: str  # a paragraph for docs/rules.md and SARIF's fullDescription
     check: Check
+    # Where the kernel shows the rule holds, when no incident is public: "file (function)".
+    kernel_source: tuple[str, ...] = ()
+
+    @property
+    def cited(self) -> str:
+        """What the rule rests on, for people: its incidents, else the kernel source or docs."""
+        if self.incidents:
+            return ", ".join(self.incidents)
+        if self.kernel_source:
+            return "none; kernel source: " + ", ".join(self.kernel_source)
+        return "none (KVM API documentation)"
 
     def findings(self, document: TraceDocument) -> list[Finding]:
         found = []

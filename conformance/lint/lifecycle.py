@@ -80,41 +80,81 @@ def _next_run_without_retry(
     return None
 
 
-def _run_before_setup(document: TraceDocument) -> Iterator[Hit]:
-    """A vCPU's first KVM_RUN with no kvm_run mapping, or on KVM's reset register state."""
-    mapped_anywhere = _facts_anywhere(document, _maps_kvm_run)
-    registers_anywhere = _facts_anywhere(document, _sets_registers)
+def _run_unmapped(document: TraceDocument) -> Iterator[Hit]:
+    """A vCPU's first KVM_RUN with no kvm_run mapping."""
+    for role, vcpu, located in _first_runs(document, _maps_kvm_run, _unmaps_kvm_run):
+        yield Hit(
+            role,
+            located.index,
+            f"{vcpu}'s first KVM_RUN with its kvm_run page never mapped: the VMM cannot read "
+            "why the vCPU exited",
+        )
+
+
+def _run_on_creation_registers(document: TraceDocument) -> Iterator[Hit]:
+    """A vCPU's first KVM_RUN before any KVM_SET_REGS / KVM_SET_SREGS(2)."""
+    for role, vcpu, located in _first_runs(document, _sets_registers):
+        yield Hit(
+            role,
+            located.index,
+            f"{vcpu}'s first KVM_RUN before any KVM_SET_REGS/KVM_SET_SREGS: the guest starts "
+            "from the registers KVM set when it created the vCPU, before any CPUID (RDX 0x600, "
+            "not the processor signature), which the VMM never chose and cannot set again",
+        )
+
+
+def _first_runs(
+    document: TraceDocument,
+    setup: Callable[[Located], str | None],
+    undo: Callable[[Located], str | None] = lambda located: None,
+) -> Iterator[tuple[str, str, Located]]:
+    """(thread, vCPU, call) for each vCPU's first KVM_RUN that no `setup` call (not undone
+    since by `undo`) preceded: in its thread before it, or in another thread (whose order
+    the trace does not know)."""
+    anywhere = _facts_anywhere(document, setup)
     for role, calls in calls_in_order(document):
-        mapped: set[str] = set()
-        registers: set[str] = set()
+        done: set[str] = set()
         ran: set[str] = set()
         for located in calls:
             vcpu = fd(located.entry)
-            if _maps_kvm_run(located) is not None:
-                mapped.add(vcpu)
-            elif _sets_registers(located) is not None:
-                registers.add(vcpu)
-            elif located.entry.get("call") == "munmap":
-                mapped.discard(_unmapped_kvm_run(located))
+            if setup(located) is not None:
+                done.add(vcpu)
+            undone = undo(located)
+            if undone is not None:
+                done.discard(undone)
             if request(located.entry) != "KVM_RUN" or vcpu in ran or not is_vcpu_fd(vcpu):
                 continue
             ran.add(vcpu)
-            elsewhere = _elsewhere(role, vcpu, mapped_anywhere)
-            if vcpu not in mapped and not elsewhere:
+            if vcpu not in done and not _elsewhere(role, vcpu, anywhere):
+                yield role, vcpu, located
+
+
+def _closed_while_mapped(document: TraceDocument) -> Iterator[Hit]:
+    """A vCPU fd closed while its kvm_run mapping stays: the mapping keeps the vCPU's file, so
+    neither the vCPU nor its VM is freed while the mapping lives (never unmapped here)."""
+    unmapped_anywhere = _facts_anywhere(document, _unmaps_kvm_run)
+    for role, calls in calls_in_order(document):
+        mapped: set[str] = set()
+        closed: list[tuple[str, Located]] = []
+        for located in calls:
+            vcpu = _maps_kvm_run(located)
+            if vcpu is not None:
+                mapped.add(vcpu)
+            gone = _unmaps_kvm_run(located)
+            if gone is not None:
+                mapped.discard(gone)
+                closed = [(v, c) for v, c in closed if v != gone]
+            closing = fd(located.entry) if located.entry.get("call") == "close" else ""
+            if is_vcpu_fd(closing) and closing in mapped:
+                closed.append((closing, located))
+        for vcpu, located in closed:
+            if not _elsewhere(role, vcpu, unmapped_anywhere):
                 yield Hit(
                     role,
                     located.index,
-                    f"{vcpu}'s first KVM_RUN with its kvm_run page never mapped: the VMM cannot "
-                    "read why the vCPU exited",
-                )
-            if vcpu not in registers and not _elsewhere(role, vcpu, registers_anywhere):
-                yield Hit(
-                    role,
-                    located.index,
-                    f"{vcpu}'s first KVM_RUN before any KVM_SET_REGS/KVM_SET_SREGS: the guest "
-                    "starts from KVM's reset state, which the VMM never chose (a reboot or "
-                    "restore on this vCPU will not reset it)",
-                    Severity.WARNING,
+                    f"close of {vcpu} while its kvm_run page stays mapped (never unmapped): the "
+                    f"mapping holds the vCPU's file, so the vCPU and its VM outlive every fd the "
+                    "VMM closes",
                 )
 
 
@@ -129,6 +169,12 @@ def _sets_registers(located: Located) -> str | None:
     if request(located.entry) in REGISTER_CALLS and not failed(located.entry):
         return fd(located.entry)
     return None
+
+
+def _unmaps_kvm_run(located: Located) -> str | None:
+    if located.entry.get("call") != "munmap":
+        return None
+    return _unmapped_kvm_run(located) or None
 
 
 def _unmapped_kvm_run(located: Located) -> str:
@@ -176,19 +222,53 @@ RULES = (
     ),
     Rule(
         id="KVMC009",
-        name="RunBeforeVcpuSetup",
-        title="KVM_RUN with no kvm_run mapping, or before the vCPU's registers were set",
+        name="RunWithoutKvmRunMapping",
+        title="KVM_RUN with the vCPU's kvm_run page never mapped",
         severity=Severity.ERROR,
         incidents=(),
         rationale=(
             "After KVM_RUN returns, why the vCPU exited is in the kvm_run page the VMM mmaps from "
             "the vCPU fd (KVM_GET_VCPU_MMAP_SIZE bytes); a VMM that never mapped it cannot "
-            "handle the exit (an error). A vCPU run before any KVM_SET_REGS / KVM_SET_SREGS "
-            "starts from KVM's reset state: right for firmware at the reset vector, but never "
-            "chosen by the VMM, so a reboot or restore will not reproduce it (a warning). "
-            "No public incident is cited: the rule follows the KVM API documentation "
-            "(Documentation/virt/kvm/api.rst, KVM_RUN and KVM_GET_VCPU_MMAP_SIZE)."
+            "handle the exit. No public incident is cited: the rule follows the KVM API "
+            "documentation (Documentation/virt/kvm/api.rst, KVM_RUN and KVM_GET_VCPU_MMAP_SIZE)."
         ),
-        check=_run_before_setup,
+        check=_run_unmapped,
+    ),
+    Rule(
+        id="KVMC010",
+        name="RunOnCreationRegisters",
+        title="KVM_RUN before the VMM set the vCPU's registers",
+        severity=Severity.ERROR,
+        incidents=(),
+        rationale=(
+            "KVM resets a vCPU when it creates it, before the VMM can give it CPUID "
+            "(kvm_arch_vcpu_create() calls kvm_vcpu_reset(), arch/x86/kvm/x86.c): RDX then "
+            "holds KVM's fallback signature 0x600 instead of CPUID.1:EAX of the table the VMM "
+            "sets later, which firmware reads as the processor's family, model and stepping. "
+            "A vCPU run before any KVM_SET_REGS / KVM_SET_SREGS(2) runs on that state: no "
+            "reset of the CPU the VMM configured produces it, and the VMM, having never "
+            "written it, cannot put it back after a reboot or a restore. An error, not a "
+            "warning: the guest sees a CPU signature that contradicts its CPUID. Firmware "
+            "VMMs set the reset vector's registers explicitly, as QEMU does."
+        ),
+        check=_run_on_creation_registers,
+        kernel_source=("arch/x86/kvm/x86.c (kvm_vcpu_reset)",),
+    ),
+    Rule(
+        id="KVMC012",
+        name="VcpuClosedWhileMapped",
+        title="A vCPU fd closed while its kvm_run page stays mapped",
+        severity=Severity.ERROR,
+        incidents=("Freax13/mushroom#99",),
+        rationale=(
+            "The kvm_run mapping holds a reference to the vCPU's file, and the vCPU holds its "
+            "VM: kvm_vcpu_release() (virt/kvm/kvm_main.c) runs only when the last reference "
+            "goes, so closing the vCPU fd (and the VM fd after it) frees neither while the "
+            "page stays mapped. The VM, its memory, timers and (for confidential guests) its "
+            "hardware keys live on until the VMM exits: mushroom's VMs never shut down and "
+            "ran out of TDX HKIDs until it unmapped kvm_run. munmap the page before closing, "
+            "or at all; an unmap in another thread counts, as its order is not recorded."
+        ),
+        check=_closed_while_mapped,
     ),
 )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from conformance.lint.catalog import RULES_BY_ID
 from conformance.lint.config import LintConfig
 from conformance.lint.engine import Finding, Severity
-from conformance.model.printable import printable_data
+from conformance.model.printable import shown, shown_data
 
 JSON_SCHEMA = "kvm-conformance-lint/1"
 
@@ -21,15 +21,17 @@ def render_text(findings: Sequence[Finding], trace: str, config: LintConfig) -> 
         incidents = RULES_BY_ID[finding.rule_id].incidents
         cited = f" [{', '.join(incidents)}]" if incidents else ""
         lines.append(
-            f"{where}: {finding.where}: {finding.severity.value} {finding.rule_id}: "
-            f"{finding.message}{cited}"
+            shown(
+                f"{where}: {finding.where}: {finding.severity.value} {finding.rule_id}: "
+                f"{finding.message}{cited}"
+            )
         )
     errors = sum(1 for f in findings if f.severity is Severity.ERROR)
     warnings = len(findings) - errors
-    summary = f"{trace}: {_count(errors, 'error')}, {_count(warnings, 'warning')}"
+    summary = shown(f"{trace}: {_count(errors, 'error')}, {_count(warnings, 'warning')}")
     if config.disabled:
         reasons = (f"{rule_id}: {reason}" for rule_id, reason in sorted(config.disabled.items()))
-        summary += f" (disabled: {'; '.join(reasons)})"
+        summary += shown(f" (disabled: {'; '.join(reasons)})")
     return "\n".join([*lines, summary]) + "\n"
 
 
@@ -42,7 +44,7 @@ def render_json(findings: Sequence[Finding], trace: str, config: LintConfig) -> 
             {"id": rule_id, "reason": reason} for rule_id, reason in sorted(config.disabled.items())
         ],
     }
-    return json.dumps(printable_data(document), indent=2) + "\n"
+    return json.dumps(shown_data(document), indent=2) + "\n"
 
 
 def finding_record(finding: Finding) -> dict[str, object]:
@@ -58,6 +60,7 @@ def finding_record(finding: Finding) -> dict[str, object]:
         "line": finding.line,
         "message": finding.message,
         "incidents": list(rule.incidents),
+        "kernel_source": list(rule.kernel_source),
     }
 
 

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import TypeAlias
 
 SCHEMA = "kvm-conformance/1"
+# The tracer's raw stream (`trace --format yaml`): tids, fd numbers, host addresses, flag bits.
+# Its own name, so that no reader takes it for a normalized document.
+RAW_SCHEMA = "kvm-conformance-raw/1"
+
+# `source:` key of the guest memory each VM ran (tracer/guest_memory.py): {VM: {pages, sha256}}
+GUEST_MEMORY = "guest_memory"
 
 Value: TypeAlias = "int | str | list[Value] | dict[str, Value]"
 Entry: TypeAlias = dict[str, Value]

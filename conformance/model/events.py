@@ -40,6 +40,22 @@ class OpenKvm(Call):
     path: str
     flags: int
     fd_role: str | None = None  # role of the fd it returned ("kvm", "kvm2"...); None if failed
+    syscall: str = "open"  # "open", "openat" or "openat2", as the program called it
+    dirfd: int | None = None  # openat/openat2's directory fd (AT_FDCWD: -100); None for open
+
+
+@dataclass(frozen=True, slots=True)
+class GuestMemoryDigest:
+    """The guest memory a VM ran first: a hash of its non-zero pages, read at its first KVM_RUN.
+
+    sha256 over each non-zero 4 KiB guest page in guest-physical order (address space, gpa),
+    each page preceded by its address: the same guest program, loaded at the same addresses,
+    hashes the same whichever VMM loaded it and however the VMM's host memory is laid out.
+    """
+
+    vm_role: str
+    pages: int  # non-zero pages hashed
+    sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +75,8 @@ class Ioctl(Call):
     # KVM_RUN: this call and the identical ones right after it on its thread, `repeat` in all
     # (seq numbers seq .. seq + repeat - 1); the tracer merges them where it sees them whole.
     repeat: int = 1
+    # The VM's first KVM_RUN: the guest memory it starts from (None if unreadable, or later).
+    guest_memory: GuestMemoryDigest | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,10 @@ class KvmObject:
     coalesced_ring_seen: int | None = None  # ring index up to which entries were recorded
     xsave2_size: int = 0
     vcpu_count: int = 0  # VM only: vCPUs created, for naming
+    # VM only: each live slot's (guest_phys_addr, memory_size, userspace_addr), and whether the
+    # guest memory was hashed yet (at the first KVM_RUN; tracer/guest_memory.py).
+    slots: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    memory_digested: bool = False
     # VM only: the address space (the recorder's per-process RunMappings) that created it. KVM
     # refuses vCPU ioctls from any other (EIO), a refusal its KVM_RUN tracepoint never sees.
     created_in: object | None = None

@@ -1,43 +1,53 @@
-"""Text from an input made safe to show: the one place control characters are escaped.
+"""Text that came from an input, made safe to print: the one escaping function of every output.
 
-A trace, an strace log or a traced program's own strings can hold anything: an ANSI escape in a
-thread name clears the terminal or sets its title when a diff prints it, a carriage return
-rewrites the line a reader trusts, a bidi override reorders what a reviewer sees. Every output
-(the terminal, JSON, HTML, SARIF) passes what it shows through here: C0 and C1 controls, DEL,
-and the Unicode format characters that reorder or break lines become visible `\\x1b`/`\\u202e`
-escapes. Tab and newline are kept in whole texts (a report's own layout) and escaped in values.
+A trace or configuration file is input: a string in it may hold an escape sequence that would
+recolour a terminal, a bidi override that reorders what a reviewer reads, or a line break that
+forges a report line. Every renderer (terminal, JSON, HTML, SARIF) passes input-derived strings
+through `shown` before writing them; `shown_text` does the same for a whole report (its own
+line breaks and tabs kept) and `shown_data` for JSON-ready data (a finding record, a SARIF log).
 """
 
 from __future__ import annotations
 
-import re
+import unicodedata
 
-_FORMAT_CHARACTERS = "\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069"
-_IN_VALUES = re.compile("[\\x00-\\x1f" + _FORMAT_CHARACTERS + "]")
-_IN_TEXTS = re.compile("[\\x00-\\x08\\x0b-\\x1f" + _FORMAT_CHARACTERS + "]")  # \t, \n kept
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+# Unicode's bidirectional formatting characters (UAX #9): embeddings, overrides and isolates.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
 
 
-def printable(value: str) -> str:
-    """One value (a name, a path, a message part): every control character escaped."""
-    return _IN_VALUES.sub(_escape, value) if _IN_VALUES.search(value) else value
+def shown(text: str) -> str:
+    """`text` with control characters (C0 with tab and newline, DEL, C1) and bidi formatting
+    characters written as escapes (`\\x1b`, `\\u202e`); printable text is unchanged."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(character) for character in text)
 
 
-def printable_text(text: str) -> str:
-    """A whole report: as `printable`, but its own line breaks and tabs kept."""
-    return _IN_TEXTS.sub(_escape, text) if _IN_TEXTS.search(text) else text
+def shown_text(text: str) -> str:
+    """A whole report (text we laid out around input-derived strings): as `shown`, but its
+    own line breaks and tabs kept."""
+    if text.isprintable():
+        return text
+    return "\n".join(
+        "\t".join(shown(part) for part in line.split("\t")) for line in text.split("\n")
+    )
 
 
-def printable_data(data: object) -> object:
-    """JSON-ready data (a finding record, a SARIF log) with every string made printable."""
+def shown_data(data: object) -> object:
+    """JSON-ready data with every string in it (keys too) passed through `shown`."""
     if isinstance(data, str):
-        return printable(data)
+        return shown(data)
     if isinstance(data, dict):
-        return {printable_data(key): printable_data(item) for key, item in data.items()}
+        return {shown_data(key): shown_data(item) for key, item in data.items()}
     if isinstance(data, list | tuple):
-        return [printable_data(item) for item in data]
+        return [shown_data(item) for item in data]
     return data
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return f"\\x{code:02x}"
+    if character in _BIDI_CONTROLS or unicodedata.category(character) in ("Cc", "Cf"):
+        return f"\\u{code:04x}"
+    return character

@@ -201,12 +201,13 @@ EVENTFD_FIELDS: Mapping[str, frozenset[str]] = {
 }
 
 _SHORT_BYTES = 16  # byte strings up to this long are shown as a list of bytes, longer as hex
+HEX_BYTES = "hex:"  # the prefix of a longer byte string: hex:<lowercase hex>
 
 
 def byte_string(value: bytes) -> Value:
     if len(value) <= _SHORT_BYTES:
         return [Hex(byte) for byte in value]
-    return "hex:" + value.hex()
+    return HEX_BYTES + value.hex()
 
 
 def exit_fields(run_exit: Fields) -> dict[str, Value]:

@@ -18,8 +18,16 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from conformance.abi.ioctls import IOCTLS, ArgKind
-from conformance.model import events, symbolic
-from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value, ordered_threads
+from conformance.model import events, register_pages, symbolic
+from conformance.model.document import (
+    GUEST_MEMORY,
+    Entry,
+    Hex,
+    TraceCall,
+    TraceDocument,
+    Value,
+    ordered_threads,
+)
 from conformance.normalize.address_space import (
     AddressRef,
     AddressSpace,
@@ -164,14 +172,17 @@ class Normalizer:
             spec.arg_kind is ArgKind.INTEGER or (spec.arg_kind is ArgKind.NONE and event.arg)
         ):
             entry["arg"] = symbolic.ioctl_argument(request, event.arg)
+        struct_name = spec.arg_type if spec is not None else None
         inputs = event.run_entry if request == "KVM_RUN" else event.inputs
         if inputs:
+            inputs = register_pages.decode_pages(struct_name, inputs)
             entry["in"] = self._struct(inputs, request, thread.process)
         if event.run_exit:
             entry["exit"] = symbolic.exit_fields(event.run_exit)
         answer: dict[str, Pending] = {}
         if event.outputs:
-            answer.update(self._struct(event.outputs, request, thread.process))
+            outputs = register_pages.decode_pages(struct_name, event.outputs)
+            answer.update(self._struct(outputs, request, thread.process))
         if event.new_fd_role is not None:
             entry.update(_result(event, event.new_fd_role))
         else:
@@ -184,7 +195,16 @@ class Normalizer:
             thread.facts.opened_kvm = True
         if request == "KVM_RUN":
             thread.facts.runs.add(event.fd_role)
+        if event.guest_memory is not None:
+            self._guest_memory(event.guest_memory)
         self._append(event, entry, kvm_fd=True)
+
+    def _guest_memory(self, digest: events.GuestMemoryDigest) -> None:
+        """Provenance: the guest memory each VM started from (compared: whether two traces
+        ran the same guest, before their KVM_RUN exits are compared)."""
+        recorded = self._source.setdefault(GUEST_MEMORY, {})
+        if isinstance(recorded, dict):
+            recorded.setdefault(digest.vm_role, {"pages": digest.pages, "sha256": digest.sha256})
 
     def _struct(self, fields: events.Fields, request: str, process: _Process) -> dict[str, Pending]:
         return {name: self._field(name, value, request, process) for name, value in fields.items()}

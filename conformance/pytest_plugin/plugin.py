@@ -36,7 +36,7 @@ from conformance.lint import Finding, LintConfig, has_errors, lint, project_conf
 from conformance.lint.output import render_text
 from conformance.model.document import TraceDocument, Value
 from conformance.model.errors import ConformanceError
-from conformance.model.printable import printable_text
+from conformance.model.printable import shown_text
 from conformance.normalize.capture import Capture, capture_output
 from conformance.pytest_plugin.snapshots import SnapshotSession
 
@@ -127,7 +127,8 @@ def pytest_terminal_summary(
         return
     terminalreporter.section(f"kvm-conformance snapshots ({session.store.directory})")
     complete = config.stash.get(_RAN_EVERY_TEST, False)
-    for line in session.summary_lines(complete_run=complete):
+    verbose = int(config.getoption("verbose")) > 0  # -v: what was left out as not decisions
+    for line in session.summary_lines(complete_run=complete, verbose=verbose):
         terminalreporter.write_line(line)
 
 
@@ -171,7 +172,7 @@ class KvmConformance:
         directory = None if cwd is None else str(cwd)
         traced = _failing_on_error(lambda: capture_output(argv, source, env=env, cwd=directory))
         if traced.outcome.message is not None:
-            pytest.fail(printable_text(_with_stderr(traced.outcome.message, traced)), pytrace=False)
+            pytest.fail(shown_text(_with_stderr(traced.outcome.message, traced)), pytrace=False)
         return self._wrap(traced)
 
     def matches_scenario(
@@ -197,7 +198,7 @@ class KvmConformance:
         if has_errors(findings):
             argv = document.source.get("argv")
             name = " ".join(map(str, argv)) if isinstance(argv, list) else str(document.path)
-            pytest.fail(printable_text(render_text(findings, name, chosen)), pytrace=False)
+            pytest.fail(shown_text(render_text(findings, name, chosen)), pytrace=False)
         return findings
 
     def _wrap(self, traced: Capture) -> TracedCommand:
@@ -216,7 +217,7 @@ def _failing_on_error(action: Callable[[], _Result]) -> _Result:
     except ConformanceError as error:
         message = str(error)
     # Outside the except block, so that the failure is not shown chained to the error.
-    pytest.fail(printable_text(message), pytrace=False)
+    pytest.fail(shown_text(message), pytrace=False)
 
 
 def _with_stderr(message: str, traced: Capture) -> str:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conformance.compare.decisions import LeftOut
 from conformance.compare.regression import CompareOptions, Comparison, compare_documents
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.report.diff import render_comparison
+from conformance.report.left_out import render_left_out
 from conformance.snapshot.store import SnapshotStore, StoreReport
 
 
@@ -41,6 +43,7 @@ class SnapshotSession:
         self._compared: set[str] = set()
         self._differing: set[str] = set()
         self._missing: set[str] = set()
+        self._left_out: list[LeftOut] = []  # differences that were not VMM decisions
 
     @property
     def asserted(self) -> bool:
@@ -67,13 +70,18 @@ class SnapshotSession:
             )
         comparison = compare_documents(expected, document, scenario=name, options=options)
         self._compared.add(name)
+        self._left_out.extend(comparison.left_out)
         if not comparison.ok:
             self._differing.add(name)
-            raise SnapshotMismatch(comparison, render_comparison(comparison, color=self._color))
+            rendered = render_comparison(
+                comparison, color=self._color, accept="pytest --snapshot-update"
+            )
+            raise SnapshotMismatch(comparison, rendered)
 
-    def summary_lines(self, *, complete_run: bool) -> list[str]:
+    def summary_lines(self, *, complete_run: bool, verbose: bool = False) -> list[str]:
         """What this session did to the snapshots, syrupy-style; `unused` only when every test
-        ran (after -k, -m or -x, snapshots of tests that did not run would look unused).
+        ran (after -k, -m or -x, snapshots of tests that did not run would look unused);
+        `verbose`: also what the comparisons left out as not VMM decisions, and why.
         """
         report = self.store.report()
         if self.store.update:
@@ -83,6 +91,8 @@ class SnapshotSession:
                 f"{len(self._compared)} compared, {len(self._differing)} differing"
                 + (f", {len(self._missing)} missing" if self._missing else "")
             ]
+        if verbose and self._compared:
+            lines.extend(render_left_out(self._left_out))
         if complete_run and report.unused:
             files = ", ".join(self.store.path_for(name).name for name in report.unused)
             lines.append(f"{len(report.unused)} unused (not deleted): {files}")

@@ -4,8 +4,8 @@ QEMU runs with address space randomization off (`setarch --addr-no-randomize`) a
 CPU with its tracer. Neither changes what QEMU asks of KVM; both make what varies by chance
 vary less: the offsets at which QEMU aligns RAM blocks inside its reservations follow from where
 the kernel placed them, and KVM_GET_SUPPORTED_CPUID answers with the APIC ID of the CPU the call
-ran on. What still varies (clocks, uninitialized padding, timer kicks) is masked by the regression
-options in `REFERENCE_OPTIONS` and reported there, not hidden.
+ran on. What still varies (clocks, uninitialized padding) is not a VMM's decision: every
+comparison leaves it out (abi/not_decisions.py), and says what it left out on request.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
 
-from conformance.compare.regression import CompareOptions
-from conformance.model.calls import request
 from conformance.model.document import Entry, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.normalize.capture import host_facts
@@ -32,36 +30,6 @@ from conformance.tracer import trace
 
 NO_ASLR = ("setarch", "x86_64", "--addr-no-randomize")
 _ERROR_LINES_SHOWN = 10
-
-# What differs between two recordings of the same QEMU scenario on one host, and why; the
-# regression check of a re-recorded reference leaves exactly these out (kernel answers, `out:`,
-# are never compared).
-NONDETERMINISTIC_FIELDS: dict[str, str] = {
-    "in.clock": "KVM_SET_CLOCK: kvmclock's value is the time QEMU read it",
-    "in.channels": "KVM_SET_PIT2: count_load_time is the host clock when QEMU read the PIT",
-    "in.pad": "KVM_SET_IRQCHIP and others: padding QEMU leaves uninitialized (stack bytes)",
-    "in.chip.ioapic.pad": "KVM_SET_IRQCHIP: padding QEMU leaves uninitialized",
-    "in.pdptrs": "KVM_SET_SREGS2: PDPTRs QEMU copies from uninitialized stack (stack canary)",
-}
-MSR_IA32_TSC = 0x10  # KVM_SET_MSRS of the TSC carries the time of the call
-
-
-def reference_options(document: TraceDocument) -> CompareOptions:
-    """The regression options for re-recordings of `document`: the fields above, and the value
-    of every TSC entry of KVM_SET_MSRS (by its position, so the other MSRs are still compared)."""
-    tsc_values = {
-        f"in.entries[{position}].data"
-        for located in document.calls()
-        if request(located.entry) == "KVM_SET_MSRS"
-        for position, item in enumerate(_entries(located.entry.get("in")))
-        if isinstance(item, dict) and item.get("index") == MSR_IA32_TSC
-    }
-    return CompareOptions(ignore=(*NONDETERMINISTIC_FIELDS, *sorted(tsc_values)))
-
-
-def _entries(section: Value | None) -> list[Value]:
-    entries = section.get("entries") if isinstance(section, dict) else None
-    return entries if isinstance(entries, list) else []
 
 
 class QemuMissingError(ConformanceError):

@@ -22,7 +22,7 @@ import yaml
 from conformance.model.document import SCHEMA, Entry, Hex, TraceCall, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import Dumper, FlowMapping, FlowSequence
-from conformance.model.printable import printable
+from conformance.model.printable import shown
 from conformance.snapshot import schema
 from conformance.snapshot.skeleton import PLACEHOLDER, Run, Split, split
 
@@ -291,8 +291,8 @@ class _Document:
         if problem is not None:
             if node is not None:
                 line = _line_of(node, problem.path)
-            shown = printable(problem.path)
-            raise SnapshotError(self.path, line, f"{where} {shown}: {problem.message}")
+            path_shown = shown(problem.path)
+            raise SnapshotError(self.path, line, f"{where} {path_shown}: {problem.message}")
 
     def _mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
         if not isinstance(node, yaml.MappingNode):

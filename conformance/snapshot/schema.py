@@ -29,6 +29,9 @@ INT_MIN = -(1 << 63)
 INT_MAX = (1 << 64) - 1
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A struct field: a C field name, or the offset of a word inside a register page that has no
+# name (`region.reserved.0x1a0`, model/register_pages.py).
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|0x[0-9a-f]+")
 # Roles, mapping names and addresses: `vcpu0`, `proc0.1/main#2`, `thread:vm`, `ram0+0x1000`,
 # `kvm_run:vcpu0`, `vcpu0@0x1000`, `hex:00ff...` byte strings.
 _SYMBOL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+#/@-]*")
@@ -57,12 +60,17 @@ def _is_int(value: Value) -> bool:
 
 # A long trace holds few distinct strings: each is matched once.
 _NAMES: dict[str, bool] = {}
+_FIELD_NAMES: dict[str, bool] = {}
 _SYMBOLS: dict[str, bool] = {}
 _MEMO_LIMIT = 1 << 16
 
 
 def _is_name(value: Value) -> bool:
     return _matches(value, _NAMES, _NAME)
+
+
+def _is_field_name(value: Value) -> bool:
+    return _matches(value, _FIELD_NAMES, _FIELD_NAME)
 
 
 def _is_symbol(value: Value) -> bool:
@@ -97,6 +105,7 @@ FLAG_LIST = Kind(
 
 
 _FIELD_EXPECTED = "an integer, a name, or a list or mapping of them"
+_FIELD_NAME_EXPECTED = "a field name (letters, digits and _) or a 0x offset"
 STRUCT = Kind("a mapping of field names to values", lambda value: isinstance(value, dict))
 
 CALLS = frozenset(
@@ -205,7 +214,7 @@ def _field_ok(value: Value) -> bool:
     """Whether a struct field (or a whole struct) holds only what the format allows: the quick
     test; `_check_field` says where it does not."""
     if isinstance(value, dict):
-        return all(_is_name(key) and _field_ok(item) for key, item in value.items())
+        return all(_is_field_name(key) and _field_ok(item) for key, item in value.items())
     if isinstance(value, list):
         return all(_field_ok(item) for item in value)
     return isinstance(value, int) or _is_symbol(value)
@@ -214,8 +223,8 @@ def _field_ok(value: Value) -> bool:
 def _check_struct(fields: Mapping[str, Value], path: str) -> Problem | None:
     for key, value in fields.items():
         where = f"{path}.{key}"
-        if not _is_name(key):
-            return Problem(where, f"field name {shown(key)}: expected {NAME.expected}")
+        if not _is_field_name(key):
+            return Problem(where, f"field name {shown(key)}: expected {_FIELD_NAME_EXPECTED}")
         problem = _check_field(value, where)
         if problem is not None:
             return problem

@@ -46,6 +46,7 @@ def adopt_open_fds(pid: int, table: FdTable, names: RoleNames) -> None:
             target = names.kvm()
         elif link == f"{_ANON_INODE}kvm-vm":
             target = vm = names.vm()
+            vm.memory_digested = True  # it may have run before we came: no first KVM_RUN to see
         elif link.startswith(f"{_ANON_INODE}kvm-vcpu:"):
             target = names.vcpu(vm, int(link.rpartition(":")[2]))
         elif link.startswith(_ANON_INODE) and link.endswith("-stats"):

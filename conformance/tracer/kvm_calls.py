@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from conformance.abi import _generated as abi
 from conformance.abi import ioc
 from conformance.abi.ioctls import FdKind, IoctlSpec, by_name, by_number
-from conformance.model.events import Fields, Ioctl, KvmRunMode
+from conformance.model.events import Fields, GuestMemoryDigest, Ioctl, KvmRunMode
 from conformance.model.fd_roles import FdTable, KvmObject, RoleNames, vm_of
-from conformance.tracer import decode
+from conformance.tracer import decode, guest_memory
 from conformance.tracer.kvm_run import RunMappings, RunReader
 from conformance.tracer.stops import SyscallStop
 from conformance.tracer.syscall_args import signed_int
@@ -47,6 +47,7 @@ class PendingIoctl:
     arg: int
     inputs: Fields | None
     run_entry: Fields | None
+    guest_memory: GuestMemoryDigest | None = None
 
 
 class KvmCallDecoder:
@@ -67,11 +68,15 @@ class KvmCallDecoder:
         vm = vm_of(target)
         inputs = decode.read_inputs(spec, stop, arg, vm) if spec is not None else None
         run_entry = None
+        memory = None
         if request == KVM_RUN and self._decode_runs and target is not None:
             run_entry = self._runs.read_entry(stop, target, mappings)
             stop.exit_can_wait = _failure_is_traced(target, arg, mappings)
             stop.run_address = _run_address_for_the_compiled_loop(target, mappings)
-        return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry)
+            if vm is not None and not vm.memory_digested:  # before the guest's first instruction
+                vm.memory_digested = True
+                memory = guest_memory.digest(stop.tid, vm)
+        return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry, memory)
 
     def exit(
         self,
@@ -113,6 +118,7 @@ class KvmCallDecoder:
             run_exit=run_exit,
             run_entry=pending.run_entry,
             repeat=stop.repeat,
+            guest_memory=pending.guest_memory,
         )
 
     def _spec(self, request: int, kinds: FdKind | None) -> IoctlSpec | None:
@@ -164,8 +170,13 @@ class KvmCallDecoder:
         inputs = pending.inputs or {}
         if spec.name in ("KVM_SET_USER_MEMORY_REGION", "KVM_SET_USER_MEMORY_REGION2"):
             slot, size = inputs.get("slot"), inputs.get("memory_size")
+            gpa, host = inputs.get("guest_phys_addr"), inputs.get("userspace_addr")
             if isinstance(slot, int) and isinstance(size, int):
                 vm.slot_sizes[slot] = size
+                if size == 0:
+                    vm.slots.pop(slot, None)
+                elif isinstance(gpa, int) and isinstance(host, int):
+                    vm.slots[slot] = (gpa, size, host)
         elif spec.name == "KVM_REGISTER_COALESCED_MMIO":
             vm.coalesced_mmio = True
         elif spec.name == "KVM_CHECK_EXTENSION" and pending.arg == abi.KVM_CAP_XSAVE2:

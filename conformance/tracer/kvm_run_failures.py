@@ -69,8 +69,7 @@ class KvmRunFailures:
     def start(cls) -> tuple[KvmRunFailures | None, str | None]:
         """An instance of our own, still disabled; or None and why the tracepoint is unusable."""
         try:
-            _mount_tracefs_if_needed()
-            instance, lock = _claim_instance(_TRACEFS / "instances")
+            instance, lock = _claim_instance(tracefs_root() / "instances")
         except OSError as error:
             return None, f"tracefs is not usable ({error.strerror or error})"
         try:
@@ -163,15 +162,17 @@ class KvmRunFailures:
         (self.instance / _EVENT / "filter").write_text(f"{expression}\n")
 
 
-def _mount_tracefs_if_needed() -> None:
+def tracefs_root() -> Path:
+    """Where tracefs is, mounted there first when it is not and we may (OSError if not)."""
     if (_TRACEFS / "instances").is_dir():
-        return
+        return _TRACEFS
     # The only mount this tool ever makes: tracefs at its standard place, as systemd does.
     mounted = subprocess.run(
         ["mount", "-t", "tracefs", "nodev", str(_TRACEFS)], capture_output=True, check=False
     )
     if mounted.returncode != 0 or not (_TRACEFS / "instances").is_dir():
         raise FileNotFoundError(errno_codes.ENOENT, f"tracefs is not mounted at {_TRACEFS}")
+    return _TRACEFS
 
 
 def _claim_instance(instances: Path) -> tuple[Path, int]:

@@ -21,13 +21,45 @@ import errno as errno_codes
 import os
 import signal
 from collections.abc import Iterator
+from typing import Protocol
 
 from conformance.tracer import ptrace_backend as backend
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder
+from conformance.tracer.bpf_run_exits import BpfRunExits
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.kvm_run_loop import KvmRunLoop, RunRecord
 from conformance.tracer.stops import RecordedStop, SyscallStop, TraceHandler
 from conformance.tracer.syscall_args import signed_int
+
+LateExitSource = KvmRunFailures | KvmRunRecorder
+"""What reads KVM_RUN's exits late: the failure tracepoint (one stop per call), or the eBPF
+recorder (no stop; bpf_run_exits.py)."""
+
+
+class RunExits(Protocol):
+    """What the session asks of either (their docstrings say what each does)."""
+
+    compiled_loop_calls: int
+    recorded_calls: int
+    throttle_stops: int
+
+    def follow(self, tid: int) -> None: ...
+    def forget(self, tid: int) -> None: ...
+    def before_entry(self, stop: SyscallStop) -> None: ...
+    def hand_over(self, stop: SyscallStop) -> bool: ...
+    def deliver(self, stop: SyscallStop) -> None: ...
+    def wait(self) -> tuple[int, int] | None: ...
+    def signals_end_the_wait(
+        self, handlers_installed: bool
+    ) -> contextlib.AbstractContextManager[None]: ...
+    def close(self) -> None: ...
+
+
+def late_run_exits(handler: TraceHandler, source: LateExitSource, pid: int) -> RunExits:
+    if isinstance(source, KvmRunRecorder):
+        return BpfRunExits(handler, source, pid)
+    return LateRunExits(handler, source, pid)
 
 
 class LateRunExits:
@@ -40,6 +72,7 @@ class LateRunExits:
         self._ioctl_number = backend.syscall_number("ioctl")
         self.compiled_loop_calls = 0
         """KVM_RUN calls whose stop the compiled loop took (not through Python)."""
+        self.recorded_calls = self.throttle_stops = 0  # the eBPF recorder's (bpf_run_exits.py)
 
     def follow(self, tid: int) -> None:
         """A new task, still stopped: its KVM_RUN failures count from now on."""

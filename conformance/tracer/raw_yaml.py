@@ -1,6 +1,6 @@
 """The `yaml` output of the tracer: the trace format (docs/trace-format.md) with raw values.
 
-    schema: kvm-conformance/1
+    schema: kvm-conformance-raw/1
     source: {...}
     threads:
       '812':
@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import IO, TextIO, get_args
 
 from conformance.model import events
-from conformance.model.document import SCHEMA, Entry, Hex, Value
+from conformance.model.document import RAW_SCHEMA, Entry, Hex, Value
 from conformance.model.flow_yaml import format_call, format_value
 
 _HEX_FIELDS = frozenset({"addr", "length", "offset", "old_addr", "old_length", "new_length"})
@@ -73,7 +73,7 @@ class RawYamlWriter:
         return line
 
     def close(self) -> None:
-        self._output.write(f"schema: {SCHEMA}\nsource: {format_value(self._source)}\n")
+        self._output.write(f"schema: {RAW_SCHEMA}\nsource: {format_value(self._source)}\n")
         self._output.write("threads:\n" if self._spools else "threads: {}\n")
         for tid in sorted(self._spools):
             spool = self._spools[tid]
@@ -124,11 +124,18 @@ def raw_entry(event: events.Event) -> Entry:
         entry["ret"] = _value(event.ret, "ret")
     if isinstance(event, events.Ioctl) and event.new_fd_role is not None:
         entry["new_fd_role"] = event.new_fd_role
+    if isinstance(event, events.Ioctl) and event.guest_memory is not None:
+        memory = event.guest_memory
+        entry["guest_memory"] = {
+            "vm": memory.vm_role,
+            "pages": memory.pages,
+            "sha256": memory.sha256,
+        }
     return entry
 
 
 def _call_name(event: events.Event) -> str:
-    if isinstance(event, events.DupFd):
+    if isinstance(event, events.DupFd | events.OpenKvm):
         return event.syscall
     return _CALL_NAMES.get(type(event)) or type(event).__name__.lower()
 

@@ -67,6 +67,7 @@ class _Pending:
     ioctl: PendingIoctl | None = None
     path: str = ""
     flags: int = 0
+    dirfd: int | None = None
 
 
 class Recorder:
@@ -98,6 +99,20 @@ class Recorder:
         adopt_open_fds(pid, process.fds, self._names)
         adopt_run_mappings(pid, process.fds, process.mappings)
         self.opened_kvm = self.opened_kvm or process.fds.has_kvm_objects()
+
+    def kvm_run_page(self, tid: int, fd: int) -> tuple[int, bool] | None:
+        """Where `fd`'s vCPU has its kvm_run in `tid`'s process, and whether its VM's coalesced
+        MMIO ring is read at exits too; None when `fd` is no vCPU there or kvm_run is not
+        mapped. What a reader of exits that does not stop at KVM_RUN must copy (bpf_vcpu_pages.py).
+        """
+        process = self._processes.get(tid)
+        vcpu = process.fds.get(fd) if process is not None else None
+        if process is None or vcpu is None or vcpu.kind != "vcpu":
+            return None
+        mapping = process.mappings.by_vcpu.get(vcpu)
+        if mapping is None or mapping.run_address is None:
+            return None
+        return mapping.run_address, vcpu.vm is not None and vcpu.vm.coalesced_mmio
 
     # --- session.TraceHandler -----------------------------------------------------------------
 
@@ -171,7 +186,8 @@ class Recorder:
             directory_fd = _AT_CWD if name == "open" else signed_int(args[0])
             if _names_a_file_but_no_device(stop.tid, directory_fd, path):
                 return None  # an import, a library, a config file: no KVM fd can come of it
-            return _Pending(name, path=path, flags=flags)
+            dirfd = None if name == "open" else directory_fd
+            return _Pending(name, path=path, flags=flags, dirfd=dirfd)
         if name in ("close", "dup", "dup3", "dup2", "fcntl"):
             fd = signed_int(args[0])
             overwrites_kvm_fd = name in ("dup2", "dup3") and process.fds.get(signed_int(args[1]))
@@ -270,6 +286,8 @@ class Recorder:
                 path=pending.path,
                 flags=pending.flags,
                 fd_role=role,
+                syscall=pending.name,
+                dirfd=pending.dirfd,
             )
         )
 

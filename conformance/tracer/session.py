@@ -42,8 +42,7 @@ from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
-from conformance.tracer.kvm_run_failures import KvmRunFailures
-from conformance.tracer.late_run_exits import LateRunExits
+from conformance.tracer.late_run_exits import LateExitSource, RunExits, late_run_exits
 from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
 
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -83,7 +82,7 @@ class TraceSession:
         self._exec_error_pipe: int | None = None
         self._attached = False
         self._interrupted_by: int | None = None
-        self._late_exits: LateRunExits | None = None
+        self._late_exits: RunExits | None = None
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -98,13 +97,14 @@ class TraceSession:
         stdin: int | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
-        run_failures: KvmRunFailures | None = None,
+        run_failures: LateExitSource | None = None,
     ) -> int:
         """Start `argv` traced from its first instruction; returns its pid.
 
         `unstopped_ioctls`: ioctl requests (e.g. KVM_RUN's number) never reported, in both modes.
         stdin/stdout/stderr: file descriptors to give the program; None passes ours through.
-        `run_failures` (fast path only): lets exits marked `exit_can_wait` wait for the next stop.
+        `run_failures` (fast path only): lets exits marked `exit_can_wait` wait for the next stop,
+        or (the eBPF recorder) brings the KVM_RUNs it recorded at each stop.
         """
         environment = dict(os.environ if env is None else env)
         executable = spawning.resolve_executable(argv, environment.get("PATH", os.defpath), cwd)
@@ -145,7 +145,7 @@ class TraceSession:
             backend.wait_for_stop(pid)  # reaps it: SIGKILL ends it
             raise
         if run_failures is not None:
-            self._late_exits = LateRunExits(self._handler, run_failures, pid)
+            self._late_exits = late_run_exits(self._handler, run_failures, pid)
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
         self._main_pid = pid
@@ -225,6 +225,16 @@ class TraceSession:
     def compiled_loop_calls(self) -> int:
         """KVM_RUN calls whose stop the compiled loop took."""
         return self._late_exits.compiled_loop_calls if self._late_exits is not None else 0
+
+    @property
+    def recorded_calls(self) -> int:
+        """KVM_RUN calls the eBPF recorder recorded (bpf_run_exits.py)."""
+        return self._late_exits.recorded_calls if self._late_exits is not None else 0
+
+    @property
+    def throttle_stops(self) -> int:
+        """Stops the eBPF recorder made so that its ring was read (bpf_run_exits.py)."""
+        return self._late_exits.throttle_stops if self._late_exits is not None else 0
 
     def _on_stop(self, tid: int, status: int) -> None:
         task = self._tasks.get(tid)

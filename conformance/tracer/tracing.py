@@ -3,8 +3,10 @@
     outcome = trace(["qemu-system-x86_64", ...], events.append)
 
 Every decoded event goes to `on_event` as soon as it is complete (streaming). `kvm_run`:
-- "full": every KVM_RUN is stopped at, its exit decoded from kvm_run and the VMM's answer to
-  IO-in / MMIO-read / RDMSR read at the next entry; with the fast path and KVM's
+- "full": every KVM_RUN's exit decoded from kvm_run and the VMM's answer to IO-in / MMIO-read /
+  RDMSR read at the next entry. With the fast path and eBPF (`ebpf=True`, the default), KVM_RUN
+  runs unstopped and an eBPF program on the ioctl tracepoints records every call in the kernel
+  (bpf_kvm_run.py), handed to the recorder at the thread's next stop; without eBPF, with KVM's
   kvm_userspace_exit tracepoint, the exit is read at the thread's next stop, so one stop per
   KVM_RUN instead of two (kvm_run_failures.py);
 - "summary": KVM_RUN is never stopped at either; each vCPU's exit counters, read from KVM's own
@@ -21,16 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from conformance.model.events import Event, KvmRunMode
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
+from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
 from conformance.tracer.errors import TracerError
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
+from conformance.tracer.late_run_exits import LateExitSource
 from conformance.tracer.recorder import Recorder
 from conformance.tracer.session import TraceSession
-from conformance.tracer.stops import TraceResult
+from conformance.tracer.stops import TraceHandler, TraceResult
 
 _KVM_RUN_MODES = ("full", "summary", "off")
 
@@ -50,6 +56,11 @@ class TraceOutcome:
     one_stop_kvm_run: bool = False
     one_stop_unavailable: str | None = None  # why not, when full mode wanted it
     compiled_loop_calls: int = 0  # KVM_RUN calls whose stop the compiled loop took
+    # full mode: KVM_RUN ran unstopped, every call recorded by the eBPF recorder
+    ebpf_kvm_run: bool = False
+    ebpf_unavailable: str | None = None  # why not, when full mode wanted it
+    recorded_calls: int = 0  # KVM_RUN calls the eBPF recorder recorded
+    throttle_stops: int = 0  # stops it made so that the tracer read its half-full ring
 
     @property
     def exit_status(self) -> int:
@@ -72,8 +83,8 @@ def _check_mode(kvm_run: KvmRunMode) -> None:
         raise TracerError(f"kvm_run must be one of {', '.join(_KVM_RUN_MODES)}, not {kvm_run!r}")
 
 
-def _unstopped(kvm_run: KvmRunMode) -> list[int]:
-    return [] if kvm_run == "full" else [KVM_RUN]
+def _unstopped(kvm_run: KvmRunMode, recorded: bool) -> list[int]:
+    return [] if kvm_run == "full" and not recorded else [KVM_RUN]
 
 
 def trace(
@@ -83,6 +94,7 @@ def trace(
     kvm_run: KvmRunMode = "full",
     fast_path: bool = True,
     pin: bool = False,
+    ebpf: bool = True,
     stdin: int | None = None,
     stdout: int | None = None,
     stderr: int | None = None,
@@ -90,32 +102,46 @@ def trace(
     cwd: str | None = None,
 ) -> TraceOutcome:
     """Run `argv` traced to its end. stdin/stdout/stderr: fds to give it (None: ours).
+    `ebpf`: in full mode, record KVM_RUN with the eBPF recorder where the kernel allows it.
 
-    Raises SpawnError when the command cannot be started (not found, not executable).
+    Raises SpawnError when the command cannot be started (not found, not executable), and
+    KvmRunRecordsLost at the end when the eBPF recorder lost calls.
     """
     _check_mode(kvm_run)
     counter = _CountingCallback(on_event)
     recorder = Recorder(counter, kvm_run=kvm_run)
-    session = TraceSession(recorder)
-    with _one_cpu(pin), _run_failures(fast_path and kvm_run == "full") as (failures, why_not):
+    full_late = fast_path and kvm_run == "full"
+    with _one_cpu(pin), _late_exit_source(full_late, ebpf=ebpf) as late:
+        handler: TraceHandler = recorder
+        if isinstance(late.source, KvmRunRecorder):
+            handler = RegisteringHandler(recorder, late.source)
+        session = TraceSession(handler)
         # the child inherits the affinity at fork, before its exec
         pid = session.spawn(
             argv,
             seccomp_fast_path=fast_path,
-            unstopped_ioctls=_unstopped(kvm_run),
+            unstopped_ioctls=_unstopped(kvm_run, isinstance(late.source, KvmRunRecorder)),
             env=env,
             cwd=cwd,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
-            run_failures=failures,
+            run_failures=late.source,
         )
         recorder.started(pid)
         result = session.run()
         recorder.finish()
-    return TraceOutcome(result, session.seccomp_fast_path, recorder.opened_kvm, counter.count,
-                        argv[0], kvm_run, failures is not None, why_not,
-                        session.compiled_loop_calls)  # fmt: skip
+        late.check_nothing_lost()
+    return TraceOutcome(
+        result, session.seccomp_fast_path, recorder.opened_kvm, counter.count, argv[0], kvm_run,
+        one_stop_kvm_run=isinstance(late.source, KvmRunFailures),
+        one_stop_unavailable=late.one_stop_unavailable,
+        compiled_loop_calls=session.compiled_loop_calls,
+        ebpf_kvm_run=isinstance(late.source, KvmRunRecorder),
+        ebpf_unavailable=late.ebpf_unavailable,
+        recorded_calls=session.recorded_calls,
+        throttle_stops=session.throttle_stops,
+    )  # fmt: skip
 
 
 def attach(
@@ -135,7 +161,9 @@ def attach(
     counter = _CountingCallback(on_event)
     recorder = Recorder(counter, kvm_run=kvm_run)
     session = TraceSession(recorder)
-    session.attach(pid, seccomp_fast_path=fast_path, unstopped_ioctls=_unstopped(kvm_run))
+    session.attach(
+        pid, seccomp_fast_path=fast_path, unstopped_ioctls=_unstopped(kvm_run, recorded=False)
+    )
     recorder.adopt(pid)  # after seizing: the threads are being stopped, the fds hold still
     result = session.run()
     recorder.finish()
@@ -144,15 +172,51 @@ def attach(
     )
 
 
+@dataclass
+class _LateExits:
+    source: LateExitSource | None = None
+    ebpf_unavailable: str | None = None
+    one_stop_unavailable: str | None = None
+
+    def check_nothing_lost(self) -> None:
+        if not isinstance(self.source, KvmRunRecorder):
+            return
+        lost, unreadable = self.source.counters()
+        if lost or unreadable:
+            raise KvmRunRecordsLost(
+                f"the eBPF recorder lost {lost} record(s) of KVM_RUN calls (its ring buffer was "
+                f"full) and could not read kvm_run at {unreadable} call(s): the trace is "
+                "incomplete"
+            )
+
+
 @contextlib.contextmanager
-def _run_failures(wanted: bool) -> Iterator[tuple[KvmRunFailures | None, str | None]]:
-    """KVM_RUN failures from KVM's tracepoint when it can be used, else None and why."""
-    failures, why_not = KvmRunFailures.start() if wanted else (None, None)
+def _late_exit_source(wanted: bool, *, ebpf: bool) -> Iterator[_LateExits]:
+    """Full mode on the fast path: the eBPF recorder, or else KVM_RUN failures from KVM's
+    tracepoint (one stop per call), or else nothing (two stops), with why not."""
+    late = _LateExits()
+    if wanted:
+        late.source, late.ebpf_unavailable = _ebpf_recorder() if ebpf else (None, None)
+        if late.source is None:
+            late.source, late.one_stop_unavailable = KvmRunFailures.start()
     try:
-        yield failures, why_not
+        yield late
     finally:
-        if failures is not None:
-            failures.close()
+        if late.source is not None:
+            late.source.close()
+
+
+def _ebpf_recorder() -> tuple[KvmRunRecorder | None, str | None]:
+    """The recorder, or None and why not, said on stderr the first time in this process (the
+    trace is the same, at a stop per KVM_RUN; `check` or a test session trace many times)."""
+    recorder, why_not = KvmRunRecorder.start()
+    if why_not is not None and why_not not in _REPORTED:
+        _REPORTED.add(why_not)
+        print(f"kvm-conformance: no eBPF recorder, a stop per KVM_RUN: {why_not}", file=sys.stderr)
+    return recorder, why_not
+
+
+_REPORTED: set[str] = set()
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ def test_the_committed_expected_traces_pass() -> None:
     assert [line.split()[:2] for line in lines[:-1]] == [["pass", name] for name in SCENARIOS]
     by_scenario = {line.split()[1]: line for line in lines[:-1]}
     assert all(line.endswith("lint: ok") for line in by_scenario.values())
+    assert all("  snapshot: equal  " in line for line in by_scenario.values())
     assert "qemu memory-1g: ok" in by_scenario["qemu-memory-layout"]
     assert "qemu tiny-bios: ok" in by_scenario["tiny-bios"]
     # The seed article's program: its deviations from QEMU are the point of the scenario.
@@ -61,9 +62,14 @@ def test_one_changed_field_fails_naming_scenario_call_and_field(expected_copy: P
 
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("FAIL      memory-setup")
+    assert "  snapshot: FAIL, 1 difference  " in result.stdout.splitlines()[0]
     assert (
         "thread main, call #4 KVM_SET_USER_MEMORY_REGION: in.guest_phys_addr: "
         "expected 0x1000, got 0x0"
+    ) in result.stdout
+    assert (
+        f"to accept: kvm-conformance check --update --scenario memory-setup "
+        f"--expected {expected_copy}\n"
     ) in result.stdout
     assert result.stdout.splitlines()[-1].endswith(": 1 failed")
     assert "\033[" not in result.stdout  # piped: no colour
@@ -94,7 +100,8 @@ def test_json_names_the_difference(expected_copy: Path) -> None:
 def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Path) -> None:
     snapshot = expected_copy / "hello.yaml"
     lines = snapshot.read_text().splitlines(keepends=True)
-    lines[11] = "  - {call: ioctl, fd: vcpu0, req: KVM_RUN, repeat: 0}\n"
+    first_call = next(i for i, line in enumerate(lines) if line.startswith("  - {call: "))
+    lines[first_call] = "  - {call: ioctl, fd: vcpu0, req: KVM_RUN, repeat: 0}\n"
     snapshot.write_text("".join(lines))
 
     result = _check("--expected", str(expected_copy))
@@ -102,7 +109,8 @@ def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Pa
     assert result.returncode == 2
     assert result.stdout == ""  # refused before tracing anything
     assert result.stderr == (
-        f"kvm-conformance: {snapshot}:12: main[1] repeat: expected a positive integer, found 0\n"
+        f"kvm-conformance: {snapshot}:{first_call + 1}: main[0] repeat: expected a positive "
+        "integer, found 0\n"
     )
 
 
@@ -122,7 +130,9 @@ def test_a_missing_snapshot_fails_until_update_creates_it(tmp_path: Path) -> Non
 
     missing = _check("--expected", str(expected), "--scenario", "memory-setup")
     assert missing.returncode == 1
-    assert missing.stdout.startswith("missing   memory-setup")
+    assert missing.stdout.startswith("FAIL      memory-setup")
+    assert "  snapshot: missing (" in missing.stdout.splitlines()[0]
+    assert missing.stdout.splitlines()[-1].endswith(": 1 missing")
     assert not (expected / "memory-setup.yaml").exists()
 
     created = _check("--expected", str(expected), "--scenario", "memory-setup", "--update")
@@ -167,8 +177,10 @@ def test_a_deviation_from_the_qemu_reference_fails_and_is_named(tmp_path: Path) 
     result = _check("--references", str(references), "--scenario", "tiny-bios")
 
     assert result.returncode == 1, result.stderr
-    assert result.stdout.startswith("pass      tiny-bios")  # the snapshot still matches
-    assert "qemu tiny-bios: FAIL" in result.stdout.splitlines()[0]
+    # One verdict per judgment: the scenario fails, its snapshot still matches, QEMU's fails.
+    line = result.stdout.splitlines()[0]
+    assert line.startswith("FAIL      tiny-bios") and "pass" not in line
+    assert "  snapshot: equal  qemu tiny-bios: FAIL, " in line
     assert f"tiny-bios against {references / 'tiny-bios.yaml'}: FAIL" in result.stdout
     assert "KVM_SET_REGS: in.rdx: QEMU 0x" in result.stdout
     assert result.stdout.splitlines()[-1].endswith(": 1 failed")

@@ -129,8 +129,8 @@ def test_trace_of_a_missing_command_exits_127_with_one_line() -> None:
 def test_trace_into_a_closed_pipe_ends_quietly_and_leaves_no_tracee() -> None:
     # `| head -1`: the reader closes after one line, while the traced VMM is still running.
     pipeline = subprocess.run(
-        ["sh", "-c", f'"{sys.executable}" -m conformance trace -- "{sys.executable}" '
-         "-m conformance run exits-100k | head -n 1"],
+        ["sh", "-c", f'"{sys.executable}" -m conformance trace -o /dev/stdout -- '
+         f'"{sys.executable}" -m conformance run exits-100k | head -n 1'],
         capture_output=True,
         timeout=120,
         check=False,

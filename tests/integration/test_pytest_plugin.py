@@ -61,11 +61,12 @@ def test_a_differing_snapshot_fails_with_the_readable_diff(pytester: pytest.Pyte
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "memory-setup: 1 difference (expected *expected/memory-setup.yaml)",
+            "memory-setup: 1 difference from *expected/memory-setup.yaml",
             "thread main, call #4 KVM_SET_USER_MEMORY_REGION: in.guest_phys_addr: "
             "expected 0x1000, got 0x0",
-            "*- #4 *guest_phys_addr: 0x1000*",
-            "*+ #4 *guest_phys_addr: 0x0*",
+            "*- #4 *KVM_SET_USER_MEMORY_REGION(vm, slot: 0)  in.guest_phys_addr: ?-0x1000-?",
+            "*+ #4 *KVM_SET_USER_MEMORY_REGION(vm, slot: 0)  in.guest_phys_addr: {+0x0+}",
+            "to accept: pytest --snapshot-update",
         ]
     )
     output = result.stdout.str()

@@ -13,6 +13,7 @@ import pytest
 
 from conformance.cli.main import main
 from conformance.lint import Finding, Severity, lint
+from conformance.model.calls import entries, section
 from conformance.model.document import TraceDocument
 from conformance.model.scenarios import SCENARIOS
 from conformance.normalize.normalizer import Normalizer
@@ -29,13 +30,20 @@ EXPECTED = {
     "KVMC002-lapic": ("KVMC002", "KVM_SET_MSRS", 0),
     "KVMC002-tsc": ("KVMC002", "KVM_SET_MSRS", 0),
     "KVMC003": ("KVMC003", "KVM_IRQFD", 0),
+    "KVMC003-dropped": ("KVMC003", "KVM_IRQFD", 0),
+    "KVMC003-changed": ("KVMC003", "KVM_IRQFD", 0),
     "KVMC004": ("KVMC004", "KVM_SET_CPUID2", 1),
     "KVMC005-length": ("KVMC005", "KVM_SET_USER_MEMORY_REGION", 0),
     "KVMC005-unmap": ("KVMC005", "munmap", 0),
     "KVMC006": ("KVMC006", "KVM_SET_USER_MEMORY_REGION", 0),
     "KVMC008": ("KVMC008", "KVM_SET_TSS_ADDR", 0),
     "KVMC009": ("KVMC009", "KVM_RUN", 0),
+    "KVMC010": ("KVMC010", "KVM_RUN", 0),
+    "KVMC011": ("KVMC011", "KVM_UNREGISTER_COALESCED_MMIO", 0),
+    "KVMC012": ("KVMC012", "close", 0),
 }
+# Each wrong variant's finding is an error, but for these.
+WARNINGS = {"KVMC003-changed", "KVMC008"}
 # QEMU 7.2's KVMC008 warnings, documented in docs/rules.md ("Known QEMU quirks").
 QEMU_QUIRKS = {"KVM_X86_SET_MSR_FILTER", "KVM_ENABLE_CAP", "KVM_SET_VAPIC_ADDR"}
 
@@ -77,6 +85,8 @@ def test_a_wrong_variant_is_found_at_its_call(name: str) -> None:
     positions = [index for index, call in enumerate(calls) if call.name == request]
     assert (finding.thread, finding.request) == ("main", request)
     assert finding.index == positions[occurrence]
+    expected = Severity.WARNING if name in WARNINGS else Severity.ERROR
+    assert finding.severity is expected
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -84,13 +94,31 @@ def test_the_right_variant_gives_no_finding(name: str) -> None:
     assert lint(variant(name, "right")) == []
 
 
-def test_lint_traces_a_command_and_reports_sarif(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["lint", "--format", "sarif", "--", sys.executable, str(VARIANTS), "KVMC003",
-                   "wrong"])  # fmt: skip
+def test_kvm_gives_a_new_vcpu_rdx_0x600_whatever_its_cpuid_says() -> None:
+    """What KVMC010 rests on, on this kernel: the registers KVM set at KVM_CREATE_VCPU hold
+    RDX 0x600 after KVM_SET_CPUID2, not the processor signature CPUID.1:EAX gives."""
+    document = variant("KVMC010", "wrong")
+    calls = {call.name: call.entry for call in document.threads["main"]}
+    rdx = section(calls["KVM_GET_REGS"], "out")["rdx"]
+    [leaf_1] = [e for e in entries(section(calls["KVM_SET_CPUID2"], "in")) if e["function"] == 1]
+    assert rdx == 0x600 and leaf_1["eax"] != 0x600
+
+
+def test_lint_traces_a_command_and_reports_sarif(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    kept = tmp_path / "live.yaml"
+    status = main(["lint", "--format", "sarif", "--trace-output", str(kept), "--",
+                   sys.executable, str(VARIANTS), "KVMC003", "wrong"])  # fmt: skip
     assert status == 1
     log = json.loads(capsys.readouterr().out)
     [result] = log["runs"][0]["results"]
     assert result["ruleId"] == "KVMC003" and result["properties"]["thread"] == "main"
+    # A live trace is written to a file, and the finding points at its call's line there.
+    [location] = result["locations"]
+    line = location["physicalLocation"]["region"]["startLine"]
+    assert location["physicalLocation"]["artifactLocation"]["uri"] == kept.resolve().as_uri()
+    assert "KVM_IRQFD" in kept.read_text().splitlines()[line - 1]
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))

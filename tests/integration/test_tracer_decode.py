@@ -208,7 +208,7 @@ def test_raw_yaml_stream_is_the_trace_format() -> None:
     outcome, _, _ = _traced(_run_scenario_argv("memory-setup"), also=writer)
     writer.close()
     document = yaml.safe_load(output.getvalue())
-    assert document["schema"] == "kvm-conformance/1"
+    assert document["schema"] == "kvm-conformance-raw/1"
     [calls] = document["threads"].values()
     [region] = [call for call in calls if call.get("req") == "KVM_SET_USER_MEMORY_REGION"]
     assert region["in"]["slot"] == 0 and region["fd_role"] == "vm" and region["ret"] == 0

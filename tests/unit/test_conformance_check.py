@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from conformance.compare.alignment import align
-from conformance.compare.allowances import AllowancesError, load_allowances
+from conformance.compare.allowances import (
+    Allowances,
+    AllowancesError,
+    allowances_beside,
+    load_allowances,
+)
 from conformance.compare.conformance import compare_with_reference
-from conformance.model.document import Entry, Hex, TraceCall, TraceDocument, Value
+from conformance.model.document import GUEST_MEMORY, Entry, Hex, TraceCall, TraceDocument, Value
 from conformance.report.deviations import render_conformance
-from conformance.report.html import render_html
+from conformance.report.html import conformance_page
+from conformance.snapshot.store import read_document
 
 
 def _document(tool: str, **threads: list[Entry]) -> TraceDocument:
@@ -114,6 +121,7 @@ def test_rules_allow_with_reasons_and_require_calls(tmp_path: Path) -> None:
         ("allow: [{kind: extra, field: in, reason: r}]", "`field` only applies"),
         ("deny: []", "expected a mapping"),
         ("allow: [{kind: extra, reason: r, when: x}]", "unknown key(s) when"),
+        ("allow: [{kind: extra, reason: r, arg: 1}]", "`arg` must be non-empty text"),
         ("allow: [", "not YAML"),
     ],
 )
@@ -137,9 +145,92 @@ def test_the_articles_memory_observation_in_words() -> None:
     layout = compare_with_reference(article_program, _QEMU).layout
     assert layout == [
         "slot 0: QEMU registers 1 GiB at gpa 0x0; subject registers 256 KiB at gpa 0x0",
-        "slot 0: QEMU reserves 1075838976 bytes PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
+        "slot 0: QEMU reserves 1026 MiB PROT_NONE and maps 1 GiB MAP_FIXED inside it; "
         "subject maps 256 KiB directly (MAP_ANONYMOUS)",
     ]
+
+
+REFERENCES = Path(__file__).parents[2] / "traces" / "qemu"
+
+
+def _tiny_bios() -> tuple[TraceDocument, Allowances]:
+    path = REFERENCES / "tiny-bios.yaml"
+    return read_document(path), load_allowances(allowances_beside(path))
+
+
+def test_an_allowance_matches_only_the_call_its_reason_is_about() -> None:
+    """tiny-bios allows KVM_CAP_READONLY_MEM asked on the VM fd; the same reason must not
+    cover KVM_CAP_HLT (or KVM_CAP_NR_VCPUS) asked on /dev/kvm, which QEMU never asks."""
+    reference, allowances = _tiny_bios()
+
+    def check(capability: str, fd: str) -> Entry:
+        return _ioctl("KVM_CHECK_EXTENSION", fd=fd, arg=capability, out={"ret": 1})
+
+    subject = _document(
+        "vmm",
+        main=[
+            _OPEN,
+            _CREATE_VM,
+            check("KVM_CAP_READONLY_MEM", "vm"),
+            check("KVM_CAP_HLT", "kvm"),
+            check("KVM_CAP_NR_VCPUS", "kvm"),
+        ],
+    )
+    result = compare_with_reference(subject, reference, allowances)
+    extras = {d.arg: d for d in result.deviations if d.kind.value == "extra"}
+    readonly, hlt = extras["KVM_CAP_READONLY_MEM"], extras["KVM_CAP_HLT"]
+    assert readonly.allowed_by is not None and "KVM_CAP_READONLY_MEM" in readonly.allowed_by.reason
+    assert readonly.note == (
+        "the reference makes KVM_CHECK_EXTENSION(KVM_CAP_READONLY_MEM) on kvm, never on vm"
+    )
+    assert hlt.allowed_by is None and extras["KVM_CAP_NR_VCPUS"].allowed_by is None
+    assert hlt.note == "the reference never makes KVM_CHECK_EXTENSION(KVM_CAP_HLT)"
+    report = render_conformance(result, "x")
+    assert "QEMU never makes KVM_CHECK_EXTENSION(KVM_CAP_HLT)" in report
+    assert report.count("allowed: QEMU asks KVM_CAP_READONLY_MEM") == 1
+
+
+def test_a_call_qemu_makes_on_another_thread_is_never_said_to_be_unmade() -> None:
+    """QEMU reads the vCPU's registers on its vCPU thread, once; a VMM reading them twice on
+    its main thread is told where QEMU does it, not that QEMU never does."""
+    reference, _ = _tiny_bios()
+    [vcpu_thread] = [role for role in reference.threads if role.startswith("vcpu")]
+    [get_regs] = [c for c in reference.calls(vcpu_thread) if c.call.name == "KVM_GET_REGS"]
+    subject = _document("vmm", main=[_OPEN, _CREATE_VM, get_regs.entry, get_regs.entry])
+    result = compare_with_reference(subject, reference)
+    [extra] = [d for d in result.deviations if d.kind.value == "extra"]
+    assert extra.note == (
+        f"out of order: the reference makes KVM_GET_REGS on thread {vcpu_thread} "
+        f"(#{get_regs.index}), but not at this point"
+    )
+    assert "never" not in render_conformance(result, "x")
+
+
+def test_exits_of_another_guest_are_summarized_not_deviations() -> None:
+    reference, allowances = _tiny_bios()
+    run: Entry = {"call": "ioctl", "fd": "vcpu0", "req": "KVM_RUN",
+                  "exit": {"reason": "KVM_EXIT_IO", "direction": "out", "size": 1,
+                           "port": Hex(0x80), "count": 1}, "repeat": 343}  # fmt: skip
+    subject = TraceDocument(
+        {"tool": "vmm", GUEST_MEMORY: {"vm": {"pages": 2, "sha256": "ab" * 32}}},
+        {"main": [TraceCall(_OPEN), TraceCall(_CREATE_VM)], "vcpu0": [TraceCall(run)]},
+    )
+    recorded = TraceDocument(
+        {**reference.source, GUEST_MEMORY: {"vm": {"pages": 32, "sha256": "cd" * 32}}},
+        reference.threads,
+    )
+    result = compare_with_reference(subject, recorded, allowances)
+    assert [d for d in result.deviations if d.call == "KVM_RUN"] == []
+    assert result.exits is not None and not result.exits.compared
+    assert result.exits.subject == "343 KVM_RUN calls: KVM_EXIT_IO x343 (out 0x80 x343)"
+    report = render_conformance(result, "x")
+    assert "KVM_RUN exits not compared: the guests differ (memory sha256 abababababab" in report
+    same = TraceDocument(
+        {**subject.source, GUEST_MEMORY: recorded.source[GUEST_MEMORY]}, subject.threads
+    )
+    compared = compare_with_reference(same, recorded, allowances)
+    assert compared.exits is not None and compared.exits.compared
+    assert any(d.call == "KVM_RUN" for d in compared.deviations)  # port 0x80 is no exit of QEMU's
 
 
 def test_align_prefers_more_pairs_then_better_fields() -> None:
@@ -155,7 +246,10 @@ def test_align_prefers_more_pairs_then_better_fields() -> None:
 def test_html_is_self_contained_and_escaped() -> None:
     hostile = _ioctl("KVM_SET_TSS_ADDR", arg="<script>alert(1)</script>")
     subject = _document("vmm", main=[_OPEN, _CREATE_VM, hostile])
-    page = render_html(compare_with_reference(subject, _QEMU), "<b>name</b>")
-    assert "<script>" not in page and "&lt;script&gt;" in page
-    assert "&lt;b&gt;name&lt;/b&gt;" in page
-    assert "<style>" in page and "src=" not in page and "href=" not in page
+    page = conformance_page(compare_with_reference(subject, _QEMU), "<b>name</b>\x1b[31m")
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
+    assert "&lt;b&gt;name&lt;/b&gt;\\x1b[31m" in page and "\x1b" not in page
+    # Nothing is fetched: no src= at all, links only to places on the page itself.
+    assert "<style>" in page and "src=" not in page and "<link" not in page
+    assert re.findall(r'href="([^"#][^"]*)"', page) == []
+    assert page.count("<script>") == 1  # the page's own filter script, and no other

@@ -29,7 +29,7 @@ from conformance.lint import LintConfig, lint
 from conformance.lint.output import render_json, render_text
 from conformance.lint.sarif import render_sarif
 from conformance.model.document import TraceDocument
-from conformance.model.printable import printable_text
+from conformance.model.printable import shown_text
 from conformance.report.deviations import render_conformance
 from conformance.snapshot import format as snapshot_format
 from conformance.snapshot.store import SnapshotError, load_document, read_document
@@ -179,9 +179,11 @@ def test_mutated_documents_give_documents_or_project_errors(text: str) -> None:
     for rendered in (
         render_text(findings, "fuzz.yaml", LintConfig()),
         render_json(findings, "fuzz.yaml", LintConfig()),
-        render_sarif(findings, "fuzz.yaml", LintConfig()),
+        render_sarif(
+            findings, Path("fuzz.yaml"), LintConfig(), root=ROOT, version="0", home=None, docs=None
+        ),
     ):
-        assert not _CONTROL.search(printable_text(rendered).replace("\n", "").replace("\t", ""))
+        assert not _CONTROL.search(shown_text(rendered).replace("\n", "").replace("\t", ""))
     allowances = load_allowances(REFERENCE.with_name("tiny-bios.allowances.yaml"))
     result = compare_with_reference(document, _reference(), allowances)
     assert isinstance(render_conformance(result, "fuzz"), str)

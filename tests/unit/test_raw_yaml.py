@@ -106,7 +106,7 @@ def test_raw_stream_is_each_entry_dumped_by_yaml(stream: list[events.Event]) -> 
     with RawYamlWriter(output, {"tool": "test", "argv": ["a b", "yes"]}) as writer:
         for event in stream:
             writer(event)
-    expected = "schema: kvm-conformance/1\nsource: {tool: test, argv: [a b, 'yes']}\n"
+    expected = "schema: kvm-conformance-raw/1\nsource: {tool: test, argv: [a b, 'yes']}\n"
     expected += "threads:\n" if stream else "threads: {}\n"
     for tid in sorted({event.tid for event in stream}):
         expected += f"  '{tid}':\n"

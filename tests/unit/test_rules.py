@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 
 from conformance.cli.main import main
-from conformance.lint import RULES, LintConfig, LintConfigError, Severity, lint, load_config
+from conformance.lint import (
+    RULES,
+    Finding,
+    LintConfig,
+    LintConfigError,
+    Severity,
+    lint,
+    load_config,
+)
 from conformance.lint.config import find_pyproject
 from conformance.lint.output import render_json, render_text
 from conformance.lint.rules_doc import render_rules_markdown
@@ -43,7 +52,7 @@ def test_get_xsave_with_a_larger_xsave2_size_is_reported() -> None:
 
 
 def test_rule_table_ids_are_consecutive_and_documented() -> None:
-    assert [rule.id for rule in RULES] == [f"KVMC{n:03d}" for n in range(1, 10)]
+    assert [rule.id for rule in RULES] == [f"KVMC{n:03d}" for n in range(1, 13)]
     for rule in RULES:
         assert rule.title and rule.rationale and rule.name.isidentifier()
         for incident in rule.incidents:
@@ -135,24 +144,90 @@ def _sarif_validator() -> jsonschema.Draft4Validator:
     return jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker())
 
 
+_DOCS = "https://example.invalid/kvm-conformance/docs"
+
+
+def _sarif(
+    findings: list[Finding], trace: Path | None, config: LintConfig, root: Path = REPOSITORY
+) -> dict[str, Any]:
+    text = render_sarif(
+        findings,
+        trace,
+        config,
+        root=root,
+        version="1.2.3",
+        home="https://example.invalid/kvm-conformance",
+        docs=_DOCS,
+    )
+    log: dict[str, Any] = json.loads(text)
+    return log
+
+
 def test_sarif_output_validates_against_the_sarif_2_1_0_schema() -> None:
     validator = _sarif_validator()
     config = LintConfig({"KVMC008": "our VMM targets one kernel"})
     for name in ("refused_memory_slots.yaml", "xsave_amx.yaml"):
         document = read_document(FIXTURES / name)
-        log = json.loads(render_sarif(lint(document, config), f"traces/{name}", config))
+        log = _sarif(lint(document, config), FIXTURES / name, config)
         validator.validate(log)
         assert log["runs"][0]["results"]
-    live = json.loads(render_sarif(lint(document), None, LintConfig()))
-    validator.validate(live)
-    [result] = live["runs"][0]["results"]
+    no_file = _sarif(lint(document), None, LintConfig())
+    validator.validate(no_file)
+    [result] = no_file["runs"][0]["results"]
     assert "physicalLocation" not in result["locations"][0]
+
+
+def test_sarif_has_what_code_scanning_shows(tmp_path: Path) -> None:
+    """A location relative to the repository root, rule help and its docs link, the tool's
+    version, fingerprints that do not change between runs, disabled rules located in the
+    project's pyproject.toml."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "mine"\n\n[tool.kvm-conformance]\n'
+        'disable = [\n  {id = "KVMC008", reason = "one kernel"},\n]\n'
+    )
+    (tmp_path / ".git").mkdir()
+    trace = tmp_path / "traces" / "xsave_amx.yaml"
+    trace.parent.mkdir()
+    trace.write_bytes((FIXTURES / "xsave_amx.yaml").read_bytes())
+    config = load_config(pyproject)
+    findings = lint(read_document(trace), config)
+    log = _sarif(findings, trace, config, root=tmp_path)
+    _sarif_validator().validate(log)
+    [run] = log["runs"]
+    driver = run["tool"]["driver"]
+    assert (driver["version"], driver["semanticVersion"]) == ("1.2.3", "1.2.3")
+    rule = next(rule for rule in driver["rules"] if rule["id"] == "KVMC007")
+    assert rule["helpUri"] == f"{_DOCS}/rules.md#kvmc007"
+    assert rule["help"]["markdown"].startswith("**KVM_GET_XSAVE where")
+    [result] = run["results"]
+    physical = result["locations"][0]["physicalLocation"]
+    assert physical["artifactLocation"] == {
+        "uri": "traces/xsave_amx.yaml",
+        "uriBaseId": "%SRCROOT%",
+    }
+    assert physical["region"]["startLine"] == findings[0].line
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == tmp_path.resolve().as_uri() + "/"
+    # The same finding in another run, lines moved: the same fingerprint.
+    trace.write_text("# a line more above every call\n" + trace.read_text())
+    again = _sarif(lint(read_document(trace), config), trace, config, root=tmp_path)
+    [same] = again["runs"][0]["results"]
+    assert same["partialFingerprints"] == result["partialFingerprints"]
+    assert (
+        same["locations"][0]["physicalLocation"]["region"]["startLine"]
+        == physical["region"]["startLine"] + 1
+    )
+    [notice] = run["invocations"][0]["toolConfigurationNotifications"]
+    assert notice["associatedRule"]["id"] == "KVMC008"
+    located = notice["locations"][0]["physicalLocation"]
+    assert located["artifactLocation"]["uri"] == "pyproject.toml"
+    assert located["region"]["startLine"] == 6  # the line of the `disable` entry
 
 
 def test_sarif_rejects_what_the_schema_forbids() -> None:
     """The validator is real: a log with a wrong level fails it."""
     document = read_document(FIXTURES / "xsave_amx.yaml")
-    log = json.loads(render_sarif(lint(document), "t.yaml", LintConfig()))
+    log = _sarif(lint(document), FIXTURES / "xsave_amx.yaml", LintConfig())
     log["runs"][0]["results"][0]["level"] = "fatal"
     with pytest.raises(jsonschema.ValidationError):
         _sarif_validator().validate(log)
@@ -189,14 +264,44 @@ def test_cross_thread_facts_count_as_made_first() -> None:
     )
 
 
-def test_irqfd_on_a_default_irqchip_route_is_fine() -> None:
-    assert _trace(
+_GSI_4_DEFAULT = (
+    "{gsi: 4, type: 1, u: {irqchip: {irqchip: 0x2, pin: 0x4}}}, "
+    "{gsi: 4, type: 1, u: {irqchip: {irqchip: 0x0, pin: 0x4}}}"
+)  # KVM_CREATE_IRQCHIP's routes for GSI 4: IOAPIC pin 4, PIC master pin 4
+
+
+def _irqfd_then_table(entries: str) -> list[tuple[str, str, int, Severity]]:
+    return _trace(
         "  main:\n"
         "  - {call: ioctl, fd: vm, req: KVM_CREATE_IRQCHIP}\n"
         "  - {call: ioctl, fd: vm, req: KVM_IRQFD, in: {fd: eventfd0, gsi: 4, flags: 0x0}}\n"
-        "  - {call: ioctl, fd: vm, req: KVM_SET_GSI_ROUTING, in: {nr: 1, flags: 0x0,"
-        " entries: [{gsi: 4, type: 1}]}}\n"
+        "  - {call: ioctl, fd: vm, req: KVM_SET_GSI_ROUTING,"
+        f" in: {{flags: 0x0, entries: [{entries}]}}}}\n"
+    )
+
+
+def test_an_irqfd_on_a_default_route_the_later_table_keeps_is_fine() -> None:
+    msi = "{gsi: 30, type: 2, u: {msi: {address_lo: 0xfee00000, data: 0x30}}}"
+    assert _irqfd_then_table(f"{_GSI_4_DEFAULT}, {msi}") == []
+
+
+def test_a_later_table_that_leaves_the_irqfds_gsi_out_is_an_error() -> None:
+    """KVMC003 used to exempt GSIs 0-23 after KVM_CREATE_IRQCHIP outright; but a table set
+    later replaces the default one, and without GSI 4 the irqfd's interrupts go nowhere."""
+    msi = "{gsi: 30, type: 2, u: {msi: {address_lo: 0xfee00000, data: 0x30}}}"
+    assert _irqfd_then_table(msi) == [("KVMC003", "main", 1, Severity.ERROR)]
+
+
+def test_a_later_table_that_moves_the_irqfds_gsi_is_a_warning() -> None:
+    moved = "{gsi: 4, type: 2, u: {msi: {address_lo: 0xfee00000, data: 0x31}}}"
+    assert _irqfd_then_table(moved) == [("KVMC003", "main", 1, Severity.WARNING)]
+
+
+def test_an_irqfd_assigned_before_its_route_exists_is_an_error() -> None:
+    assert _trace(
+        "  main:\n"
+        "  - {call: ioctl, fd: vm, req: KVM_CREATE_IRQCHIP}\n"
         "  - {call: ioctl, fd: vm, req: KVM_IRQFD, in: {fd: eventfd1, gsi: 30, flags: 0x0}}\n"
         "  - {call: ioctl, fd: vm, req: KVM_SET_GSI_ROUTING, in: {nr: 1, flags: 0x0,"
         " entries: [{gsi: 30, type: 2}]}}\n"
-    ) == [("KVMC003", "main", 3, Severity.ERROR)]
+    ) == [("KVMC003", "main", 1, Severity.ERROR)]

@@ -1,0 +1,177 @@
+"""How `check` words its verdicts: the judgments of a scenario line, the failure blocks, the
+JSON report and the HTML page's sections, all from gate/verdict.py's ScenarioResult (the
+verdict is assembled there; here it is only put into words)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conformance.compare.decisions import LeftOut
+from conformance.compare.regression import Difference
+from conformance.gate.verdict import (
+    ConformanceOutcome,
+    GateReport,
+    ScenarioResult,
+    SnapshotOutcome,
+)
+from conformance.lint import LintConfig, Severity
+from conformance.lint.output import finding_record, render_text
+from conformance.report.deviations import render_conformance
+from conformance.report.diff import comparison_facts, render_comparison
+from conformance.report.html import Judgment, ScenarioSection
+from conformance.report.values import json_value
+
+HOST_DIFFERS = "another host's CPUID: its inputs not compared"
+
+
+def verdict(result: ScenarioResult) -> str:
+    """The scenario's one verdict: FAIL when any judgment fails, else how its snapshot stands."""
+    if result.fails:
+        return "FAIL"
+    return "pass" if result.tally == "passed" else result.tally
+
+
+def judgments(result: ScenarioResult) -> list[Judgment]:
+    """Each judgment with its own verdict: snapshot, the QEMU reference (if any), lint."""
+    found = [Judgment("snapshot", _snapshot(result), result.snapshot_outcome.fails)]
+    conformance, outcome = result.conformance, result.conformance_outcome
+    if conformance is not None and outcome is not None:
+        name = conformance.reference.path.stem if conformance.reference.path else "reference"
+        if outcome is ConformanceOutcome.FAILED:
+            count = len(conformance.failures)
+            said = f"FAIL, {count} deviation{'s' * (count != 1)}"
+        else:
+            said = outcome.value
+        failed = outcome is ConformanceOutcome.FAILED
+        found.append(Judgment(f"qemu {name}", said, failed, kind="qemu"))
+    found.append(Judgment("lint", _lint(result), result.lint_fails))
+    return found
+
+
+def _snapshot(result: ScenarioResult) -> str:
+    outcome = result.snapshot_outcome
+    if outcome is SnapshotOutcome.PASSED:
+        said = "equal"
+    elif outcome is SnapshotOutcome.FAILED and result.comparison is not None:
+        count = len(comparison_facts(result.comparison))
+        said = f"FAIL, {count} difference{'s' * (count != 1)}"
+    elif outcome is SnapshotOutcome.MISSING:
+        said = f"missing ({result.snapshot}; `kvm-conformance check --update` creates it)"
+    else:
+        said = outcome.value
+    return f"{said} ({HOST_DIFFERS})" if result.host_differs else said
+
+
+def _lint(result: ScenarioResult) -> str:
+    errors = sum(1 for finding in result.findings if finding.severity is Severity.ERROR)
+    warnings = len(result.findings) - errors
+    if not result.findings:
+        return "ok"
+    counted = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    return f"FAIL, {counted}" if result.lint_fails else counted
+
+
+def scenario_line(result: ScenarioResult) -> str:
+    said = "  ".join(f"{j.name}: {j.verdict}" for j in judgments(result))
+    return (
+        f"{verdict(result):<9} {result.scenario.name:<20} {result.calls:>7} calls "
+        f"{result.seconds:>6.2f} s  {said}"
+    )
+
+
+def failure_blocks(
+    result: ScenarioResult, config: LintConfig, *, accept: str, color: bool, full: bool
+) -> list[str]:
+    """What a failing scenario prints under the scenario lines: one block per failed
+    judgment (a scenario that deviates from QEMU on purpose gets none: `diff` shows how)."""
+    blocks = []
+    name = result.scenario.name
+    if result.comparison is not None and not result.comparison.ok:
+        blocks.append(render_comparison(result.comparison, color=color, full=full, accept=accept))
+    if result.conformance_outcome is ConformanceOutcome.FAILED and result.conformance is not None:
+        blocks.append(render_conformance(result.conformance, name, full=full))
+    if result.lint_fails:
+        blocks.append(render_text(result.findings, name, config))
+    return blocks
+
+
+def json_report(report: GateReport, seconds: float) -> dict[str, object]:
+    return {
+        "ok": not report.failed,
+        "seconds": round(seconds, 3),
+        "scenarios": [_json_result(result) for result in report.results],
+        "unused": [str(path) for path in report.unused],
+    }
+
+
+def _json_result(result: ScenarioResult) -> dict[str, object]:
+    conformance = result.conformance
+    outcome = result.conformance_outcome
+    return {
+        "scenario": result.scenario.name,
+        "verdict": verdict(result),
+        "result": result.snapshot_outcome.name.lower(),
+        "snapshot": str(result.snapshot),
+        "calls": result.calls,
+        "host_cpuid_differs": result.host_differs,
+        "seconds": round(result.seconds, 3),
+        "differences": [
+            _json_difference(difference)
+            for difference in (result.comparison.differences if result.comparison else [])
+        ],
+        "conformance": None
+        if conformance is None or outcome is None
+        else {
+            "reference": str(conformance.reference.path),
+            "ok": conformance.ok,
+            "outcome": outcome.name.lower(),
+            "deviations_not_allowed": len(conformance.failures),
+            "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
+        },
+        "lint": [finding_record(finding) for finding in result.findings],
+        "not_decisions_left_out": [
+            {"call": item.call, "field": item.path, "why": item.row.why.value}
+            for item in left_out(result)
+        ],
+    }
+
+
+def left_out(result: ScenarioResult) -> list[LeftOut]:
+    """What the scenario's comparisons (snapshot, QEMU reference) left out as not decisions."""
+    snapshot = result.comparison.left_out if result.comparison is not None else []
+    reference = result.conformance.left_out if result.conformance is not None else []
+    return [*snapshot, *reference]
+
+
+def _json_difference(difference: Difference) -> dict[str, object]:
+    return {
+        "kind": difference.kind.value,
+        "thread": difference.thread,
+        "call": difference.call_name,
+        "expected_index": difference.expected_index,
+        "actual_index": difference.actual_index,
+        "expected_line": difference.expected_line,
+        "field": difference.path,
+        "expected": json_value(difference.expected),
+        "actual": json_value(difference.actual),
+    }
+
+
+def html_section(result: ScenarioResult) -> ScenarioSection:
+    notes = (HOST_DIFFERS,) if result.host_differs else ()
+    return ScenarioSection(
+        name=result.scenario.name,
+        verdict=verdict(result),
+        failed=result.fails,
+        judgments=tuple(judgments(result)),
+        comparison=result.comparison,
+        conformance=result.conformance,
+        findings=result.findings,
+        notes=notes,
+    )
+
+
+def accept_command(scenario: str, expected: Path, default: Path) -> str:
+    """The command that accepts a scenario's new trace as its snapshot."""
+    directory = "" if expected == default else f" --expected {expected}"
+    return f"kvm-conformance check --update --scenario {scenario}{directory}"

@@ -1,0 +1,185 @@
+"""KVM_RUN without a stop: the eBPF recorder's records (bpf_kvm_run.py) turned back into the
+entry and exit stops the handler would have had, at the right place in each task's order.
+
+The session's wait goes through here. Before any stop is handed on, every record in the ring
+is delivered (a record is committed before its KVM_RUN returns, so everything a task did
+before its stop is there); then the stopped task's current group is taken from its state.
+Records arrive per task in its own order, and a task's KVM_RUNs all happen between its
+stops, so delivering them at any stop keeps each task's order exact; the order across tasks,
+which the trace does not compare, is the order of the stops.
+
+A group of `count` calls with snapshot S is `count - 1` calls with S as entry and exit (one
+RecordedStop with `repeat`, as the compiled loop merges them) and a last call whose exit is the
+task's next snapshot: the next group's, an EXIT record's (the next call used another page), or,
+at the task's stop, kvm_run itself, read live as the one-stop loop does. A task that ends
+without a stop takes that last exit with it, as it would a syscall it was in.
+
+When the ring is half full a task is stopped with SIGSTOP by the recorder (THROTTLED): that
+signal-delivery-stop reads the ring and resumes the task without the signal; a SIGSTOP that
+someone else sent (siginfo is not the kernel's) goes to the session as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_codes
+import os
+from dataclasses import dataclass
+
+from conformance.tracer import ptrace_backend as backend
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
+from conformance.tracer.bpf_layout import (
+    IN_RUN,
+    THROTTLE_SIGNAL,
+    THROTTLED,
+    UNREADABLE,
+    ExitCopy,
+    Group,
+    Snapshot,
+)
+from conformance.tracer.errors import TaskGoneError
+from conformance.tracer.kvm_calls import KVM_RUN
+from conformance.tracer.stops import RecordedStop, SyscallStop, TraceHandler
+
+_SI_KERNEL = 0x80  # siginfo's si_code for a signal the kernel sent (bpf_send_signal_thread)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A task's last recorded KVM_RUN, whose exit is its next snapshot."""
+
+    group: Group
+
+
+class BpfRunExits:
+    """The session's late-exit source when the eBPF recorder runs (see late_run_exits.py)."""
+
+    def __init__(self, handler: TraceHandler, recorder: KvmRunRecorder, pid: int) -> None:
+        """Follow the spawned `pid` (still stopped before its exec)."""
+        self._handler = handler
+        self._recorder = recorder
+        self._ioctl_number = backend.syscall_number("ioctl")
+        self._waiting_exit: dict[int, _Call] = {}
+        recorder.follow(pid)
+        self.compiled_loop_calls = 0  # the compiled loop does not run with the recorder
+        self.recorded_calls = 0
+        """KVM_RUN calls the recorder saw."""
+        self.throttle_stops = 0
+        """Stops the recorder made so that the tracer reads a half-full ring."""
+
+    def follow(self, tid: int) -> None:
+        self._recorder.follow(tid)
+
+    def forget(self, tid: int) -> None:
+        self._recorder.forget(tid)
+        self._waiting_exit.pop(tid, None)
+
+    def before_entry(self, stop: SyscallStop) -> None:
+        """Nothing to do: the recorder reads registrations, not stops (bpf_vcpu_pages.py)."""
+
+    def hand_over(self, stop: SyscallStop) -> bool:
+        """KVM_RUN never stops with the recorder (the filter lets it run): nothing to take."""
+        return False
+
+    def deliver(self, stop: SyscallStop) -> None:
+        """The session kept no KVM_RUN exit for later (hand_over is never asked)."""
+        raise AssertionError(f"task {stop.tid}: a KVM_RUN stopped while the recorder runs")
+
+    def wait(self) -> tuple[int, int] | None:
+        while True:
+            waited = backend.wait_any()
+            self._deliver_records()
+            if waited is None:
+                return None
+            tid, status = waited
+            if not os.WIFSTOPPED(status):
+                self._take_state(tid, live=False)
+                return waited
+            group = self._take_state(tid, live=True)
+            if group is not None and group.flags & THROTTLED and self._is_throttle(tid, status):
+                self.throttle_stops += 1
+                with contextlib.suppress(TaskGoneError):  # SIGKILLed: its end comes next
+                    backend.resume(tid)  # without the signal: the VMM never sees it
+                continue
+            return waited
+
+    def signals_end_the_wait(
+        self, handlers_installed: bool
+    ) -> contextlib.AbstractContextManager[None]:
+        """Nothing to arrange: the wait is waitpid's, which signal handlers interrupt."""
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        self._deliver_records()
+
+    # --- records -> stops -------------------------------------------------------------------
+
+    def _deliver_records(self) -> None:
+        for record in self._recorder.records():
+            _check_copied(record.tid, record.flags)
+            if isinstance(record, ExitCopy):
+                call = self._waiting_exit.pop(record.tid, None)
+                if call is not None:
+                    self._deliver(call.group, 1, call.group.last_ret, record.snapshot)
+            else:
+                self._deliver_group(record)
+
+    def _take_state(self, tid: int, *, live: bool) -> Group | None:
+        """At `tid`'s stop (`live`: stopped; else ended): its calls not delivered yet, the last
+        one's exit read from the stopped task."""
+        group = self._recorder.take_state(tid)
+        if group is not None and group.count:
+            _check_copied(tid, group.flags)
+            self._deliver_group(group)
+        call = self._waiting_exit.pop(tid, None)
+        if call is not None and live:
+            ret = call.group.last_ret
+            if call.group.flags & IN_RUN:  # stopped inside KVM_RUN: killed out of it
+                ret = -errno_codes.EINTR
+            self._deliver(call.group, 1, ret, None, live=True)
+        return group
+
+    def _deliver_group(self, group: Group) -> None:
+        call = self._waiting_exit.pop(group.tid, None)
+        if call is not None:
+            self._deliver(call.group, 1, call.group.last_ret, group.snapshot)
+        if group.count > 1:
+            self._deliver(group, group.count - 1, 0, group.snapshot)
+        self._waiting_exit[group.tid] = _Call(group)
+
+    def _deliver(self, group: Group, repeat: int, ret: int, exit_snapshot: Snapshot | None, *,
+                 live: bool = False) -> None:  # fmt: skip
+        """`repeat` calls of `group` returning `ret`, their exit in `exit_snapshot` (None: the
+        fd is no registered vCPU, nothing was copied) or, `live`, in the stopped task."""
+        self.recorded_calls += repeat
+        args = (group.fd, KVM_RUN, group.arg, 0, 0, 0)
+        entry_memory = group.snapshot.memory() if group.snapshot is not None else {}
+        entry = RecordedStop(group.tid, group.tgid, self._ioctl_number, args, 0,
+                             memory=entry_memory)  # fmt: skip
+        if not self._handler.on_syscall_entry(entry):
+            return
+        if live:
+            stop = SyscallStop(group.tid, group.tgid, self._ioctl_number, args, 0)
+        else:
+            memory = exit_snapshot.memory() if exit_snapshot is not None else {}
+            stop = RecordedStop(group.tid, group.tgid, self._ioctl_number, args, 0,
+                                repeat=repeat, memory=memory)  # fmt: skip
+        stop.return_value = ret
+        self._handler.on_syscall_exit(stop)
+
+    @staticmethod
+    def _is_throttle(tid: int, status: int) -> bool:
+        if os.WSTOPSIG(status) != THROTTLE_SIGNAL or status >> 16:
+            return False  # not a signal-delivery-stop of that signal
+        try:
+            return backend.signal_info(tid).code == _SI_KERNEL
+        except TaskGoneError:
+            return False
+
+
+def _check_copied(tid: int, flags: int) -> None:
+    if flags & UNREADABLE:
+        raise KvmRunRecordsLost(
+            f"task {tid}: the eBPF recorder could not read kvm_run at a KVM_RUN "
+            "(bpf_probe_read_user cannot fault a page in): the trace is incomplete"
+        )
