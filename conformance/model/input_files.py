@@ -43,8 +43,10 @@ def read_input_bytes(path: Path, error: ErrorFactory, *, limit: int = MAX_INPUT_
         raise error(None, f"cannot read: {problem.strerror}") from None
     try:
         status = os.fstat(descriptor)
+        if _is_null_device(status):
+            return b""  # /dev/null: the usual way to say "nothing", and it ends at once
         if not stat.S_ISREG(status.st_mode):
-            raise error(None, f"not a regular file ({_file_kind(status.st_mode)})")
+            raise error(None, f"not a regular file (it is {_file_kind(status.st_mode)})")
         if status.st_size > limit:
             raise error(
                 None, f"too large: {status.st_size} bytes (inputs of up to {limit} are read)"
@@ -61,6 +63,14 @@ def read_input_bytes(path: Path, error: ErrorFactory, *, limit: int = MAX_INPUT_
         raise error(None, f"cannot read: {problem.strerror}") from None
     finally:
         os.close(descriptor)
+
+
+def _is_null_device(status: os.stat_result) -> bool:
+    try:
+        null = os.stat(os.devnull)
+    except OSError:
+        return False
+    return stat.S_ISCHR(status.st_mode) and status.st_rdev == null.st_rdev
 
 
 def _file_kind(mode: int) -> str:
