@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from conformance.model.document import RAW_SCHEMA, SCHEMA, TraceDocument
+from conformance.model.input_files import read_input_text
 from conformance.normalize.raw_import import import_raw_trace, is_raw_trace
 from conformance.snapshot.store import SnapshotError, load_document
 
@@ -20,17 +21,8 @@ _SCHEMA_LINE = re.compile(r"^schema:", re.MULTILINE)
 
 def read_trace(path: Path) -> TraceDocument:
     """The document in `path`, either kind; SnapshotError or RawTraceError naming the file."""
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise SnapshotError(path, None, "is a directory, not a trace file") from None
-    except OSError as error:
-        raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise SnapshotError(path, line, "not UTF-8 text: not a trace file") from None
+    # A regular file of bounded size only (a FIFO or /dev/zero given as a trace is refused).
+    text = read_input_text(path, lambda line, message: SnapshotError(path, line, message))
     if is_raw_trace(text):
         return import_raw_trace(text, path)
     if _SCHEMA_LINE.search(text) is None:

@@ -23,6 +23,7 @@ from conformance.cli.arguments import (
     split_at_dashes,
 )
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import shown_text
 
 # Subcommand -> the module that registers it. Only the running command's module is imported:
 # `run` does not pay for the tracer, nor `trace` for the comparison and rules code, and a traced
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_USAGE
     except ConformanceError as error:
-        print(f"kvm-conformance: {error}", file=sys.stderr)
+        print(f"kvm-conformance: {shown_text(str(error))}", file=sys.stderr)
         return error.exit_status
 
 

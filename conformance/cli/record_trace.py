@@ -41,11 +41,12 @@ from conformance.gate.project import load_project
 from conformance.gate.references import REFERENCES_IN_SOURCE
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.printable import shown_text
 from conformance.normalize.capture import capture
 from conformance.normalize.strace_import import import_strace_log
 from conformance.qemu.recording import find_qemu, record_qemu
 from conformance.qemu.scenarios import QEMU_SCENARIOS, QemuScenario, qemu_scenario
-from conformance.snapshot.store import dump_document, write_document
+from conformance.snapshot.store import dump_document, write_document, write_text
 
 _STDERR_FD = 2  # the process's own stderr, whatever sys.stderr has been replaced by
 _SIGNALLED = 128  # a shell's status for a command ended by a signal: 128 + N
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.command(args)
     except ConformanceError as error:
-        print(f"record-trace: {error}", file=sys.stderr)
+        print(f"record-trace: {shown_text(str(error))}", file=sys.stderr)
         return error.exit_status
     return result
 
@@ -176,13 +177,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _record_qemu(args: argparse.Namespace) -> int:
     scenario, qemu, output = _qemu_to_record(args)
+    log = qemu_log_path(output)
+    # Both files are checked before QEMU runs: a user's file named like the log is theirs too.
     _refuse_overwrite(output, args.force)
+    _refuse_overwrite(log, args.force)
     _progress(f"recording {scenario.name}: {' '.join(scenario.argv(qemu))}")
     recording = record_qemu(scenario, qemu)
-    log = output.with_suffix(".log")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConformanceError(f"cannot create {output.parent}: {error.strerror}") from None
     write_document(output, recording.document)
-    log.write_text(recording.log, encoding="utf-8")
+    write_text(log, recording.log)
     _progress(
         f"{recording.document.call_count()} calls on {len(recording.document.threads)} "
         f"thread(s) in {recording.seconds:.2f} s; wrote {output} (QEMU's output: {log})"
@@ -268,13 +274,21 @@ def _write(document: TraceDocument, output: Path | None) -> None:
     _progress(f"wrote {output}")
 
 
+def qemu_log_path(output: Path) -> Path:
+    """Where QEMU's own output goes beside its trace: NAME.log for NAME.yaml, and OUTPUT.log
+    for any other name (`-o trace.log` must not put the log over the trace)."""
+    if output.suffix == ".yaml":
+        return output.with_suffix(".log")
+    return output.with_name(output.name + ".log")
+
+
 def _refuse_overwrite(output: Path, force: bool) -> None:
     if output.exists() and not force:
         raise OutputExistsError(f"{output} exists; give --force to replace it")
 
 
 def _progress(message: str) -> None:
-    print(f"record-trace: {message}", file=sys.stderr, flush=True)
+    print(f"record-trace: {shown_text(message)}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -49,12 +49,65 @@ def _weight(call: TraceCall) -> int:
     return _MMAP_WEIGHT if call.entry.get("call") == "mmap" else _OTHER_WEIGHT
 
 
+# Above this many cells (subject calls x reference calls) the table is not built whole: the
+# subject is aligned in chunks of _CHUNK calls, each against what is left of the reference.
+# A 100 MB trace has ~650k calls; QEMU's references a few hundred.
+_EXACT_CELLS = 1_000_000
+_CHUNK = 1_000
+
+
 def align(
     subject: Sequence[TraceCall],
     reference: Sequence[TraceCall],
     disagreement: Callable[[TraceCall, TraceCall], int],
 ) -> Alignment:
-    """The best order-preserving pairing; `disagreement` counts differing fields of a pair."""
+    """The best order-preserving pairing; `disagreement` counts differing fields of a pair and
+    must depend on the two calls' entries only (it is asked once per pair of entries).
+
+    Exact while the table is at most _EXACT_CELLS. Past that, each chunk of the subject gets
+    the best pairing within the reference calls after the previous chunk's last pair: exact
+    for the chunk, and in practice for the whole (a long subject is a short start and a long
+    repeating run, which the first chunks already pair with all the reference offers); the
+    cost is then linear in the subject once the reference is used up, instead of a table of
+    subject x reference cells."""
+    remembered: dict[tuple[int, int], int] = {}
+
+    def agreement(mine: TraceCall, theirs: TraceCall) -> int:
+        key = (id(mine.entry), id(theirs.entry))  # a loaded document shares identical entries
+        found = remembered.get(key)
+        if found is None:
+            found = remembered[key] = disagreement(mine, theirs)
+        return found
+
+    if len(subject) * len(reference) <= _EXACT_CELLS:
+        return _align_exactly(subject, reference, agreement)
+    pairs: list[tuple[int, int]] = []
+    unpaired: list[int] = []
+    next_reference = 0
+    for start in range(0, len(subject), _CHUNK):
+        chunk = subject[start : start + _CHUNK]
+        rest = reference[next_reference:]
+        if not rest or not _any_identity_shared(chunk, rest):
+            unpaired.extend(range(start, start + len(chunk)))
+            continue
+        found = _align_exactly(chunk, rest, agreement)
+        pairs.extend((start + s, next_reference + r) for s, r in found.pairs)
+        unpaired.extend(start + s for s in found.unpaired)
+        if found.pairs:
+            next_reference += found.pairs[-1][1] + 1
+    return Alignment(pairs, unpaired)
+
+
+def _any_identity_shared(subject: Sequence[TraceCall], reference: Sequence[TraceCall]) -> bool:
+    wanted = {conformance_identity(call) for call in reference}
+    return any(conformance_identity(call) in wanted for call in subject)
+
+
+def _align_exactly(
+    subject: Sequence[TraceCall],
+    reference: Sequence[TraceCall],
+    disagreement: Callable[[TraceCall, TraceCall], int],
+) -> Alignment:
     rows, columns = len(subject), len(reference)
     scores: dict[tuple[int, int], int] = {}
 

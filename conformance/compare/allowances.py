@@ -34,6 +34,7 @@ from typing import Protocol
 import yaml
 
 from conformance.model.errors import ConformanceError
+from conformance.model.input_files import read_input_text
 
 _RULE_KEYS = {"kind", "call", "field", "thread", "fd", "arg", "reason"}
 
@@ -117,14 +118,25 @@ def allowances_beside(reference: Path) -> Path:
 
 
 def load_allowances(path: Path) -> Allowances:
+    def error(line: int | None, message: str) -> AllowancesError:
+        return AllowancesError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+    text = read_input_text(path, error)  # a FIFO or a file that is not UTF-8: one clear line
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise AllowancesError(f"{path}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise AllowancesError(f"{where}: not YAML: {getattr(error, 'problem', error)}") from None
+        # A small hand-written file: PyYAML's safe loader is right for it, once no tag, anchor
+        # or alias is in it (a tag on a list would otherwise be kept silently as plain data).
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, yaml.NodeEvent) and (
+                event.anchor is not None or getattr(event, "tag", None) is not None
+            ):
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise error(line, "YAML tags, anchors and aliases are not allowed")
+        data = yaml.load(text, Loader=yaml.CSafeLoader)
+    except yaml.MarkedYAMLError as problem:
+        mark = problem.problem_mark or problem.context_mark
+        raise error(mark.line + 1 if mark else None, f"not YAML: {problem.problem}") from None
+    except yaml.YAMLError as problem:
+        raise error(None, f"not YAML: {problem}") from None
     if data is None:
         return Allowances(path=path)
     if not isinstance(data, dict) or set(data) - {"allow", "require"}:

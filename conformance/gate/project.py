@@ -41,6 +41,7 @@ from conformance.gate.toml_lines import KeyPath, key_lines, line_of
 from conformance.lint import RULES_BY_ID, LintConfig
 from conformance.model.errors import ConformanceError, UnknownScenarioError
 from conformance.model.events import KvmRunMode
+from conformance.model.input_files import read_input_text
 from conformance.model.scenarios import (
     DEFAULT_TIMEOUT_SECONDS,
     SCENARIOS,
@@ -123,13 +124,13 @@ def load_project(explicit: Path | None, start: Path) -> Project:
     found = explicit if explicit is not None else find_config(start)
     if found is None:
         return Project(root=start, config_file=None, snapshots=start / DEFAULT_SNAPSHOTS)
-    try:
-        text = found.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ProjectConfigError(f"{found}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise ProjectConfigError(f"{found}: not UTF-8 text") from None
+    # A FIFO, a directory or a file that is not UTF-8: one clear line naming it.
+    text = read_input_text(found, lambda line, message: _located(found, line, message))
     return parse_project(text, found)
+
+
+def _located(path: Path, line: int | None, message: str) -> ProjectConfigError:
+    return ProjectConfigError(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
 
 def parse_project(text: str, path: Path) -> Project:

@@ -26,7 +26,7 @@ def calls_in_order(document: TraceDocument) -> Iterator[tuple[str, list[Located]
 def refused(entry: Entry) -> bool:
     """Failed with an error that is an answer, not a request to retry."""
     errno = entry.get("errno")
-    return errno is not None and errno not in RETRY_ERRNOS
+    return isinstance(errno, str | int) and errno not in RETRY_ERRNOS
 
 
 def is_vcpu_fd(role: str) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from conformance.lint.catalog import RULES_BY_ID
 from conformance.lint.config import LintConfig
 from conformance.lint.engine import Finding, Severity
-from conformance.model.printable import shown
+from conformance.model.printable import shown, shown_data
 
 JSON_SCHEMA = "kvm-conformance-lint/1"
 
@@ -44,7 +44,7 @@ def render_json(findings: Sequence[Finding], trace: str, config: LintConfig) -> 
             {"id": rule_id, "reason": reason} for rule_id, reason in sorted(config.disabled.items())
         ],
     }
-    return json.dumps(document, indent=2) + "\n"
+    return json.dumps(shown_data(document), indent=2) + "\n"
 
 
 def finding_record(finding: Finding) -> dict[str, object]:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from conformance.lint.catalog import RULES
 from conformance.lint.config import LintConfig
 from conformance.lint.engine import Finding, Rule, Severity
-from conformance.model.printable import shown
+from conformance.model.printable import shown, shown_data
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = (
@@ -69,7 +69,7 @@ def render_sarif(
     if trace is not None:
         run["artifacts"] = [{"location": _artifact(trace, root)}]
     log = {"$schema": SARIF_SCHEMA_URI, "version": SARIF_VERSION, "runs": [run]}
-    return json.dumps(log, indent=2) + "\n"
+    return json.dumps(shown_data(log), indent=2) + "\n"
 
 
 def rules_uri(docs: str, rule_id: str) -> str:

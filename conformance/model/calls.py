@@ -44,8 +44,10 @@ def failed(entry: Entry) -> bool:
 
 
 def answer(entry: Entry) -> int:
-    """The ioctl's non-negative return value: normalization records a non-zero one as out.ret."""
-    return integer(section(entry, "out").get("ret")) or 0
+    """The ioctl's non-negative return value: normalization records a non-zero one as out.ret
+    (a negative one, which no successful ioctl returns, reads as 0)."""
+    value = integer(section(entry, "out").get("ret"))
+    return value if value is not None and value > 0 else 0
 
 
 def fd(entry: Entry) -> str:

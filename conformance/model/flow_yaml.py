@@ -25,7 +25,10 @@ class FlowSequence(list[Value]):
 
 
 class Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: object) -> bool:
+        # A value met twice is written twice: trace documents hold no anchors or aliases (a
+        # loaded document shares the entries of identical calls, a dump must not show it).
+        return True
 
 
 def _represent_hex(dumper: yaml.SafeDumper, value: Hex) -> yaml.ScalarNode:
@@ -77,7 +80,8 @@ def _dumped(value: Value) -> str:
 # representers write them; a string's text in a flow collection is taken from yaml.dump itself,
 # once per distinct string, so quoting follows PyYAML's rules exactly. What could come out
 # differently is left to yaml.dump: other types (bool, dict subclasses), a container met twice
-# (dumped with an &anchor) and strings written over several lines (indented by depth).
+# (written out again each time: no anchors) and strings written over several lines (indented
+# by depth).
 
 
 class _NotFast(Exception):

@@ -6,14 +6,72 @@ mapping containing it (`ram0+0x1000`). A mapping created inside another one (QEM
 guest RAM inside its PROT_NONE reservation) is that mapping's child, so the reservation is kept
 whenever the RAM in it is. Names are given only at the end, once it is known which mappings any
 KVM call referenced: only those (and their parents) are kept in the trace.
+
+Each level (the process's top-level mappings, a mapping's children) is a sorted map of
+non-overlapping live ranges (sortedcontainers.SortedDict, by live start): finding, adding and
+removing a mapping costs O(log n) at each level of nesting, and nothing here recurses, so a VMM
+that maps and unmaps guest memory 100,000 times (balloon, hotplug, dirty tracking) or remaps
+one reservation over and over costs what its calls cost. A mapping placed exactly over another
+replaces it (MAP_FIXED), rather than nesting inside it.
 """
 
 from __future__ import annotations
 
-import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from sortedcontainers import SortedDict
+
 from conformance.model.document import Hex
+
+
+class _Level:
+    """Mappings side by side (a process's top level, or one mapping's children): live ranges
+    that do not overlap, by live start. The sorted map is made on the first insertion: most
+    mappings never have children."""
+
+    __slots__ = ("_by_start",)
+
+    def __init__(self) -> None:
+        self._by_start: SortedDict[int, HostMapping] | None = None
+
+    def __iter__(self) -> Iterator[HostMapping]:
+        return iter(list(self._by_start.values()) if self._by_start else [])
+
+    def __len__(self) -> int:
+        return len(self._by_start) if self._by_start else 0
+
+    def at(self, address: int) -> HostMapping | None:
+        """The mapping whose live range holds `address`."""
+        if not self._by_start:
+            return None
+        index = self._by_start.bisect_right(address) - 1
+        if index < 0:
+            return None
+        mapping: HostMapping = self._by_start.peekitem(index)[1]
+        return mapping if mapping.contains(address) else None
+
+    def overlapping(self, start: int, end: int) -> list[HostMapping]:
+        """The mappings whose live range meets [start, end), in address order."""
+        if not self._by_start:
+            return []
+        found = []
+        first = self._by_start.bisect_right(start)
+        if first > 0:
+            mapping: HostMapping = self._by_start.peekitem(first - 1)[1]
+            if mapping.live_end > start:
+                found.append(mapping)
+        found.extend(self._by_start.values()[first : self._by_start.bisect_left(end)])
+        return found
+
+    def insert(self, mapping: HostMapping) -> None:
+        if self._by_start is None:
+            self._by_start = SortedDict()
+        self._by_start[mapping.live_start] = mapping
+
+    def discard(self, mapping: HostMapping) -> None:
+        if self._by_start and self._by_start.get(mapping.live_start) is mapping:
+            del self._by_start[mapping.live_start]
 
 
 @dataclass(eq=False, slots=True)
@@ -29,16 +87,30 @@ class NamedResource:
     origin: NamedResource | None = None  # for a forked child's copy: the parent's original
 
     def mark_relevant(self) -> None:
-        self.relevant = True
-        if self.origin is not None:
-            self.origin.mark_relevant()
+        """This resource, its parents (a mapping's containers) and what it is a fork copy of."""
+        pending: list[NamedResource] = [self]
+        while pending:
+            resource = pending.pop()
+            if resource.relevant:
+                continue  # whatever it leads to was marked with it
+            resource.relevant = True
+            if resource.origin is not None:
+                pending.append(resource.origin)
+            if isinstance(resource, HostMapping) and resource.parent is not None:
+                pending.append(resource.parent)
+
+    def original(self) -> NamedResource:
+        """The resource a fork copy (of a copy...) stands for; itself when it is no copy."""
+        resource = self
+        while resource.origin is not None:
+            resource = resource.origin
+        return resource
 
     def resolved_name(self) -> str:
-        if self.origin is not None:
-            return self.origin.resolved_name()
-        if self.name is None:
+        name = self.original().name
+        if name is None:
             raise RuntimeError(f"resource {self.kind} used before naming")  # a normalizer bug
-        return self.name
+        return name
 
 
 @dataclass(eq=False, slots=True)
@@ -46,7 +118,7 @@ class HostMapping(NamedResource):
     start: int = 0
     length: int = 0
     parent: HostMapping | None = None
-    children: list[HostMapping] = field(default_factory=list)
+    children: _Level = field(default_factory=_Level)
     alive: bool = True
     # Bytes munmapped off the front and the back (QEMU trims its over-sized reservations to an
     # alignment): the kernel may map something else there, which this mapping must not claim.
@@ -76,17 +148,13 @@ class HostMapping(NamedResource):
         elif start < self.live_end <= end:
             self.trimmed_tail = self.start + self.length - start
 
-    def mark_relevant(self) -> None:
-        NamedResource.mark_relevant(self)
-        if self.parent is not None:
-            self.parent.mark_relevant()
-
     def mark_guest_memory(self) -> None:
         """Memory registered with KVM: named `ramN` rather than `regionN`."""
-        if self.fixed_name is None:
-            self.kind = "ram"
-        if self.origin is not None and isinstance(self.origin, HostMapping):
-            self.origin.mark_guest_memory()
+        mapping: NamedResource | None = self
+        while isinstance(mapping, HostMapping):
+            if mapping.fixed_name is None:
+                mapping.kind = "ram"
+            mapping = mapping.origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,117 +179,97 @@ class ResourceRef:
 
 
 class AddressSpace:
-    """The live mappings of one process, top-level ones sorted by start address."""
+    """The live mappings of one process: a tree of levels, children inside their parents."""
 
     def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._top: list[HostMapping] = []
+        self._top = _Level()
 
     def innermost(self, address: int) -> HostMapping | None:
-        index = bisect.bisect_right(self._starts, address) - 1
-        if index < 0 or not self._top[index].contains(address):
-            return None
-        mapping = self._top[index]
-        while True:
-            child = next((c for c in mapping.children if c.contains(address)), None)
-            if child is None:
-                return mapping
-            mapping = child
+        found = None
+        level = self._top
+        while (mapping := level.at(address)) is not None:
+            found, level = mapping, mapping.children
+        return found
 
     def locate(self, address: int) -> AddressRef | None:
         mapping = self.innermost(address)
         return None if mapping is None else AddressRef(mapping, address - mapping.start)
 
     def add(self, mapping: HostMapping) -> None:
-        """Record a new mapping; inside an existing one it becomes that one's child."""
-        container = self.innermost(mapping.start)
-        if container is not None and container.covers(mapping.start, mapping.length):
-            container.children = [
-                child for child in container.children if not _replaced(child, mapping)
-            ]
-            mapping.parent = container
-            container.children.append(mapping)
-            return
-        # A mapping over addresses where others were replaces them (MAP_FIXED semantics).
-        self.remove(mapping.start, mapping.length)
-        index = bisect.bisect_left(self._starts, mapping.start)
-        self._starts.insert(index, mapping.start)
-        self._top.insert(index, mapping)
+        """Record a new mapping: the child of the innermost one holding it with room to spare;
+        whatever it lies over is replaced or cut back (MAP_FIXED semantics)."""
+        start, end = mapping.start, mapping.start + mapping.length
+        container = None
+        level = self._top
+        while (inner := level.at(start)) is not None and inner.covers(start, mapping.length):
+            if (inner.live_start, inner.live_end) == (start, end):
+                break  # exactly over it: a replacement, not a child
+            container, level = inner, inner.children
+        mapping.parent = container
+        self._clear(level, start, end, trim=True)
+        level.insert(mapping)
 
     def remove(self, start: int, length: int) -> None:
         """munmap: forget every mapping the range covers entirely; cut the front or back off
-        one it covers partly (the mapping and its name stay)."""
-        keep_top: list[HostMapping] = []
-        for mapping in self._top:
-            if start <= mapping.live_start and mapping.live_end <= start + length:
-                _retire(mapping)
-                continue
-            if start < mapping.live_end and mapping.live_start < start + length:
-                mapping.trim(start, length)
-            mapping.children = [
-                child for child in mapping.children if not _cut_away(child, start, length)
-            ]
-            keep_top.append(mapping)
-        # Trimming moves live starts; top-level live ranges never overlap, so order is kept.
-        self._starts, self._top = [mapping.live_start for mapping in keep_top], keep_top
+        a top-level one it covers partly (the mapping and its name stay)."""
+        self._clear(self._top, start, start + length, trim=False)
+
+    def _clear(self, level: _Level, start: int, end: int, *, trim: bool) -> None:
+        """Retire what [start, end) covers at `level` and below; cut back what it covers partly
+        at `level` when `trim` (a mapping goes in there: levels never overlap) and at the top
+        level always (the kernel gave those bytes back)."""
+        pending = [(level, True)]
+        while pending:
+            current, first = pending.pop()
+            for mapping in current.overlapping(start, end):
+                if start <= mapping.live_start and mapping.live_end <= end:
+                    current.discard(mapping)
+                    _retire(mapping)
+                    continue
+                if current is self._top or (first and trim):
+                    current.discard(mapping)
+                    mapping.trim(start, end - start)
+                    current.insert(mapping)
+                pending.append((mapping.children, False))
 
     def move(self, mapping: HostMapping, new_start: int, new_length: int) -> None:
         """mremap: the same mapping, now elsewhere or another size."""
-        if mapping.parent is None and mapping in self._top:
-            index = self._top.index(mapping)
-            del self._top[index], self._starts[index]
-            mapping.start, mapping.length = new_start, new_length
-            mapping.trimmed_head = mapping.trimmed_tail = 0
-            index = bisect.bisect_left(self._starts, new_start)
-            self._starts.insert(index, new_start)
-            self._top.insert(index, mapping)
-        else:
-            mapping.start, mapping.length = new_start, new_length
-            mapping.trimmed_head = mapping.trimmed_tail = 0
+        level = self._top if mapping.parent is None else mapping.parent.children
+        level.discard(mapping)
+        mapping.start, mapping.length = new_start, new_length
+        mapping.trimmed_head = mapping.trimmed_tail = 0
+        if mapping.alive:
+            level.insert(mapping)
 
     def fork_copy(self) -> AddressSpace:
         """A forked child's address space: copies whose references count for the originals."""
         child = AddressSpace()
-        for mapping in self._top:
-            copy = _copy_tree(mapping, parent=None)
-            child._starts.append(copy.live_start)
-            child._top.append(copy)
+        pending: list[tuple[HostMapping, HostMapping | None, _Level]] = [
+            (mapping, None, child._top) for mapping in self._top
+        ]
+        while pending:
+            mapping, parent, level = pending.pop()
+            copy = HostMapping(
+                kind=mapping.kind,
+                creator=mapping.creator,
+                position=mapping.position,
+                fixed_name=mapping.fixed_name,
+                origin=mapping,
+                start=mapping.start,
+                length=mapping.length,
+                parent=parent,
+                trimmed_head=mapping.trimmed_head,
+                trimmed_tail=mapping.trimmed_tail,
+            )
+            level.insert(copy)
+            pending.extend((inner, copy, copy.children) for inner in mapping.children)
         return child
 
 
-def _replaced(child: HostMapping, new: HostMapping) -> bool:
-    if new.start <= child.start and child.start + child.length <= new.start + new.length:
-        _retire(child)
-        return True
-    return False
-
-
-def _cut_away(child: HostMapping, start: int, length: int) -> bool:
-    if start <= child.start and child.start + child.length <= start + length:
-        _retire(child)
-        return True
-    child.children = [c for c in child.children if not _cut_away(c, start, length)]
-    return False
-
-
 def _retire(mapping: HostMapping) -> None:
-    mapping.alive = False
-    for child in mapping.children:
-        _retire(child)
-
-
-def _copy_tree(mapping: HostMapping, parent: HostMapping | None) -> HostMapping:
-    copy = HostMapping(
-        kind=mapping.kind,
-        creator=mapping.creator,
-        position=mapping.position,
-        fixed_name=mapping.fixed_name,
-        origin=mapping,
-        start=mapping.start,
-        length=mapping.length,
-        parent=parent,
-        trimmed_head=mapping.trimmed_head,
-        trimmed_tail=mapping.trimmed_tail,
-    )
-    copy.children = [_copy_tree(child, copy) for child in mapping.children]
-    return copy
+    """A mapping gone, and everything inside it."""
+    pending = [mapping]
+    while pending:
+        gone = pending.pop()
+        gone.alive = False
+        pending.extend(gone.children)

@@ -13,7 +13,7 @@ kept pending and made in `finish`; docs/trace-format.md lists every rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -266,6 +266,12 @@ class Normalizer:
         )
         self._resources.append(mapping)
         process.space.add(mapping)
+        container = mapping.parent
+        if event.addr and container is not None and container.contains(event.addr):
+            # The address is named by the mapping the new one was placed in, not by one it
+            # replaced there: remapping the same guest memory 1,500 times is one reservation
+            # and its latest RAM, not a chain of 1,500 mappings each naming the one before.
+            entry["addr"] = AddressRef(container, event.addr - container.start)
         if fixed_name is not None:  # a KVM fd's pages (kvm_run): always part of the trace
             mapping.mark_relevant()
         entry["ret"] = ResourceRef(mapping)
@@ -314,12 +320,20 @@ class Normalizer:
     # -- finish -----------------------------------------------------------------------------
 
     def finish(self) -> TraceDocument:
-        kept = {
-            thread.index: [
-                call for call in thread.calls if call.anchor is None or call.anchor.relevant
-            ]
-            for thread in self._threads
-        }
+        kept = self._kept()
+        # A kept call may name a mapping nothing else made relevant: an mmap whose address
+        # hint lies in a mapping it then replaced (MAP_FIXED over a smaller one). That mapping
+        # is named too, and its own calls kept, until nothing new is referenced.
+        while unnamed := {
+            id(resource): resource
+            for calls in kept.values()
+            for call in calls
+            for resource in _references(call.entry)
+            if not resource.relevant
+        }:
+            for resource in unnamed.values():
+                resource.mark_relevant()
+            kept = self._kept()
         active = [thread for thread in self._threads if kept[thread.index]]
         for thread in active:
             thread.facts.first_call = _first_activity(kept[thread.index][0].entry)
@@ -345,6 +359,14 @@ class Normalizer:
                 (role, rendered[thread.index]) for role, thread in zip(roles, active, strict=True)
             ),
         )
+
+    def _kept(self) -> dict[int, list[_PendingCall]]:
+        return {
+            thread.index: [
+                call for call in thread.calls if call.anchor is None or call.anchor.relevant
+            ]
+            for thread in self._threads
+        }
 
     def _name_resources(self, base_roles: Mapping[int, str]) -> None:
         """Number relevant resources per kind in order of (creating thread's role, position)."""
@@ -390,6 +412,21 @@ def _unreferenced_and_gone(anchor: NamedResource | None) -> bool:
 def _first_activity(entry: PendingEntry) -> str:
     fd = entry.get("fd")
     return fd if isinstance(fd, str) else str(entry.get("call"))
+
+
+def _references(entry: PendingEntry) -> Iterator[NamedResource]:
+    """The mappings and eventfds a pending call names (iteratively: entries nest)."""
+    stack: list[Pending] = list(entry.values())
+    while stack:
+        value = stack.pop()
+        if isinstance(value, AddressRef):
+            yield value.mapping
+        elif isinstance(value, ResourceRef):
+            yield value.resource
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _render(value: Pending) -> Value:

@@ -27,6 +27,7 @@ from conformance.model.calls import request
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.model.fd_roles import FdTable, RoleNames, vm_of
+from conformance.model.input_files import read_input_bytes
 from conformance.normalize.normalizer import Normalizer
 from conformance.normalize.strace_syntax import (
     ELIDED,
@@ -89,10 +90,10 @@ class ImportedLog:
 
 
 def import_strace_log(path: Path, *, lenient: bool = False) -> ImportedLog:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise StraceImportError(f"{path}: cannot read: {error.strerror}") from None
+    # strace escapes what is not printable; a byte that is not UTF-8 is shown as U+FFFD.
+    data = read_input_bytes(path, lambda line, message: StraceImportError(f"{path}: {message}"))
+    text = data.decode("utf-8", errors="replace")
+    del data
     parsed = parse_log(path, text, lenient=lenient)
     converter = _Converter({"tool": "strace", "log": path.name})
     skipped = parsed.skipped_lines
@@ -155,8 +156,8 @@ class _Converter:
 
 
 def _open(converter: _Converter, call: StraceCall) -> None:
-    arguments = call.arguments()
     path_index = 1 if call.name == "openat" else 0
+    arguments = call.arguments(at_least=path_index + 2)
     path = _string(arguments[path_index])
     if not path.startswith("/dev/kvm"):
         return
@@ -178,7 +179,7 @@ def _ioctl(converter: _Converter, call: StraceCall) -> None:
     target = fds.get(fd) if fd is not None else None
     if fd is None or target is None:
         return  # a terminal, a socket...: not KVM, and its arguments are not ours to parse
-    arguments = call.arguments()
+    arguments = call.arguments(at_least=2)
     request = arguments[1]
     spec = IOCTLS.get(request) if isinstance(request, str) else by_number(_integer(request))
     if spec is None:
@@ -216,7 +217,7 @@ def _ioctl(converter: _Converter, call: StraceCall) -> None:
 
 
 def _mmap(converter: _Converter, call: StraceCall) -> None:
-    address, length, prot, flags, fd, offset = call.arguments()[:6]
+    address, length, prot, flags, fd, offset = call.arguments(at_least=6)[:6]
     fd_number = _integer(fd)
     common = converter.common(call)
     target = converter.table(common).get(fd_number)
@@ -235,14 +236,14 @@ def _mmap(converter: _Converter, call: StraceCall) -> None:
 
 
 def _munmap(converter: _Converter, call: StraceCall) -> None:
-    address, length = call.arguments()[:2]
+    address, length = call.arguments(at_least=2)[:2]
     common = converter.common(call)
     munmap = events.Munmap(**common, addr=_integer(address), length=_integer(length))
     converter.normalizer.add(munmap)
 
 
 def _mprotect(converter: _Converter, call: StraceCall) -> None:
-    address, length, prot = call.arguments()[:3]
+    address, length, prot = call.arguments(at_least=3)[:3]
     common = converter.common(call)
     converter.normalizer.add(
         events.Mprotect(
@@ -252,7 +253,7 @@ def _mprotect(converter: _Converter, call: StraceCall) -> None:
 
 
 def _madvise(converter: _Converter, call: StraceCall) -> None:
-    address, length, advice = call.arguments()[:3]
+    address, length, advice = call.arguments(at_least=3)[:3]
     common = converter.common(call)
     converter.normalizer.add(
         events.Madvise(
@@ -276,7 +277,7 @@ def _close(converter: _Converter, call: StraceCall) -> None:
 def _dup(converter: _Converter, call: StraceCall) -> None:
     if call.errno is not None or call.ret is None:
         return
-    arguments = call.arguments()
+    arguments = call.arguments(at_least=1 if call.name == "dup" else 2)
     old_fd = _integer(arguments[0])
     if call.name == "fcntl":
         command = _integer(arguments[1])
@@ -287,7 +288,9 @@ def _dup(converter: _Converter, call: StraceCall) -> None:
         new_fd, close_on_exec = call.ret, False
     else:
         new_fd = _integer(arguments[1])
-        close_on_exec = call.name == "dup3" and bool(_integer(arguments[2]) & os.O_CLOEXEC)
+        close_on_exec = call.name == "dup3" and bool(
+            _integer(arguments[2] if len(arguments) > 2 else 0) & os.O_CLOEXEC
+        )
     common = converter.common(call)
     made = converter.table(common).duplicate(old_fd, new_fd, close_on_exec=close_on_exec)
     if made.closed is not None:
@@ -305,7 +308,7 @@ def _execve(converter: _Converter, call: StraceCall) -> None:
 
 
 def _eventfd(converter: _Converter, call: StraceCall) -> None:
-    arguments = call.arguments()
+    arguments = call.arguments(at_least=1)
     flags = _integer(arguments[1]) if call.name == "eventfd2" and len(arguments) > 1 else 0
     common = converter.common(call)
     if call.errno is None and call.ret is not None:

@@ -23,11 +23,15 @@ from conformance.model.errors import ConformanceError
 StraceValue: TypeAlias = "int | str | list[StraceValue] | dict[str, StraceValue]"
 ELIDED = "..."  # what strace prints for what it left out (`entries=[...]` without -v)
 
-_PREFIX = re.compile(r"^(?:\[pid\s+(?P<bracketed>\d+)\]|(?P<bare>\d+))\s+")
+# Every pattern here is linear in the line's length: no two unbounded repetitions may compete
+# for the same characters (a run of 40k spaces took 21 s with `.*?\s*<unfinished`), and the
+# numbers they take are short enough to convert (a pid has at most 10 digits).
+_PREFIX = re.compile(r"^(?:\[pid\s+(?P<bracketed>\d{1,10})\]|(?P<bare>\d{1,10}))\s+")
 _COMPLETE = re.compile(
-    r"^(?P<name>\w+)\((?P<args>.*)\)\s+=\s+(?P<ret>-?(?:0x[0-9a-f]+|\d+)|\?)(?P<rest>.*)$"
+    r"^(?P<name>\w+)\((?P<args>.*)\)[ \t]++=[ \t]++(?P<ret>-?(?:0x[0-9a-f]{1,16}|\d{1,20})|\?)"
+    r"(?![0-9a-fx])(?P<rest>.*)$"
 )
-_UNFINISHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*?)\s*<unfinished \.\.\.>$")
+_UNFINISHED = re.compile(r"^(?P<name>\w+)\((?P<args>.*)<unfinished \.\.\.>$")
 _RESUMED = re.compile(r"^<\.\.\. (?P<name>\w+) resumed>(?P<rest>.*)$")
 _ERRNO = re.compile(r"^\s+(?P<errno>E[A-Z0-9]+)\b")
 # Signals, exits, strace's own notes, and a call cut short by the process's exit.
@@ -35,11 +39,11 @@ _NOT_A_CALL = re.compile(
     r"^(?:--- .* ---|\+\+\+ .* \+\+\+|strace: .*"
     r"|<\.\.\. \w+ resumed> <unfinished \.\.\.>\) = \?.*)$"
 )
-_LEADING_FD = re.compile(r"^\s*(?P<fd>-?\d+)\b")
-_COMMENT = re.compile(r"\s*/\*.*?\*/")
+_LEADING_FD = re.compile(r"^\s*(?P<fd>-?\d{1,10})\b")
 _FD_PATH = re.compile(
-    r"(?P<fd>-?\d+)<(?:[^<>]|<[^<>]*>)*>"
+    r"(?<![\d-])(?P<fd>-?\d{1,10})<(?:[^<>]|<[^<>]*>)*+>"
 )  # 9<anon_inode:kvm-vm>, 3</dev/kvm<char 10:232>>
+_MAX_DEPTH = 32  # structs inside structs: far deeper than any KVM argument
 _TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"(?:\.\.\.)?|[{}\[\](),=|]|[^{}\[\](),=|\s]+)')
 
 
@@ -66,12 +70,18 @@ class StraceCall:
         match = _LEADING_FD.match(self.argument_text)
         return int(match["fd"]) if match else None
 
-    def arguments(self) -> list[StraceValue]:
-        """The parsed argument list; ValueError when strace's text is not understood."""
+    def arguments(self, at_least: int = 0) -> list[StraceValue]:
+        """The parsed argument list, of at least `at_least` arguments; ValueError when strace's
+        text is not understood."""
         try:
-            return parse_arguments(self.argument_text)
+            arguments = parse_arguments(self.argument_text)
         except IndexError:
             raise ValueError(f"unterminated argument list: {self.argument_text[:80]!r}") from None
+        if len(arguments) < at_least:
+            raise ValueError(
+                f"{self.name} with {len(arguments)} argument(s), where strace writes {at_least}"
+            )
+        return arguments
 
 
 @dataclass(slots=True)
@@ -116,7 +126,7 @@ def _whole_calls(text: str) -> Iterator[_Line]:
         unfinished = _UNFINISHED.match(body)
         resumed = None if _NOT_A_CALL.match(body) else _RESUMED.match(body)
         if unfinished is not None:
-            pending[tid] = f"{unfinished['name']}({unfinished['args']}"
+            pending[tid] = f"{unfinished['name']}({unfinished['args'].rstrip()}"
         elif resumed is not None:
             start = pending.pop(tid, None)
             if start is None or not start.startswith(resumed["name"] + "("):
@@ -150,7 +160,7 @@ def _parse_call(line: _Line) -> StraceCall | None:
 
 def parse_arguments(text: str) -> list[StraceValue]:
     """A call's argument list: comments dropped, -yy paths dropped, values parsed."""
-    cleaned = _FD_PATH.sub(lambda match: match["fd"], _COMMENT.sub("", text))
+    cleaned = _FD_PATH.sub(lambda match: match["fd"], _without_comments(text))
     tokens = _TOKEN.findall(cleaned)
     arguments: list[StraceValue] = []
     position = 0
@@ -163,9 +173,26 @@ def parse_arguments(text: str) -> list[StraceValue]:
     return arguments
 
 
-def _value(tokens: list[str], position: int) -> tuple[StraceValue, int]:
+def _without_comments(text: str) -> str:
+    """`0x3 /* PROT_READ|PROT_WRITE */` -> `0x3`: each comment with the blanks before it. Found
+    with str.find, not a regular expression: an unclosed `/*` is seen once, not once per start."""
+    kept: list[str] = []
+    position = 0
+    while (start := text.find("/*", position)) >= 0:
+        end = text.find("*/", start + 2)
+        if end < 0:
+            break  # unclosed: left in place (the argument parser then says what is wrong)
+        kept.append(text[position:start].rstrip())
+        position = end + 2
+    kept.append(text[position:])
+    return "".join(kept)
+
+
+def _value(tokens: list[str], position: int, depth: int = 0) -> tuple[StraceValue, int]:
     if position >= len(tokens):
         raise ValueError("a value is missing")
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"values nested deeper than {_MAX_DEPTH} levels")
     token = tokens[position]
     if token == "{":
         fields: dict[str, StraceValue] = {}
@@ -176,7 +203,7 @@ def _value(tokens: list[str], position: int) -> tuple[StraceValue, int]:
             else:
                 key = tokens[position]
                 _expect(tokens, position + 1, "=")
-                fields[key], position = _value(tokens, position + 2)
+                fields[key], position = _value(tokens, position + 2, depth + 1)
             if tokens[position] == ",":
                 position += 1
         return fields, position + 1
@@ -184,7 +211,7 @@ def _value(tokens: list[str], position: int) -> tuple[StraceValue, int]:
         items: list[StraceValue] = []
         position += 1
         while tokens[position] != "]":
-            item, position = _value(tokens, position)
+            item, position = _value(tokens, position, depth + 1)
             items.append(item)
             if tokens[position] == ",":
                 position += 1

@@ -34,6 +34,7 @@ from conformance.lint.output import render_text
 from conformance.model.document import TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.events import KvmRunMode
+from conformance.model.printable import shown_text
 from conformance.model.scenarios import DEFAULT_TIMEOUT_SECONDS
 from conformance.normalize.capture import Capture, capture_output
 from conformance.pytest_plugin.snapshots import SnapshotSession
@@ -148,7 +149,7 @@ class KvmConformance:
         if has_errors(findings):
             argv = document.source.get("argv")
             name = " ".join(map(str, argv)) if isinstance(argv, list) else str(document.path)
-            pytest.fail(render_text(findings, name, chosen), pytrace=False)
+            pytest.fail(shown_text(render_text(findings, name, chosen)), pytrace=False)
         return findings
 
     def assert_matches(
@@ -182,4 +183,4 @@ def failing_on_error(action: Callable[[], _Result]) -> _Result:
     except ConformanceError as error:
         message = str(error)
     # Outside the except block, so that the failure is not shown chained to the error.
-    pytest.fail(message, pytrace=False)
+    pytest.fail(shown_text(message), pytrace=False)

@@ -14,10 +14,12 @@ one interrupted while committing changes all it meant to.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,9 +28,11 @@ from typing import Literal
 
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.input_files import read_input_bytes, read_input_text
 from conformance.snapshot.format import SnapshotError, dump_document, load_document
 
 __all__ = [
+    "PARTIAL_DIRECTORY",
     "PENDING_SUFFIX",
     "SnapshotError",
     "SnapshotOverwriteError",
@@ -65,15 +69,8 @@ class SnapshotOverwriteError(ConformanceError):
 
 
 def read_document(path: Path) -> TraceDocument:
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise SnapshotError(path, line, "not UTF-8 text") from None
+    """A trace file: a regular file of UTF-8 YAML in the trace format, else a SnapshotError."""
+    text = read_input_text(path, lambda line, message: SnapshotError(path, line, message))
     return load_document(text, path)
 
 
@@ -81,28 +78,44 @@ def write_document(path: Path, document: TraceDocument) -> None:
     _write_atomically(path, dump_document(document).encode("utf-8"))
 
 
+# Files being written live in a hidden directory beside their target until they are renamed
+# over it, and the directory goes when the write is done. It holds a .gitignore of "*" (as
+# pytest's cache does), so `git status` never lists what a killed run left in it, nor do
+# NAME.yaml globs; and each write removes the partial files of writers that are gone (a writer
+# holds an flock on its file until the rename: one not locked and older than a few seconds was
+# left by a killed run), then the directory once it is empty.
+PARTIAL_DIRECTORY = ".kvm-conformance-partial"
+_LEFT_BEHIND_AFTER = 5.0  # seconds: far longer than a writer takes from mkstemp to flock
+_IGNORE_ALL = "# files kvm-conformance is writing (or a killed run left)\n*\n"
+
+
 def write_text(path: Path, text: str) -> None:
-    """Any text file the project writes (a configuration), as atomically as a snapshot."""
+    """Any other text file the project writes (a configuration, QEMU's log beside its trace),
+    as atomically as a snapshot."""
     _write_atomically(path, text.encode("utf-8"))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one, even across a crash."""
     try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
+        try:
+            partial = _partial_directory(path.parent)
+            descriptor, temporary = tempfile.mkstemp(dir=partial, prefix=f"{path.name}.")
+        except FileNotFoundError:  # another writer removed the directory just then
+            partial = _partial_directory(path.parent)
+            descriptor, temporary = tempfile.mkstemp(dir=partial, prefix=f"{path.name}.")
     except OSError as error:
         raise SnapshotError(path, None, f"cannot write: {error.strerror}") from None
     replaced = False
     try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # held until closed: this writer is alive
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fchmod(stream.fileno(), 0o644)  # mkstemp's 0600 would hide a committed snapshot
             os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        replaced = True
+            os.replace(temporary, path)
+            replaced = True
         directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(directory)  # make the rename itself durable
@@ -113,6 +126,47 @@ def _write_atomically(path: Path, data: bytes) -> None:
     finally:
         if not replaced:
             Path(temporary).unlink(missing_ok=True)
+        _remove_if_empty(partial)
+
+
+def _partial_directory(parent: Path) -> Path:
+    partial = parent / PARTIAL_DIRECTORY
+    partial.mkdir(exist_ok=True)
+    ignore = partial / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(_IGNORE_ALL)
+    _remove_left_behind(partial)
+    return partial
+
+
+def _remove_if_empty(partial: Path) -> None:
+    """The directory and its .gitignore, when no partial file is in it (another writer's new
+    file makes the rmdir fail, and that writer puts the .gitignore back)."""
+    try:
+        if [entry.name for entry in os.scandir(partial)] == [".gitignore"]:
+            (partial / ".gitignore").unlink()
+            partial.rmdir()
+    except OSError:
+        pass  # another writer's file is there, or the directory is already gone
+
+
+def _remove_left_behind(partial: Path) -> None:
+    now = time.time()
+    for entry in os.scandir(partial):
+        if entry.name == ".gitignore":
+            continue
+        try:
+            descriptor = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # renamed or removed meanwhile
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if now - os.fstat(descriptor).st_mtime > _LEFT_BEHIND_AFTER:
+                os.unlink(entry.path)
+        except OSError:
+            pass  # locked: its writer is still at work (or it is already gone)
+        finally:
+            os.close(descriptor)
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -136,6 +190,8 @@ class SnapshotStore:
     """
 
     def __init__(self, directory: Path, *, update: bool = False) -> None:
+        if directory.exists() and not directory.is_dir():
+            raise SnapshotError(directory, None, "not a directory: snapshots are stored in one")
         self.directory = directory
         self.update = update
         self._report = StoreReport()
@@ -214,7 +270,10 @@ class SnapshotStore:
         with _signals_held():
             if signal.sigpending() & _HELD_SIGNALS:
                 return
-            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SnapshotError(self.directory, None, f"cannot create: {error}") from None
             for path, data in sorted(changes.items()):
                 if data is None:
                     _remove(path)
@@ -287,12 +346,9 @@ class SnapshotStore:
 
 
 def _read_if_present(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return None
-    except OSError as error:
-        raise SnapshotError(path, None, f"cannot read: {error.strerror}") from None
+    return read_input_bytes(path, lambda line, message: SnapshotError(path, line, message))
 
 
 def _remove(path: Path) -> None:

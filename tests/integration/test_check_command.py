@@ -115,7 +115,8 @@ def test_a_malformed_snapshot_is_an_error_naming_file_and_line(expected_copy: Pa
     assert result.returncode == 2
     assert result.stdout == ""  # refused before tracing anything
     assert result.stderr == (
-        f"kvm-conformance: {snapshot}:{first_call + 1}: 'repeat' must be a positive integer\n"
+        f"kvm-conformance: {snapshot}:{first_call + 1}: main[0] repeat: expected a positive "
+        "integer, found 0\n"
     )
 
 

@@ -199,3 +199,29 @@ def test_record_trace_qemu_bad_inputs(tmp_path: Path) -> None:
     refused = record_trace("qemu", "setup", "-o", str(existing))
     assert refused.returncode == 2 and "--force" in refused.stderr
     assert existing.read_text() == "keep me"
+
+
+@pytest.mark.needs_qemu
+def test_record_trace_qemu_never_overwrites_a_log_or_puts_the_log_over_the_trace(
+    tmp_path: Path,
+) -> None:
+    def record_trace(*arguments: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "conformance.cli.record_trace", "qemu", *arguments]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    users_log = tmp_path / "out.log"
+    users_log.write_text("the user's own notes")
+    refused = record_trace("setup", "-o", str(tmp_path / "out.yaml"))
+    assert refused.returncode == 2 and f"{users_log} exists; give --force" in refused.stderr
+    assert users_log.read_text() == "the user's own notes"
+    assert not (tmp_path / "out.yaml").exists()
+    trace = tmp_path / "trace.log"
+    recorded = record_trace("setup", "-o", str(trace))
+    assert recorded.returncode == 0, recorded.stderr
+    assert read_document(trace).source["scenario"] == "setup"  # the trace, not QEMU's output
+    assert (tmp_path / "trace.log.log").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "out.log",
+        "trace.log",
+        "trace.log.log",
+    ]

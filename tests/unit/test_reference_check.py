@@ -8,7 +8,7 @@ import pytest
 
 from conformance.cli.main import main as cli_main
 from conformance.gate.references import judge_against_reference, shipped_references
-from conformance.model.document import Hex, TraceDocument
+from conformance.model.document import Hex, TraceCall, TraceDocument
 from conformance.model.scenarios import SCENARIOS
 from conformance.qemu.scenarios import QEMU_SCENARIOS
 from conformance.snapshot.store import read_document, write_document
@@ -43,12 +43,17 @@ def test_diff_command_exit_statuses(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "all pass" in html.read_text() and "<h1>" in html.read_text()
     capsys.readouterr()
     subject = read_document(REFERENCES / "memory-1g.yaml")
-    first_slot = next(
-        call for call in subject.threads["main"] if call.name == "KVM_SET_USER_MEMORY_REGION"
+    calls = subject.threads["main"]
+    index, first_slot = next(
+        (index, call)
+        for index, call in enumerate(calls)
+        if call.name == "KVM_SET_USER_MEMORY_REGION"
     )
     fields = first_slot.entry["in"]
     assert isinstance(fields, dict)
-    fields["guest_phys_addr"] = Hex(0x1000)
+    # A loaded document is read-only (identical calls share an entry): a changed call is new.
+    changed_entry = {**first_slot.entry, "in": {**fields, "guest_phys_addr": Hex(0x1000)}}
+    calls[index] = TraceCall(changed_entry, first_slot.line)
     changed = tmp_path / "subject.yaml"
     write_document(changed, subject)
     assert cli_main(["diff", str(changed), reference]) == 1

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.model.document import Hex, TraceCall, TraceDocument
+from conformance.model.document import Hex, TraceCall, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import format_call
 from conformance.snapshot import store as store_module
@@ -94,9 +98,12 @@ def test_dump_orders_threads_main_then_vcpus_numerically_and_sorts_source() -> N
 
 
 def test_strings_that_look_like_numbers_stay_strings() -> None:
-    call = TraceCall({"call": "open", "path": "0x10", "flags": ["yes", "1:20", "null"]})
-    text = dump_document(TraceDocument({}, {"main": [call]}))
-    assert load(text).threads["main"][0].entry == call.entry
+    call = TraceCall({"call": "open", "path": "0x10", "flags": ["O_RDWR"]})
+    source: dict[str, Value] = {"words": ["yes", "1:20", "null", "0777", "1_000", "+5", "1e3"]}
+    text = dump_document(TraceDocument(source, {"main": [call]}))
+    loaded = load(text)
+    assert loaded.threads["main"][0].entry == call.entry
+    assert loaded.source == source
 
 
 def test_format_call_is_one_line() -> None:
@@ -117,7 +124,7 @@ def test_format_call_is_one_line() -> None:
         (
             "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main: {call: x}\n",
             4,
-            "list of calls",
+            "thread 'main': expected a list",
         ),
         ("schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {fd: vm}\n", 5, "'call:"),
         (
@@ -126,14 +133,14 @@ def test_format_call_is_one_line() -> None:
             "'fd'",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: x, in: 3}\n",
+            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: open, in: 3}\n",
             5,
-            "'in' must be a mapping",
+            "main[0] in: expected a mapping",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, repeat: 0}\n",
+            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: open, repeat: 0}\n",
             5,
-            "'repeat'",
+            "m[0] repeat: expected a positive integer, found 0",
         ),
         (
             "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, arg: 1.5}\n",
@@ -150,15 +157,16 @@ def test_format_call_is_one_line() -> None:
             5,
             "duplicate key",
         ),
-        ("schema: kvm-conformance/1\nsource: {a: &x 1, b: *x}\nthreads: {}\n", 2, "aliases"),
+        ("schema: kvm-conformance/1\nsource: {a: &x 1, b: *x}\nthreads: {}\n", 2, "anchors"),
+        ("schema: kvm-conformance/1\nsource: {a: 1, b: *x}\nthreads: {}\n", 2, "aliases"),
         (
             "schema: kvm-conformance/1\nsource: !!python/name:os.system x\nthreads: {}\n",
             2,
-            "unsupported value",
+            "YAML tags (tag:yaml.org,2002:python/name:os.system) are not allowed",
         ),
         ("schema: kvm-conformance/1\nsource: {}\nthreads:\n  m: [\n", 5, "malformed YAML"),
         ("schema: kvm-conformance/1\nsource: {a: 0b_}\nthreads: {}\n", 2, "malformed integer"),
-        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n\x07\n", 4, "not a text file"),
+        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n\x07\n", 4, "0x0007 is not allowed"),
         (
             "schema: kvm-conformance/1\nsource: " + "[" * 40 + "]" * 40 + "\nthreads: {}\n",
             2,
@@ -361,3 +369,46 @@ def test_a_signal_waiting_when_a_commit_starts_cancels_it(tmp_path: Path) -> Non
 def test_ci_is_what_ci_services_set(value: str, on_ci: bool) -> None:
     assert running_on_ci({"CI": value}) is on_ci
     assert running_on_ci({}) is False
+
+
+_WRITER = """
+import sys
+from pathlib import Path
+from conformance.snapshot.store import load_document, write_document
+document = load_document(Path(sys.argv[2]).read_text(), sys.argv[2])
+print("ready", flush=True)
+while True:
+    write_document(Path(sys.argv[1]), document)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_nothing_git_or_a_later_run_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 at random points of a write loop (9 of 10 tries left `.NAME.yaml.XXXX.tmp`
+    files before): git status stays clean, the snapshot stays whole, and the next write
+    removes what was left."""
+    source = Path(__file__).resolve().parents[2] / "expected" / "hello.yaml"
+    snapshot = tmp_path / "hello.yaml"
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    write_document(snapshot, read_document(source))
+    chooser = random.Random(19)
+    for _ in range(10):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(snapshot), str(source)], stdout=subprocess.PIPE
+        )
+        assert writer.stdout is not None and writer.stdout.readline() == b"ready\n"
+        time.sleep(chooser.uniform(0.0, 0.2))
+        writer.kill()
+        writer.wait()
+    status = subprocess.run(
+        ["git", "-C", str(tmp_path), "status", "--porcelain"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert status.stdout.split() == ["??", "hello.yaml"]
+    assert read_document(snapshot).threads == read_document(source).threads
+    monkeypatch.setattr(store_module, "_LEFT_BEHIND_AFTER", 0.0)
+    write_document(snapshot, read_document(source))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".git", "hello.yaml"]
