@@ -1,11 +1,11 @@
 """Fuzzing trace documents: whatever a file holds, only project errors come out.
 
-Real traces (expected/, conformance/qemu/references/) are cut into small documents of a few consecutive calls
-and mutated where the grammar has a place: a scalar replaced by a wrong type, an extreme or
-YAML-1.1-only int, a tag, an anchor, a control character; a key or a role made something else;
-a value nested 40 deep; a character of YAML's syntax put in or taken out. Each mutant goes
-through the loader, and when it loads, through lint, the conformance check against a real
-reference and the reports. Allowed outcomes: a document, or a SnapshotError (exit status 2)
+Real traces (expected/, conformance/qemu/references/) are cut into small documents of a few
+consecutive calls and mutated where the grammar has a place: a scalar replaced by a wrong type,
+an extreme or YAML-1.1-only int, a tag, an anchor, a control character; a key or a role made
+something else; a value nested 40 deep; a character of YAML's syntax put in or taken out. Each
+mutant goes through the loader, and when it loads, through lint, the conformance check against a
+real reference and the reports. Allowed outcomes: a document, or a SnapshotError (exit status 2)
 whose message holds no raw control character. The fast reader and libyaml alone must agree on
 every mutant they both read.
 
