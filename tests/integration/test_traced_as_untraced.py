@@ -1,0 +1,274 @@
+"""The tracer's first promise, as one contract: a traced program behaves exactly as untraced.
+
+Each tracee of the corpus (tests/fixtures/tracees/contract/, one concern per program, table
+TRACEES below) runs natively, then under `kvm-conformance trace` in every mode a user can pick
+(MODES: full with the eBPF recorder, full with a stop per KVM_RUN and the compiled loop,
+summary, off, stepping without the seccomp filter, and `-p` attach). Each run must give the
+same stdout, the same stderr apart from the tracer's own `kvm-conformance:` lines, and the
+same end (exit code, or the signal that killed it: the signals the program saw are printed by
+the programs themselves). The tracer's own lines are checked too: only the ones every trace
+may print, plus what the tracee's row says the tracer must say (what it cannot follow), and
+the trace must hold the row's calls. Ctrl-C rows get SIGINT sent to the process group, as a
+terminal sends it, once they print "ready".
+
+Pointer cases (NULL, unmapped, PROT_NONE arguments) belong in TRACEES too, one row each.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.needs_kvm,
+    pytest.mark.needs_ptrace,
+    pytest.mark.needs_gcc,
+    pytest.mark.needs_bpf,
+]
+
+_CORPUS = Path(__file__).parents[1] / "fixtures" / "tracees" / "contract"
+_NOBODY = 65534
+_TIMEOUT = 20
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    options: tuple[str, ...]
+    fast_path: bool = True
+    attach: bool = False
+    records_kvm_run: bool = True
+
+
+MODES = [
+    Mode("full-ebpf", ()),
+    Mode("full-loop", ("--no-ebpf",)),
+    Mode("summary", ("--kvm-run", "summary"), records_kvm_run=False),
+    Mode("off", ("--kvm-run", "off"), records_kvm_run=False),
+    Mode("no-fast-path", ("--no-fast-path",), fast_path=False),
+    Mode("attach", (), fast_path=False, attach=True),
+]
+
+# What the tracer may print in any run of a mode, and nothing else unless a row says so.
+_ALWAYS = {
+    "attach": [r"attaching to \d+: every system call stops .*"],
+}
+
+
+@dataclass(frozen=True)
+class Tracee:
+    """One program of the corpus and what its traced runs must show besides the native run's
+    stdout, stderr and end."""
+
+    name: str
+    program: str  # the .c file's stem
+    arguments: tuple[str, ...] = ()
+    trace_shows: tuple[str, ...] = ("KVM_GET_API_VERSION",)
+    # The tracer's lines this row's runs must print (and may: no others), per mode or for all.
+    notices: Callable[[Mode], list[str]] = lambda _mode: []
+    ctrl_c: bool = False  # send SIGINT to the process group once it prints "ready"
+    expected_end: int = 0  # the native run's end, 128 + signal for a signal: checked too
+
+
+def _traceme_child_notices(mode: Mode) -> list[str]:
+    if mode.fast_path:
+        return [r"process \d+ called PTRACE_TRACEME: .*"]
+    return [r"process \d+ called PTRACE_TRACEME: no longer traced, its parent traces it"]
+
+
+def _own_filter_notices(mode: Mode) -> list[str]:
+    if not mode.fast_path:
+        return []
+    return [r"process \d+: its own seccomp filter returned SECCOMP_RET_TRACE for \w+ .*"] * 2
+
+
+TRACEES = [
+    Tracee(
+        "immediate_exit",
+        "immediate_exit",
+        trace_shows=("KVM_RUN", "KVM_SET_REGS"),
+    ),
+    Tracee("fork_200_children", "fork_children", trace_shows=("KVM_CREATE_VM",)),
+    Tracee("vcpus_64", "vcpus_64", trace_shows=("KVM_CREATE_VCPU, 63",)),
+    Tracee("traceme_child", "traceme", ("child",), notices=_traceme_child_notices),
+    Tracee("traceme_self", "traceme", ("self",)),
+    Tracee(
+        "own_seccomp_filter",
+        "own_seccomp",
+        trace_shows=("KVM_CHECK_EXTENSION", "EACCES"),
+        notices=_own_filter_notices,
+    ),
+    Tracee("signals", "signals", expected_end=128 + signal.SIGTERM),
+    Tracee("closes_fds", "closes_fds", trace_shows=("KVM_RUN", "KVM_CREATE_VM")),
+    Tracee("setuid_exec", "setuid_exec", ("{setuid_copy}",), expected_end=4),
+    Tracee("ctrl_c", "sigint", trace_shows=("KVM_RUN",), ctrl_c=True),
+]
+
+
+@dataclass
+class Run:
+    stdout: str
+    stderr: str
+    end: int  # exit code, or 128 + the signal
+    tracer_lines: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus compiled, plus `setuid_copy`: setuid_exec owned by nobody, mode 4755."""
+    directory = tmp_path_factory.mktemp("contract")
+    for source in sorted(_CORPUS.glob("*.c")):
+        subprocess.run(
+            ["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(directory / source.stem),
+             str(source)],
+            check=True,
+        )  # fmt: skip
+    copy = directory / "setuid_copy"
+    shutil.copy(directory / "setuid_exec", copy)
+    os.chown(copy, _NOBODY, _NOBODY)
+    os.chmod(copy, 0o4755)
+    return directory
+
+
+_native_runs: dict[str, Run] = {}
+
+
+def _argv(tracee: Tracee, corpus: Path) -> list[str]:
+    arguments = [a.format(setuid_copy=corpus / "setuid_copy") for a in tracee.arguments]
+    return [str(corpus / tracee.program), *arguments]
+
+
+def _run(command: list[str], tracee: Tracee, *, before_start: Callable[[int], None] | None = None
+         ) -> Run:  # fmt: skip
+    """Run `command` in a process group of its own to its end; Ctrl-C it for a ctrl_c row."""
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        if before_start is not None:
+            before_start(process.pid)
+        if tracee.ctrl_c:
+            assert process.stdout is not None
+            ready = process.stdout.readline()
+            assert ready == "ready\n", ready + process.communicate(timeout=_TIMEOUT)[1]
+            os.killpg(process.pid, signal.SIGINT)
+            rest, stderr = process.communicate(timeout=_TIMEOUT)
+            stdout = ready + rest
+        else:
+            stdout, stderr = process.communicate(timeout=_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    end = process.returncode if process.returncode >= 0 else 128 - process.returncode
+    return Run(stdout, stderr, end)
+
+
+def _native(tracee: Tracee, corpus: Path) -> Run:
+    if tracee.name not in _native_runs:
+        native = _run(_argv(tracee, corpus), tracee)
+        assert native.end == tracee.expected_end, native
+        _native_runs[tracee.name] = native
+    return _native_runs[tracee.name]
+
+
+def _split_tracer_lines(run: Run) -> Run:
+    ours = [line for line in run.stderr.splitlines() if line.startswith("kvm-conformance: ")]
+    theirs = [line for line in run.stderr.splitlines(keepends=True)
+              if not line.startswith("kvm-conformance: ")]  # fmt: skip
+    return Run(run.stdout, "".join(theirs), run.end, ours)
+
+
+def _tracer(mode: Mode, output: Path) -> list[str]:
+    return [sys.executable, "-m", "conformance", "trace", "-o", str(output), *mode.options]
+
+
+def _traced(tracee: Tracee, mode: Mode, corpus: Path, output: Path) -> Run:
+    argv = _argv(tracee, corpus)
+    if not mode.attach:
+        return _split_tracer_lines(_run([*_tracer(mode, output), "--", *argv], tracee))
+    # -p: the program stops itself before its exec (a shell's `kill -STOP $$`) until the tracer
+    # has seized it, so that the whole program is traced; its parent here sees its end.
+    tracers: list[subprocess.Popen[str]] = []
+
+    def attach(pid: int) -> None:
+        _wait_until(lambda: _state(pid) == "T", what=f"process {pid} to stop")
+        tracers.append(subprocess.Popen(
+            [*_tracer(mode, output), "-p", str(pid)], stderr=subprocess.PIPE, text=True
+        ))  # fmt: skip
+        _wait_until(lambda: _tracer_pid(pid) != 0, what=f"a tracer of {pid}")
+        os.kill(pid, signal.SIGCONT)
+
+    stopped = ["sh", "-c", 'kill -STOP $$; exec "$@"', "sh", *argv]
+    run = _run(stopped, tracee, before_start=attach)
+    (tracer,) = tracers
+    _, tracer_stderr = tracer.communicate(timeout=_TIMEOUT)
+    assert tracer.returncode == run.end, tracer_stderr
+    traced = _split_tracer_lines(run)
+    traced.tracer_lines = _split_tracer_lines(Run("", tracer_stderr, 0)).tracer_lines
+    assert _split_tracer_lines(Run("", tracer_stderr, 0)).stderr == "", tracer_stderr
+    return traced
+
+
+def _wait_until(condition: Callable[[], bool], *, what: str) -> None:
+    deadline = time.monotonic() + _TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {_TIMEOUT} s for {what}"
+        time.sleep(0.005)
+
+
+def _status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+def _state(pid: int) -> str:
+    return _status_field(pid, "State")[:1]
+
+
+def _tracer_pid(pid: int) -> int:
+    return int(_status_field(pid, "TracerPid"))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda mode: mode.name)
+@pytest.mark.parametrize("tracee", TRACEES, ids=lambda tracee: tracee.name)
+def test_traced_behaves_as_untraced(
+    tracee: Tracee, mode: Mode, corpus: Path, tmp_path: Path
+) -> None:
+    native = _native(tracee, corpus)
+    output = tmp_path / "trace.txt"
+
+    traced = _traced(tracee, mode, corpus, output)
+
+    assert (traced.stdout, traced.stderr, traced.end) == (native.stdout, native.stderr,
+                                                          native.end), traced.tracer_lines
+    expected = [*_ALWAYS.get(mode.name, []), *tracee.notices(mode)]
+    unexplained = [line.removeprefix("kvm-conformance: ") for line in traced.tracer_lines]
+    for pattern in expected:
+        matching = [line for line in unexplained if re.fullmatch(pattern, line)]
+        assert matching, f"the tracer did not say {pattern!r}: {traced.tracer_lines}"
+        unexplained.remove(matching[0])
+    assert unexplained == []
+    trace = output.read_text()
+    for call in tracee.trace_shows:
+        if call == "KVM_RUN" and not mode.records_kvm_run:
+            continue
+        assert call in trace, f"{call!r} not in the trace"
