@@ -63,6 +63,7 @@ SYSCALL_INFO_SECCOMP = 3
 # of entry {nr, args[6]}, exit {rval, is_error} and seccomp {nr, args[6], ret_data}.
 _SYSCALL_INFO_HEADER = struct.Struct("<B3xIQQ")
 _SYSCALL_INFO_CALL = struct.Struct("<Q6Q")
+_SYSCALL_INFO_RET_DATA = struct.Struct("<I")
 _SYSCALL_INFO_RETURN = struct.Struct("<qB")
 _SYSCALL_INFO_SIZE = 88
 
@@ -73,6 +74,7 @@ class SyscallInfo:
 
     At an entry or seccomp stop `nr` and `args` are set and `return_value` is 0; at an exit stop
     `nr` is -1, `args` is empty and `return_value` is the signed result (-errno on failure).
+    `seccomp_data`: at a seccomp stop, the 16 data bits of the filter's SECCOMP_RET_TRACE.
     """
 
     op: int
@@ -80,6 +82,7 @@ class SyscallInfo:
     args: tuple[int, ...]
     return_value: int
     instruction_pointer: int
+    seccomp_data: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,28 @@ def prepare_syscall_rerun(tid: int, nr: int, args: Sequence[int]) -> None:
     _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
 
 
+def skip_syscall(tid: int, return_value: int) -> None:
+    """At a syscall-entry or seccomp stop: the call is not run and returns `return_value`
+    (-errno for a failure). orig_rax = -1 is what makes the kernel skip it."""
+    regs = user_regs_struct()
+    _request("PTRACE_GETREGS", _ptrace.PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    regs.orig_rax = ctypes.c_ulong(-1).value
+    regs.rax = ctypes.c_ulong(return_value).value
+    _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
+def pending_signals(pid: int) -> int:
+    """The signals pending for process `pid` (its own and its main thread's) as a bit mask,
+    bit N-1 for signal N, from /proc/<pid>/status (ShdPnd | SigPnd)."""
+    mask = 0
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("ShdPnd", "SigPnd"):
+                mask |= int(value, 16)
+    return mask
+
+
 # `syscall` is 0f 05 on x86-64; at a syscall stop rip points just past it.
 SYSCALL_INSTRUCTION = b"\x0f\x05"
 SYSCALL_INSTRUCTION_SIZE = len(SYSCALL_INSTRUCTION)
@@ -230,7 +255,12 @@ def syscall_info(tid: int) -> SyscallInfo:
         )
         return SyscallInfo(op, -1, (), return_value, instruction_pointer)
     nr, *args = _SYSCALL_INFO_CALL.unpack_from(_syscall_info_buffer, _SYSCALL_INFO_HEADER.size)
-    return SyscallInfo(op, nr, tuple(args), 0, instruction_pointer)
+    if op != SYSCALL_INFO_SECCOMP:
+        return SyscallInfo(op, nr, tuple(args), 0, instruction_pointer)
+    (ret_data,) = _SYSCALL_INFO_RET_DATA.unpack_from(
+        _syscall_info_buffer, _SYSCALL_INFO_HEADER.size + _SYSCALL_INFO_CALL.size
+    )
+    return SyscallInfo(op, nr, tuple(args), 0, instruction_pointer, ret_data)
 
 
 def syscall_return_value(tid: int) -> int:

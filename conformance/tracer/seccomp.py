@@ -3,6 +3,10 @@
 A classic-BPF seccomp program returns SECCOMP_RET_TRACE (a ptrace stop) for the syscalls of
 interest and SECCOMP_RET_ALLOW for everything else, including ioctls whose request is in an
 "unstopped" list: KVM_RUN runs at native speed while every other KVM ioctl is still seen.
+Its SECCOMP_RET_TRACE carries TRACE_DATA, so that a stop the traced program's own filter asked
+for is told apart from ours. It also stops at the calls after which the fast path can no longer
+keep the program's semantics by itself (WATCHED: installing a filter, PTRACE_TRACEME), which
+the session handles and never hands to the decoder.
 
 Not traced on purpose: execve/execveat, because PTRACE_O_TRACEEXEC reports every successful
 exec as PTRACE_EVENT_EXEC whether or not it is filtered (except while KVM_RUN exits are read
@@ -32,15 +36,21 @@ _BPF_AND_K = 0x04 | 0x50 | 0x00  # BPF_ALU | BPF_AND | BPF_K
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_TRACE = 0x7FF00000
 _SECCOMP_MODE_FILTER = 2
+# The 16 data bits of our SECCOMP_RET_TRACE ("kc"); a program's own filter that returns
+# SECCOMP_RET_TRACE with other data (0 most often) asked for a tracer of its own.
+TRACE_DATA = 0x6B63
 # <linux/audit.h>: EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
 AUDIT_ARCH_X86_64 = 0xC000003E
 # <linux/prctl.h>
 _PR_SET_SECCOMP = 22
 _PR_SET_NO_NEW_PRIVS = 38
+# <linux/ptrace.h>
+_PTRACE_TRACEME = 0
 # Offsets in struct seccomp_data {int nr; __u32 arch; __u64 instruction_pointer; __u64 args[6];}
 _OFFSET_NR = 0
 _OFFSET_ARCH = 4
-_OFFSET_ARG1_LOW = 16 + 8  # args[1], low 32 bits on little-endian x86-64
+_OFFSET_ARG0_LOW = 16  # args[0], low 32 bits on little-endian x86-64
+_OFFSET_ARG1_LOW = 16 + 8
 
 # Every syscall that creates, duplicates, closes or maps a file descriptor or memory a KVM
 # decoder must follow, plus ioctl itself. fcntl is refined below to _FCNTL_TRACED_COMMANDS.
@@ -65,6 +75,12 @@ TRACED_SYSCALL_NAMES: tuple[str, ...] = (
 # Stopped at only while a KVM_RUN's exit waits for its thread's next stop (kvm_run_failures.py):
 # the exec would replace the address space that exit is read from.
 EXEC_SYSCALL_NAMES = ("execve", "execveat")
+# Calls that change what the fast path can promise (the session's, not the decoder's):
+# seccomp() and prctl(PR_SET_SECCOMP) install a filter of the program's own, whose
+# SECCOMP_RET_ERRNO for a call is decided without any stop of ours; ptrace(PTRACE_TRACEME) asks
+# for another tracer.
+WATCHED_INSTALLS_FILTER = "installs-filter"
+WATCHED_TRACEME = "traceme"
 # The fcntl commands a decoder follows: the only two that create a file descriptor, and F_SETFD,
 # which sets or clears close-on-exec (what an exec keeps of the fd table).
 _FCNTL_TRACED_COMMANDS = (fcntl.F_DUPFD, fcntl.F_DUPFD_CLOEXEC, fcntl.F_SETFD)
@@ -85,6 +101,9 @@ class SyscallSelection:
     ioctl_number: int
     fcntl_number: int
     unstopped_ioctl_requests: frozenset[int]
+    seccomp_number: int
+    prctl_number: int
+    ptrace_number: int
 
     @classmethod
     def from_names(
@@ -103,7 +122,21 @@ class SyscallSelection:
             unstopped_ioctl_requests=frozenset(
                 request & 0xFFFFFFFF for request in unstopped_ioctl_requests
             ),
+            seccomp_number=syscall_number("seccomp"),
+            prctl_number=syscall_number("prctl"),
+            ptrace_number=syscall_number("ptrace"),
         )
+
+    def watched(self, nr: int, first_argument: int) -> str | None:
+        """WATCHED_INSTALLS_FILTER, WATCHED_TRACEME, or None: what the BPF program stops at
+        for the session rather than for the decoder."""
+        if nr == self.seccomp_number:
+            return WATCHED_INSTALLS_FILTER
+        if nr == self.prctl_number and first_argument & 0xFFFFFFFF == _PR_SET_SECCOMP:
+            return WATCHED_INSTALLS_FILTER
+        if nr == self.ptrace_number and first_argument & 0xFFFFFFFF == _PTRACE_TRACEME:
+            return WATCHED_TRACEME
+        return None
 
     def wants(self, nr: int, second_argument: int) -> bool:
         """What the BPF program decides, for a tracer that steps through every syscall."""
@@ -124,19 +157,22 @@ class SyscallSelection:
         program.load(_OFFSET_NR)
         program.jump_if_equal(self.ioctl_number, if_true="ioctl", if_false=None)
         program.jump_if_equal(self.fcntl_number, if_true="fcntl", if_false=None)
+        program.jump_if_equal(self.seccomp_number, if_true="trace", if_false=None)
+        program.jump_if_equal(self.prctl_number, if_true="prctl", if_false=None)
+        program.jump_if_equal(self.ptrace_number, if_true="ptrace", if_false=None)
         for nr in sorted(self.traced_numbers - {self.ioctl_number, self.fcntl_number}):
             program.jump_if_equal(nr, if_true="trace", if_false=None)
         program.label("allow")
         program.ret(SECCOMP_RET_ALLOW)
         program.label("trace")
-        program.ret(SECCOMP_RET_TRACE)
+        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
         program.label("ioctl")
         program.load(_OFFSET_ARG1_LOW)
         for request in sorted(self.unstopped_ioctl_requests):
             program.jump_if_equal(request, if_true="ioctl-unstopped", if_false=None)
         program.and_(_IOCTL_TYPE_MASK)
         program.jump_if_equal(_TERMINAL_IOCTL_TYPE, if_true="ioctl-unstopped", if_false=None)
-        program.ret(SECCOMP_RET_TRACE)
+        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
         program.label("ioctl-unstopped")
         program.ret(SECCOMP_RET_ALLOW)
         program.label("fcntl")
@@ -145,7 +181,17 @@ class SyscallSelection:
             program.jump_if_equal(command, if_true="fcntl-traced", if_false=None)
         program.ret(SECCOMP_RET_ALLOW)
         program.label("fcntl-traced")
-        program.ret(SECCOMP_RET_TRACE)
+        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
+        program.label("prctl")
+        program.load(_OFFSET_ARG0_LOW)
+        program.jump_if_equal(_PR_SET_SECCOMP, if_true="watched", if_false="unwatched")
+        program.label("ptrace")
+        program.load(_OFFSET_ARG0_LOW)
+        program.jump_if_equal(_PTRACE_TRACEME, if_true="watched", if_false="unwatched")
+        program.label("watched")
+        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
+        program.label("unwatched")
+        program.ret(SECCOMP_RET_ALLOW)
         return program.assemble()
 
 
@@ -199,17 +245,33 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
-def install_filter(program: bytes) -> None:
+def install_filter(program: bytes, *, no_new_privs: bool) -> None:
     """Install `program` for the calling thread and its future children; it survives exec.
 
     Meant for a freshly forked child that a tracer has already seized: SECCOMP_RET_TRACE with
-    no tracer fails the syscall with ENOSYS. NO_NEW_PRIVS lets an unprivileged process install
-    a filter. prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) is seccomp(SECCOMP_SET_MODE_FILTER, 0)
-    without needing a syscall number. Raises OSError.
+    no tracer fails the syscall with ENOSYS. `no_new_privs` (needed without CAP_SYS_ADMIN, see
+    needs_no_new_privs) sets NO_NEW_PRIVS first, which a setuid, setgid or file-capability
+    exec then never undoes: the program would keep the caller's privileges. prctl(PR_SET_SECCOMP,
+    SECCOMP_MODE_FILTER) is seccomp(SECCOMP_SET_MODE_FILTER, 0) without needing a syscall
+    number. Raises OSError.
     """
     filter_array = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(filter_array))
-    if _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if no_new_privs and _libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
     if _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
+
+
+# <linux/capability.h>
+_CAP_SYS_ADMIN = 21
+
+
+def needs_no_new_privs() -> bool:
+    """Whether this process may install a filter only with NO_NEW_PRIVS: without CAP_SYS_ADMIN
+    in its effective set (seccomp(2)). Read from /proc/self/status, once per spawn."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return not int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN)
+    return True

@@ -19,8 +19,23 @@ exit at the task's next stop, or the compiled loop takes it over (late_run_exits
 Kill safety: the spawned child asks for SIGKILL when its parent thread dies (PR_SET_PDEATHSIG)
 before it stops itself for the tracer; once seized, PTRACE_O_EXITKILL kills every tracee if the
 tracer dies. The window between fork() and prctl() is closed by the child checking getppid().
-SIGINT/SIGTERM to the tracer SIGKILL the spawned tracees (or detach from an attached process)
-and run() returns normally, so the caller can flush what it captured.
+SIGINT/SIGTERM to the tracer: the traced program handles them as untraced. A terminal's Ctrl-C
+reaches the whole process group, the program too, so the tracer follows it to its end; a signal
+the program did not get (sent to the tracer alone) is passed on to it, and a second such signal
+SIGKILLs the tracees. An attached process is detached instead, left running. Either way run()
+returns normally, so the caller can flush what it captured.
+
+What the fast path cannot keep by itself, the session takes over, and says so on stderr:
+- a program that installs its own seccomp filter (stopped at, see seccomp.WATCHED_*): from then
+  on its tasks are stepped through every syscall, since its filter's SECCOMP_RET_ERRNO is
+  decided with no stop of ours; a SECCOMP_RET_TRACE of its filter (not our TRACE_DATA) fails
+  with ENOSYS, as it does with no tracer;
+- PTRACE_TRACEME: the spawned program's parent is this process, which traces it already, so the
+  call returns 0 as untraced; any other task is detached so that its parent can trace it, where
+  no filter of ours is on it (the fast path's filter would fail its calls with ENOSYS without
+  us: there it stays traced and the call fails with EPERM, as under any tracer);
+- a setuid, setgid or file-capability program when this process lacks CAP_SYS_ADMIN (the filter
+  then needs NO_NEW_PRIVS, which would keep the caller's privileges): no filter for it.
 
 waitpid(-1) reaps any child of this process: run a session where no other child is awaited.
 All calls must come from the thread that called spawn()/attach(): ptrace binds a tracee to it.
@@ -29,15 +44,19 @@ All calls must come from the thread that called spawn()/attach(): ptrace binds a
 from __future__ import annotations
 
 import contextlib
+import errno as errno_codes
 import os
 import signal
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from conformance.abi._generated import SYSCALL_NUMBERS
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
@@ -57,6 +76,10 @@ _FOLLOW_OPTIONS = (
     | backend.PTRACE_O_TRACEEXEC
 )
 _TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A termination signal the traced program got within this long of the tracer's own was one
+# signal sent to both (a terminal's Ctrl-C to the process group), not one for the tracer alone.
+_SAME_SIGNAL_SECONDS = 1.0
+_SYSCALL_NAMES = {number: name for name, number in SYSCALL_NUMBERS.items()}
 
 
 @dataclass(slots=True)
@@ -66,6 +89,9 @@ class _Task:
     awaiting_exit: SyscallStop | None = None
     exit_at_next_stop: SyscallStop | None = None  # a KVM_RUN's (late_run_exits.py)
     entered_unselected: bool = False  # at an entry stop whose exit nobody wants
+    # Stopped at every syscall although the fast path's filter is on it: its own filter may
+    # deny a call (SECCOMP_RET_ERRNO) before any stop of ours, so calls are seen at entry.
+    stepping: bool = False
 
 
 class TraceSession:
@@ -83,6 +109,10 @@ class TraceSession:
         self._attached = False
         self._interrupted_by: int | None = None
         self._late_exits: RunExits | None = None
+        self._stepping_processes: set[int] = set()  # their own filter is on them (see above)
+        self._said: set[tuple[int, str]] = set()  # (pid, what): each notice once per process
+        self._signal_stops: dict[int, float] = {}  # signal -> when a tracee last got it
+        self._forwarded: set[int] = set()  # termination signals passed on to the program
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -108,6 +138,15 @@ class TraceSession:
         """
         environment = dict(os.environ if env is None else env)
         executable = spawning.resolve_executable(argv, environment.get("PATH", os.defpath), cwd)
+        no_new_privs = seccomp.needs_no_new_privs()
+        privileged = spawning.privileged(executable) if no_new_privs else None
+        if seccomp_fast_path and privileged is not None:
+            _say(
+                f"{executable} is a {privileged} program and this tracer lacks CAP_SYS_ADMIN: "
+                "no seccomp filter for it (it would run without its privileges), every system "
+                "call stops"
+            )
+            seccomp_fast_path = False
         if not seccomp_fast_path:
             run_failures = None
         self._selection = seccomp.SyscallSelection.from_names(
@@ -126,6 +165,7 @@ class TraceSession:
                 cwd=cwd,
                 stdio=(stdin, stdout, stderr),
                 seccomp_program=program,
+                no_new_privs=no_new_privs,
                 error_pipe=write_end,
             )
         os.close(write_end)
@@ -253,6 +293,7 @@ class TraceSession:
             elif stop_signal == _SYSCALL_STOP:
                 self._on_syscall_stop(tid, task)
             elif event == 0:  # signal-delivery-stop: deliver the signal as if untraced
+                self._signal_stops[stop_signal] = time.monotonic()
                 self._resume(tid, task, stop_signal)
             elif event == backend.PTRACE_EVENT_SECCOMP:
                 self._on_seccomp_stop(tid, task)
@@ -288,23 +329,86 @@ class TraceSession:
             self._resume(tid, task)
             return
         info = backend.syscall_info(tid)
-        if (
-            info.op == backend.SYSCALL_INFO_ENTRY
-            and not self.seccomp_fast_path
-            and not task.before_exec
-            and self._selection is not None
-            and self._selection.wants(info.nr, info.args[1])
-        ):
-            self._deliver_entry(tid, task, info)
+        stepped = not self.seccomp_fast_path or task.stepping
+        if info.op == backend.SYSCALL_INFO_ENTRY and stepped and not task.before_exec:
+            if not self._on_watched_entry(tid, task, info):
+                return
+            if self._selection is not None and self._selection.wants(info.nr, info.args[1]):
+                self._deliver_entry(tid, task, info)
         task.entered_unselected = (
             info.op == backend.SYSCALL_INFO_ENTRY and task.awaiting_exit is None
         )
         self._resume(tid, task)
 
     def _on_seccomp_stop(self, tid: int, task: _Task) -> None:
-        if not task.before_exec:
-            self._deliver_entry(tid, task, backend.syscall_info(tid))
+        info = backend.syscall_info(tid)
+        if info.seccomp_data != seccomp.TRACE_DATA:
+            self._fail_as_without_tracer(tid, task, info)
+        elif task.before_exec or task.stepping:
+            pass  # a stepping task's call was seen at its entry stop
+        elif not self._on_watched_entry(tid, task, info):
+            return
+        elif self._selection is not None and self._selection.watched(info.nr, info.args[0]):
+            pass  # the session's, not the decoder's
+        else:
+            self._deliver_entry(tid, task, info)
         self._resume(tid, task)
+
+    def _on_watched_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> bool:
+        """A call the fast path cannot keep by itself (see the module's docstring); False when
+        the task is no longer ours to resume."""
+        watched = self._selection.watched(info.nr, info.args[0]) if self._selection else None
+        if watched == seccomp.WATCHED_INSTALLS_FILTER and self.seccomp_fast_path:
+            if task.tgid not in self._stepping_processes:
+                self._stepping_processes.add(task.tgid)
+                self._say_once(
+                    task.tgid,
+                    "installs its own seccomp filter: each of its system calls stops from now on",
+                )
+            for other in self._tasks.values():
+                if other.tgid == task.tgid:
+                    other.stepping = True
+        elif watched == seccomp.WATCHED_TRACEME:
+            return self._on_traceme(tid, task)
+        return True
+
+    def _on_traceme(self, tid: int, task: _Task) -> bool:
+        if tid == self._main_pid and not self._attached:
+            # Its parent is this process, which traces it already: as untraced, the call works.
+            backend.skip_syscall(tid, 0)
+            self._say_once(
+                tid, "called PTRACE_TRACEME: its parent, kvm-conformance, traces it already"
+            )
+            return True
+        if self.seccomp_fast_path:
+            self._say_once(
+                tid,
+                "called PTRACE_TRACEME: the fast path's seccomp filter cannot be taken off it, "
+                "so it stays traced here and the call fails (EPERM) as under any tracer; "
+                "--no-fast-path lets it go",
+            )
+            return True
+        self._say_once(tid, "called PTRACE_TRACEME: no longer traced, its parent traces it")
+        backend.detach(tid)  # the call then runs untraced, and succeeds
+        del self._tasks[tid]
+        self._handler.on_task_exit(tid, 0)  # its end is its parent's to see, not ours
+        return False
+
+    def _fail_as_without_tracer(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
+        """The program's own filter asked for a tracer with SECCOMP_RET_TRACE: it has none of its
+        own, so the call fails with ENOSYS without running, as untraced (the decoder still sees
+        it, failing)."""
+        name = _SYSCALL_NAMES.get(info.nr, f"system call {info.nr}")
+        self._say_once(
+            task.tgid,
+            f"- its own seccomp filter returned SECCOMP_RET_TRACE for {name} and it has no "
+            "tracer of its own: the call fails with ENOSYS, as untraced",
+            key=f"trace {info.nr}",
+        )
+        backend.skip_syscall(tid, -errno_codes.ENOSYS)
+        wanted = self._selection is not None and self._selection.wants(info.nr, info.args[1])
+        if wanted and not task.stepping and not task.before_exec:
+            self._deliver_entry(tid, task, info)
 
     def _deliver_entry(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
         stop = SyscallStop(tid, task.tgid, info.nr, info.args, info.instruction_pointer)
@@ -313,7 +417,7 @@ class TraceSession:
             late_exits.before_entry(stop)
         if not self._handler.on_syscall_entry(stop):
             return
-        if not stop.exit_can_wait or late_exits is None:
+        if not stop.exit_can_wait or late_exits is None or task.stepping:
             task.awaiting_exit = stop
         elif not late_exits.hand_over(stop):
             task.exit_at_next_stop = stop
@@ -324,7 +428,7 @@ class TraceSession:
         self._late_exits.deliver(stop)
 
     def _resume(self, tid: int, task: _Task, deliver_signal: int = 0) -> None:
-        if self.seccomp_fast_path and task.awaiting_exit is None:
+        if self.seccomp_fast_path and task.awaiting_exit is None and not task.stepping:
             backend.resume(tid, deliver_signal)
         else:
             backend.resume_to_syscall(tid, deliver_signal)
@@ -341,7 +445,11 @@ class TraceSession:
 
     def _announce(self, parent_tid: int, child: int, child_tgid: int) -> None:
         kind: TaskKind = "process" if child_tgid == child else "thread"
-        self._tasks[child] = _Task(tgid=child_tgid)
+        parent = self._tasks.get(parent_tid)
+        stepping = parent is not None and parent.stepping  # a filter is inherited
+        if stepping:
+            self._stepping_processes.add(child_tgid)
+        self._tasks[child] = _Task(tgid=child_tgid, stepping=stepping)
         if self._late_exits is not None:
             self._late_exits.follow(child)  # before it runs: it is stopped until resumed
         self._handler.on_new_task(parent_tid, child, kind)
@@ -397,6 +505,13 @@ class TraceSession:
             errno = int(report)
             raise SpawnError(f"exec failed: {os.strerror(errno)} (errno {errno})")
 
+    def _say_once(self, pid: int, what: str, *, key: str | None = None) -> None:
+        """Tell the user, once per process, what the tracer does differently for it."""
+        if (pid, key or what) not in self._said:
+            self._said.add((pid, key or what))
+            separator = ":" if what.startswith("- ") else ""
+            _say(f"process {pid}{separator} {what.removeprefix('- ')}")
+
     def _install_termination_handlers(self) -> dict[int, _SignalHandler]:
         if threading.current_thread() is not threading.main_thread():
             return {}  # Python delivers signals to the main thread only
@@ -406,20 +521,48 @@ class TraceSession:
         return previous
 
     def _on_termination_signal(self, signum: int, _frame: FrameType | None) -> None:
-        """End the trace: waitpid() is retried after this returns, so act on the tracees here.
+        """waitpid() is retried after this returns, so act on the tracees here.
 
-        Spawned tracees get SIGKILL and their ends end the loop; an attached process is
-        interrupted so that each of its tasks can be detached at its next stop.
+        A spawned program handles the signal as untraced (see the module's docstring) and its
+        end ends the loop; an attached process is interrupted so that each of its tasks can be
+        detached at its next stop.
         """
         self._interrupted_by = signum
-        if not self._attached:
-            self._kill_all()
-            return
-        for tid in list(self._tasks):
-            try:
-                backend.interrupt(tid)
-            except TaskGoneError:
+        if self._attached:
+            for tid in list(self._tasks):
+                try:
+                    backend.interrupt(tid)
+                except TaskGoneError:
+                    continue
+        elif self._program_got(signum):
+            pass  # one signal to the process group: the program handles its own
+        elif signum in self._forwarded or self._main_pid not in self._tasks:
+            self._kill_all()  # the second one for the tracer alone: end it all
+        else:
+            self._forwarded.add(signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._main_pid, signum)
+
+    def _program_got(self, signum: int) -> bool:
+        """Whether the traced program got `signum` as well: one of its tasks was stopped to
+        deliver it a moment ago, is stopped for it now, or has it pending."""
+        seen = self._signal_stops.get(signum)
+        if seen is not None and time.monotonic() - seen < _SAME_SIGNAL_SECONDS:
+            return True
+        try:
+            if backend.pending_signals(self._main_pid) & (1 << (signum - 1)):
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        for tid, task in self._tasks.items():
+            if task.tgid != self._main_pid:
                 continue
+            try:
+                if backend.signal_info(tid).signo == signum:
+                    return True
+            except PtraceCallError:  # running, not stopped: it has no signal in hand
+                continue
+        return False
 
     def _kill_all(self) -> None:
         for tid in [*self._tasks, *self._unannounced]:
@@ -429,3 +572,7 @@ class TraceSession:
 def _kill(tid: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.kill(tid, signal.SIGKILL)
+
+
+def _say(message: str) -> None:
+    print(f"kvm-conformance: {message}", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 from collections.abc import Mapping, Sequence
 
 from conformance.tracer import ptrace_backend as backend
@@ -33,6 +34,24 @@ def resolve_executable(argv: Sequence[str], search_path: str, cwd: str | None) -
     return found
 
 
+def privileged(executable: str) -> str | None:
+    """What an exec of `executable` would grant ("setuid", "setgid", "file-capability"), or
+    None: what NO_NEW_PRIVS takes away."""
+    try:
+        mode = os.stat(executable).st_mode
+    except OSError:
+        return None  # exec will say why
+    if mode & stat.S_ISUID:
+        return "setuid"
+    if mode & stat.S_ISGID and mode & stat.S_IXGRP:  # without group x it is a locking mark
+        return "setgid"
+    try:
+        os.getxattr(executable, "security.capability")
+    except OSError:
+        return None
+    return "file-capability"
+
+
 def exec_child(
     *,
     parent: int,
@@ -42,6 +61,7 @@ def exec_child(
     cwd: str | None,
     stdio: tuple[int | None, int | None, int | None],
     seccomp_program: bytes | None,
+    no_new_privs: bool,
     error_pipe: int,
 ) -> None:
     """Runs in the forked child: stop for the tracer, install the filter, exec; never returns.
@@ -63,7 +83,7 @@ def exec_child(
         signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGSTOP)  # wait here until the tracer has seized us
         if seccomp_program is not None:
-            seccomp.install_filter(seccomp_program)
+            seccomp.install_filter(seccomp_program, no_new_privs=no_new_privs)
         os.execve(executable, list(argv), dict(env))
     except OSError as error:
         os.write(error_pipe, str(error.errno or 0).encode())
