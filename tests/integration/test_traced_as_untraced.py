@@ -38,7 +38,7 @@ pytestmark = [
 
 _CORPUS = Path(__file__).parents[1] / "fixtures" / "tracees" / "contract"
 _NOBODY = 65534
-_TIMEOUT = 20
+_TIMEOUT = 8
 
 
 @dataclass(frozen=True)
