@@ -534,10 +534,10 @@ class TraceSession:
                     backend.interrupt(tid)
                 except TaskGoneError:
                     continue
-        elif self._program_got(signum):
-            pass  # one signal to the process group: the program handles its own
         elif signum in self._forwarded or self._main_pid not in self._tasks:
             self._kill_all()  # the second one for the tracer alone: end it all
+        elif self._program_got(signum):
+            pass  # one signal to the process group: the program handles its own
         else:
             self._forwarded.add(signum)
             with contextlib.suppress(ProcessLookupError):
