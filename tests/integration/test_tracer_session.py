@@ -351,7 +351,10 @@ def _wait_for_the_guest_to_run(session_id: int) -> None:
             except OSError:
                 continue
             ticks = int(fields[11]) + int(fields[12])  # utime + stime
-            if b"exits_guest.py" in command and ticks >= os.sysconf("SC_CLK_TCK") // 2:
+            # argv[1], not anywhere: the tracer's own command line names the guest too
+            arguments = command.split(b"\0")
+            is_guest = len(arguments) > 1 and arguments[1].endswith(b"exits_guest.py")
+            if is_guest and ticks >= os.sysconf("SC_CLK_TCK") // 2:
                 return
         time.sleep(0.05)
 
