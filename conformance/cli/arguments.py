@@ -7,7 +7,6 @@ and the gate, which `trace` must not pay for at start-up.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,10 @@ exit status:
 
 def version() -> str:
     """This installation's version, as pip installed it."""
+    # Imported here (~50 ms, email and zipfile with it): the import of this module is in the
+    # window before main() can turn a Ctrl-C into one line instead of a traceback.
+    import importlib.metadata  # noqa: PLC0415
+
     try:
         return importlib.metadata.version("kvm-conformance")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
@@ -38,6 +41,8 @@ def version() -> str:
 
 def project_url(label: str) -> str | None:
     """A URL of [project.urls] (Homepage, Documentation), as the installed metadata has it."""
+    import importlib.metadata  # noqa: PLC0415 - see version()
+
     try:
         listed = importlib.metadata.metadata("kvm-conformance").get_all("Project-URL") or []
     except importlib.metadata.PackageNotFoundError:

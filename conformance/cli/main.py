@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -49,6 +50,16 @@ examples:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command installed its own handling (while modules load, ~0.2 s): the
+        # status of a program that SIGINT ended, and one line, not a traceback.
+        print("kvm-conformance: interrupted by SIGINT", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     split = split_at_dashes(arguments)
     parser = _parser(split.ours[:1])

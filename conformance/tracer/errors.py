@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno as errno_codes
 import os
+import signal
 
 from conformance.model.errors import ConformanceError
 
@@ -16,6 +17,15 @@ class SpawnError(TracerError):
     """The command to trace could not be started (not found, not executable, exec failed)."""
 
     exit_status = 127  # as a shell (and env, timeout, nohup) reports a command it cannot start
+
+
+class StartInterrupted(SpawnError):
+    """SIGINT/SIGTERM came before the command to trace had started: it ends as the program
+    would have, its status 128 + the signal."""
+
+    def __init__(self, command: str, signum: int) -> None:
+        self.exit_status = 128 + signum
+        super().__init__(f"{command}: interrupted by {signal.Signals(signum).name} as it started")
 
 
 class PtraceCallError(TracerError):

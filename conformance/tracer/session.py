@@ -60,7 +60,12 @@ from conformance.abi._generated import SYSCALL_NUMBERS
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
-from conformance.tracer.errors import PtraceCallError, SpawnError, TaskGoneError
+from conformance.tracer.errors import (
+    PtraceCallError,
+    SpawnError,
+    StartInterrupted,
+    TaskGoneError,
+)
 from conformance.tracer.late_run_exits import LateExitSource, RunExits, late_run_exits
 from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
 
@@ -113,6 +118,9 @@ class TraceSession:
         self._said: set[tuple[int, str]] = set()  # (pid, what): each notice once per process
         self._signal_stops: dict[int, float] = {}  # signal -> when a tracee last got it
         self._forwarded: set[int] = set()  # termination signals passed on to the program
+        # Installed by spawn()/attach(), put back by run(): a Ctrl-C while the program starts
+        # must not be Python's KeyboardInterrupt.
+        self._previous_handlers: dict[int, _SignalHandler] = {}
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -136,6 +144,27 @@ class TraceSession:
         `run_failures` (fast path only): lets exits marked `exit_can_wait` wait for the next stop,
         or (the eBPF recorder) brings the KVM_RUNs it recorded at each stop.
         """
+        self._previous_handlers = self._install_termination_handlers()
+        try:
+            return self._spawn(
+                argv, seccomp_fast_path=seccomp_fast_path, unstopped_ioctls=unstopped_ioctls,
+                env=env, cwd=cwd, stdio=(stdin, stdout, stderr), run_failures=run_failures,
+            )  # fmt: skip
+        except BaseException:
+            self._restore_handlers()
+            raise
+
+    def _spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        seccomp_fast_path: bool,
+        unstopped_ioctls: Sequence[int],
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        stdio: tuple[int | None, int | None, int | None],
+        run_failures: LateExitSource | None,
+    ) -> int:
         environment = dict(os.environ if env is None else env)
         executable = spawning.resolve_executable(argv, environment.get("PATH", os.defpath), cwd)
         no_new_privs = seccomp.needs_no_new_privs()
@@ -155,6 +184,8 @@ class TraceSession:
         program = self._selection.bpf_program() if seccomp_fast_path else None
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         parent = os.getpid()
+        # Blocked across fork(): the child must not run our handlers (it takes the defaults).
+        signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION_SIGNALS)
         pid = os.fork()
         if pid == 0:
             spawning.exec_child(
@@ -163,16 +194,25 @@ class TraceSession:
                 argv=argv,
                 env=environment,
                 cwd=cwd,
-                stdio=(stdin, stdout, stderr),
+                stdio=stdio,
                 seccomp_program=program,
                 no_new_privs=no_new_privs,
                 error_pipe=write_end,
+                start_signals=self._start_signals(),
             )
+        self._main_pid = pid
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERMINATION_SIGNALS)
         os.close(write_end)
         self._exec_error_pipe = read_end
         status = backend.wait_for_stop(pid)
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) in _TERMINATION_SIGNALS:
+            raise StartInterrupted(argv[0], os.WTERMSIG(status))  # as it would have, untraced
         if not os.WIFSTOPPED(status):
             raise SpawnError(f"{argv[0]}: the child ended before exec (wait status {status:#x})")
+        if self._interrupted_by is not None:  # before it could have run: it is not started
+            _kill(pid)
+            backend.wait_for_stop(pid)
+            raise StartInterrupted(argv[0], self._interrupted_by)
         options = _FOLLOW_OPTIONS | backend.PTRACE_O_EXITKILL
         if seccomp_fast_path:
             options |= backend.PTRACE_O_TRACESECCOMP
@@ -188,7 +228,6 @@ class TraceSession:
             self._late_exits = late_run_exits(self._handler, run_failures, pid)
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
-        self._main_pid = pid
         self._tasks[pid] = _Task(tgid=pid, before_exec=True)
         return pid
 
@@ -208,6 +247,7 @@ class TraceSession:
         self._selection = seccomp.SyscallSelection.from_names(
             backend.syscall_number, unstopped_ioctls
         )
+        self._previous_handlers = self._install_termination_handlers()
         self._attached = True
         self._main_pid = pid
         seen: set[int] = set()
@@ -225,17 +265,15 @@ class TraceSession:
 
     def run(self) -> TraceResult:
         """Deliver stops to the handler until every tracee has ended (or we were told to stop)."""
-        previous = self._install_termination_handlers()
         try:
-            with self._signals_end_the_wait(bool(previous)):
+            with self._signals_end_the_wait(bool(self._previous_handlers)):
                 self._loop()
         except BaseException:
             if not self._attached:
                 self._kill_all()  # a failing handler must not leave tracees stopped forever
             raise
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            self._restore_handlers()
             if self._late_exits is not None:
                 self._late_exits.close()
         self._raise_if_exec_failed()
@@ -512,6 +550,19 @@ class TraceSession:
             separator = ":" if what.startswith("- ") else ""
             _say(f"process {pid}{separator} {what.removeprefix('- ')}")
 
+    def _start_signals(self) -> dict[int, signal.Handlers]:
+        """What the program starts with for the signals we handle: ignored stays ignored across
+        exec, anything handled becomes the default."""
+        return {
+            signum: signal.SIG_IGN if previous == signal.SIG_IGN else signal.SIG_DFL
+            for signum, previous in self._previous_handlers.items()
+        }
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
     def _install_termination_handlers(self) -> dict[int, _SignalHandler]:
         if threading.current_thread() is not threading.main_thread():
             return {}  # Python delivers signals to the main thread only
@@ -528,7 +579,9 @@ class TraceSession:
         detached at its next stop.
         """
         self._interrupted_by = signum
-        if self._attached:
+        if not self._tasks:
+            pass  # not started yet: spawn() ends it; or ended already
+        elif self._attached:
             for tid in list(self._tasks):
                 try:
                     backend.interrupt(tid)

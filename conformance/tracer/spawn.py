@@ -63,13 +63,20 @@ def exec_child(
     seccomp_program: bytes | None,
     no_new_privs: bool,
     error_pipe: int,
+    start_signals: Mapping[int, signal.Handlers],
 ) -> None:
     """Runs in the forked child: stop for the tracer, install the filter, exec; never returns.
 
-    An exec failure is reported as its errno on `error_pipe` (close-on-exec, so a successful
+    `start_signals` are given these dispositions and unblocked first. An exec failure is
+    reported as its errno on `error_pipe` (close-on-exec, so a successful
     exec closes it empty) and the child exits 127 as a shell does for a command it cannot run.
     """
     try:
+        # The tracer's own handlers, copied by fork(), give way to what the program starts with
+        # (as exec would), then the signals are unblocked (the tracer blocked them for fork()).
+        for signum, disposition in start_signals.items():
+            signal.signal(signum, disposition)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, start_signals)
         backend.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(126)  # the tracer died before prctl() took effect

@@ -270,8 +270,11 @@ def test_traced_behaves_as_untraced(
 
     traced = _traced(tracee, mode, corpus, output)
 
-    assert (traced.stdout, traced.stderr, traced.end) == (native.stdout, native.stderr,
-                                                          native.end), traced.tracer_lines
+    assert (traced.stdout, traced.stderr, traced.end) == (
+        native.stdout,
+        native.stderr,
+        native.end,
+    ), traced.tracer_lines
     expected = [*_ALWAYS.get(mode.name, []), *tracee.notices(mode)]
     unexplained = [line.removeprefix("kvm-conformance: ") for line in traced.tracer_lines]
     for pattern in expected:
