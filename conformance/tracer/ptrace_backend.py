@@ -206,6 +206,18 @@ def prepare_syscall_rerun(tid: int, nr: int, args: Sequence[int]) -> None:
     _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
 
 
+def rewind_syscall(tid: int, nr: int) -> None:
+    """At a syscall-exit stop, make the task run system call `nr` again with the arguments it
+    had (the kernel keeps them), as it resumes. Only rip, rax and orig_rax change: the code
+    around a `syscall` may keep values in any other register across it."""
+    regs = user_regs_struct()
+    _request("PTRACE_GETREGS", _ptrace.PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    regs.rip -= SYSCALL_INSTRUCTION_SIZE
+    regs.rax = nr
+    regs.orig_rax = ctypes.c_ulong(-1).value
+    _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+
+
 def skip_syscall(tid: int, return_value: int) -> None:
     """At a syscall-entry or seccomp stop: the call is not run and returns `return_value`
     (-errno for a failure). orig_rax = -1 is what makes the kernel skip it."""

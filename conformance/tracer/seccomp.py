@@ -35,10 +35,17 @@ _BPF_AND_K = 0x04 | 0x50 | 0x00  # BPF_ALU | BPF_AND | BPF_K
 # <linux/seccomp.h>
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_TRACE = 0x7FF00000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000  # outranks SECCOMP_RET_TRACE when both filters answer
 _SECCOMP_MODE_FILTER = 2
 # The 16 data bits of our SECCOMP_RET_TRACE ("kc"); a program's own filter that returns
 # SECCOMP_RET_TRACE with other data (0 most often) asked for a tracer of its own.
 TRACE_DATA = 0x6B63
+SECCOMP_SET_MODE_FILTER = 1  # seccomp(2)'s operation
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+_SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+_SECCOMP_IOC_MAGIC = ord("!")
+_NOTIF = struct.Struct("<QII64x")  # struct seccomp_notif: id, pid, flags, seccomp_data
+_NOTIF_RESP = struct.Struct("<QqiI")  # struct seccomp_notif_resp: id, val, error, flags
 # <linux/audit.h>: EM_X86_64 | __AUDIT_ARCH_64BIT | __AUDIT_ARCH_LE
 AUDIT_ARCH_X86_64 = 0xC000003E
 # <linux/prctl.h>
@@ -148,8 +155,11 @@ class SyscallSelection:
             return (second_argument & 0xFFFFFFFF) in _FCNTL_TRACED_COMMANDS
         return nr in self.traced_numbers
 
-    def bpf_program(self) -> bytes:
-        """The filter as an array of struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}."""
+    def bpf_program(self, stop: int = SECCOMP_RET_TRACE | TRACE_DATA) -> bytes:
+        """The filter as an array of struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}.
+
+        `stop`: what a selected call returns; SECCOMP_RET_USER_NOTIF for the filter that lets a
+        task go from the fast path (release.py)."""
         program = _Assembler()
         program.load(_OFFSET_ARCH)
         # Another ABI (i386 via int 0x80) is not decoded: let it run.
@@ -165,14 +175,14 @@ class SyscallSelection:
         program.label("allow")
         program.ret(SECCOMP_RET_ALLOW)
         program.label("trace")
-        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
+        program.ret(stop)
         program.label("ioctl")
         program.load(_OFFSET_ARG1_LOW)
         for request in sorted(self.unstopped_ioctl_requests):
             program.jump_if_equal(request, if_true="ioctl-unstopped", if_false=None)
         program.and_(_IOCTL_TYPE_MASK)
         program.jump_if_equal(_TERMINAL_IOCTL_TYPE, if_true="ioctl-unstopped", if_false=None)
-        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
+        program.ret(stop)
         program.label("ioctl-unstopped")
         program.ret(SECCOMP_RET_ALLOW)
         program.label("fcntl")
@@ -181,7 +191,7 @@ class SyscallSelection:
             program.jump_if_equal(command, if_true="fcntl-traced", if_false=None)
         program.ret(SECCOMP_RET_ALLOW)
         program.label("fcntl-traced")
-        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
+        program.ret(stop)
         program.label("prctl")
         program.load(_OFFSET_ARG0_LOW)
         program.jump_if_equal(_PR_SET_SECCOMP, if_true="watched", if_false="unwatched")
@@ -189,7 +199,7 @@ class SyscallSelection:
         program.load(_OFFSET_ARG0_LOW)
         program.jump_if_equal(_PTRACE_TRACEME, if_true="watched", if_false="unwatched")
         program.label("watched")
-        program.ret(SECCOMP_RET_TRACE | TRACE_DATA)
+        program.ret(stop)
         program.label("unwatched")
         program.ret(SECCOMP_RET_ALLOW)
         return program.assemble()
@@ -274,4 +284,36 @@ def needs_no_new_privs() -> bool:
         for line in status:
             if line.startswith("CapEff:"):
                 return not int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN)
+    return True
+
+
+def sock_fprog(program: bytes, address: int) -> bytes:
+    """struct sock_fprog {u16 len; struct sock_filter *filter} for `program` at `address`."""
+    return struct.pack("<H6xQ", len(program) // 8, address)
+
+
+def _iowr(number: int, size: int) -> int:
+    """_IOWR('!', number, size) of <asm-generic/ioctl.h>."""
+    return (3 << 30) | (size << 16) | (_SECCOMP_IOC_MAGIC << 8) | number
+
+
+_NOTIF_RECV = _iowr(0, _NOTIF.size)
+_NOTIF_SEND = _iowr(1, _NOTIF_RESP.size)
+
+
+def continue_notifications(listener: int) -> bool:
+    """Answer the next notification of a SECCOMP_RET_USER_NOTIF filter's `listener` with
+    "run the call as if allowed" (SECCOMP_USER_NOTIF_FLAG_CONTINUE). False when the filter has
+    no task left (or the notification went away, its task killed)."""
+    received = bytearray(_NOTIF.size)
+    try:
+        fcntl.ioctl(listener, _NOTIF_RECV, received)
+    except OSError:
+        return False  # ENOENT: its task died meanwhile; the caller polls again
+    notification_id, _pid, _flags = _NOTIF.unpack(received)
+    answer = bytearray(_NOTIF_RESP.pack(notification_id, 0, 0, _SECCOMP_USER_NOTIF_FLAG_CONTINUE))
+    try:
+        fcntl.ioctl(listener, _NOTIF_SEND, answer)
+    except OSError:
+        return False
     return True

@@ -65,8 +65,10 @@ from conformance.tracer.errors import (
     SpawnError,
     StartInterrupted,
     TaskGoneError,
+    TracerError,
 )
 from conformance.tracer.late_run_exits import LateExitSource, RunExits, late_run_exits
+from conformance.tracer.release import ContinuingListeners, install_continuing_filter
 from conformance.tracer.stops import SyscallStop, TaskKind, TraceHandler, TraceResult
 
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
@@ -97,6 +99,7 @@ class _Task:
     # Stopped at every syscall although the fast path's filter is on it: its own filter may
     # deny a call (SECCOMP_RET_ERRNO) before any stop of ours, so calls are seen at entry.
     stepping: bool = False
+    release_at_exit: bool = False  # PTRACE_TRACEME on the fast path: let it go at its exit stop
 
 
 class TraceSession:
@@ -121,6 +124,7 @@ class TraceSession:
         # Installed by spawn()/attach(), put back by run(): a Ctrl-C while the program starts
         # must not be Python's KeyboardInterrupt.
         self._previous_handlers: dict[int, _SignalHandler] = {}
+        self._released: ContinuingListeners | None = None  # tasks let go from the fast path
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -276,6 +280,8 @@ class TraceSession:
             self._restore_handlers()
             if self._late_exits is not None:
                 self._late_exits.close()
+        if self._released is not None:
+            self._released.close()  # a task let go still needs its answers: wait for its end
         self._raise_if_exec_failed()
         return TraceResult(self._main_pid, self._main_status, self._interrupted_by)
 
@@ -351,6 +357,9 @@ class TraceSession:
             pass  # SIGKILLed meanwhile; its end arrives from waitpid
 
     def _on_syscall_stop(self, tid: int, task: _Task) -> None:
+        if task.release_at_exit:
+            self._release(tid, task)
+            return
         if task.entered_unselected:
             # The stop after an entry stop is that syscall's exit, which nobody asked for:
             # skip the PTRACE_GET_SYSCALL_INFO call (a quarter of a plain stop's cost).
@@ -419,18 +428,41 @@ class TraceSession:
             )
             return True
         if self.seccomp_fast_path:
-            self._say_once(
-                tid,
-                "called PTRACE_TRACEME: the fast path's seccomp filter cannot be taken off it, "
-                "so it stays traced here and the call fails (EPERM) as under any tracer; "
-                "--no-fast-path lets it go",
-            )
+            backend.skip_syscall(tid, 0)  # for now: it runs again once the task is let go
+            task.release_at_exit = True
             return True
         self._say_once(tid, "called PTRACE_TRACEME: no longer traced, its parent traces it")
         backend.detach(tid)  # the call then runs untraced, and succeeds
         del self._tasks[tid]
         self._handler.on_task_exit(tid, 0)  # its end is its parent's to see, not ours
         return False
+
+    def _release(self, tid: int, task: _Task) -> None:
+        """At the exit stop of a PTRACE_TRACEME we skipped: give the task a filter that lets
+        its calls through without us (release.py), rewind it to call PTRACE_TRACEME again, and
+        detach, so that the call runs untraced and succeeds."""
+        task.release_at_exit = False
+        assert self._selection is not None
+        program = self._selection.bpf_program(seccomp.SECCOMP_RET_USER_NOTIF)
+        if self._released is None:
+            self._released = ContinuingListeners()
+        try:
+            install_continuing_filter(task.tgid, tid, program, self._released)
+        except (OSError, TracerError) as error:
+            self._say_once(
+                tid,
+                f"called PTRACE_TRACEME: it cannot be let go from the fast path's filter "
+                f"({error}), so it stays traced here and the call fails (EPERM) as under any "
+                "tracer; --no-fast-path lets it go",
+            )
+            backend.skip_syscall(tid, -errno_codes.EPERM)
+            self._resume(tid, task)
+            return
+        self._say_once(tid, "called PTRACE_TRACEME: no longer traced, its parent traces it")
+        backend.rewind_syscall(tid, backend.syscall_number("ptrace"))
+        backend.detach(tid)
+        del self._tasks[tid]
+        self._handler.on_task_exit(tid, 0)  # its end is its parent's to see, not ours
 
     def _fail_as_without_tracer(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
         """The program's own filter asked for a tracer with SECCOMP_RET_TRACE: it has none of its
@@ -466,7 +498,8 @@ class TraceSession:
         self._late_exits.deliver(stop)
 
     def _resume(self, tid: int, task: _Task, deliver_signal: int = 0) -> None:
-        if self.seccomp_fast_path and task.awaiting_exit is None and not task.stepping:
+        stepped = task.stepping or task.release_at_exit
+        if self.seccomp_fast_path and task.awaiting_exit is None and not stepped:
             backend.resume(tid, deliver_signal)
         else:
             backend.resume_to_syscall(tid, deliver_signal)

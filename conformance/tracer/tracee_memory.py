@@ -105,3 +105,15 @@ def _read_proc_mem(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         if len(piece) != size:
             raise MemoryReadError(f"task {pid}: read {len(piece)} of {size} bytes at {address:#x}")
     return pieces
+
+
+def write_memory(pid: int, address: int, data: bytes) -> None:
+    """Write `data` into a stopped task's memory at `address` (through /proc/PID/mem, which a
+    tracer may write); a short write raises MemoryReadError, as a short read does."""
+    descriptor = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        written = os.pwrite(descriptor, data, address)
+    finally:
+        os.close(descriptor)
+    if written != len(data):
+        raise MemoryReadError(f"task {pid}: wrote {written} of {len(data)} bytes at {address:#x}")
