@@ -285,3 +285,40 @@ def test_traced_behaves_as_untraced(
         if call == "KVM_RUN" and not mode.records_kvm_run:
             continue
         assert call in trace, f"{call!r} not in the trace"
+
+
+def _left_in_session(session_id: int) -> list[int]:
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":
+            left.append(int(entry.name))
+    return left
+
+
+# From 0.1 s: before that, Python's own start-up (site) is running, none of our code yet.
+@pytest.mark.parametrize("delay", [0.05 * step for step in range(2, 12)])
+def test_ctrl_c_while_the_tracer_starts_ends_as_the_program_would(
+    delay: float, corpus: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C at any moment of the tracer's start-up (modules loading, the eBPF recorder, the
+    spawn): no traceback, and the end is the program's: SIGINT's status before its handler was
+    in place, its own "terminating on signal 2" and 0 after; nothing left running."""
+    process = subprocess.Popen(
+        [*_tracer(MODES[0], tmp_path / "trace.txt"), "--", str(corpus / "sigint")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    time.sleep(delay)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=_TIMEOUT)
+    assert "Traceback" not in stderr
+    end = process.returncode if process.returncode >= 0 else 128 - process.returncode
+    if end == 0:
+        assert stdout.endswith("terminating on signal 2\n")
+    else:
+        assert end == 128 + signal.SIGINT, (stdout, stderr)
+    _wait_until(lambda: not _left_in_session(process.pid), what="the session to empty")
