@@ -83,7 +83,7 @@ TRACED_SYSCALL_NAMES: tuple[str, ...] = (
 # the exec would replace the address space that exit is read from.
 EXEC_SYSCALL_NAMES = ("execve", "execveat")
 # Calls that change what the fast path can promise (the session's, not the decoder's):
-# seccomp() and prctl(PR_SET_SECCOMP) install a filter of the program's own, whose
+# seccomp(SECCOMP_SET_MODE_FILTER) and prctl(PR_SET_SECCOMP) install a filter of its own, whose
 # SECCOMP_RET_ERRNO for a call is decided without any stop of ours; ptrace(PTRACE_TRACEME) asks
 # for another tracer.
 WATCHED_INSTALLS_FILTER = "installs-filter"
@@ -137,8 +137,8 @@ class SyscallSelection:
     def watched(self, nr: int, first_argument: int) -> str | None:
         """WATCHED_INSTALLS_FILTER, WATCHED_TRACEME, or None: what the BPF program stops at
         for the session rather than for the decoder."""
-        if nr == self.seccomp_number:
-            return WATCHED_INSTALLS_FILTER
+        if nr == self.seccomp_number and first_argument & 0xFFFFFFFF == SECCOMP_SET_MODE_FILTER:
+            return WATCHED_INSTALLS_FILTER  # not its queries (QEMU asks GET_ACTION_AVAIL)
         if nr == self.prctl_number and first_argument & 0xFFFFFFFF == _PR_SET_SECCOMP:
             return WATCHED_INSTALLS_FILTER
         if nr == self.ptrace_number and first_argument & 0xFFFFFFFF == _PTRACE_TRACEME:
@@ -167,7 +167,7 @@ class SyscallSelection:
         program.load(_OFFSET_NR)
         program.jump_if_equal(self.ioctl_number, if_true="ioctl", if_false=None)
         program.jump_if_equal(self.fcntl_number, if_true="fcntl", if_false=None)
-        program.jump_if_equal(self.seccomp_number, if_true="trace", if_false=None)
+        program.jump_if_equal(self.seccomp_number, if_true="seccomp", if_false=None)
         program.jump_if_equal(self.prctl_number, if_true="prctl", if_false=None)
         program.jump_if_equal(self.ptrace_number, if_true="ptrace", if_false=None)
         for nr in sorted(self.traced_numbers - {self.ioctl_number, self.fcntl_number}):
@@ -192,6 +192,9 @@ class SyscallSelection:
         program.ret(SECCOMP_RET_ALLOW)
         program.label("fcntl-traced")
         program.ret(stop)
+        program.label("seccomp")
+        program.load(_OFFSET_ARG0_LOW)
+        program.jump_if_equal(SECCOMP_SET_MODE_FILTER, if_true="watched", if_false="unwatched")
         program.label("prctl")
         program.load(_OFFSET_ARG0_LOW)
         program.jump_if_equal(_PR_SET_SECCOMP, if_true="watched", if_false="unwatched")

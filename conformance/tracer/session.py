@@ -26,8 +26,8 @@ SIGKILLs the tracees. An attached process is detached instead, left running. Eit
 returns normally, so the caller can flush what it captured.
 
 What the fast path cannot keep by itself, the session takes over, and says so on stderr:
-- a program that installs its own seccomp filter (stopped at, see seccomp.WATCHED_*): from then
-  on its tasks are stepped through every syscall, since its filter's SECCOMP_RET_ERRNO is
+- a program that installs its own seccomp filter (stopped at, see seccomp.WATCHED_*; once the
+  install succeeded, probes aside): from then on its tasks are stepped through every syscall, since its filter's SECCOMP_RET_ERRNO is
   decided with no stop of ours; a SECCOMP_RET_TRACE of its filter (not our TRACE_DATA) fails
   with ENOSYS, as it does with no tracer;
 - PTRACE_TRACEME: the spawned program's parent is this process, which traces it already, so the
@@ -100,6 +100,7 @@ class _Task:
     # deny a call (SECCOMP_RET_ERRNO) before any stop of ours, so calls are seen at entry.
     stepping: bool = False
     release_at_exit: bool = False  # PTRACE_TRACEME on the fast path: let it go at its exit stop
+    installing_filter: bool = False  # in seccomp()/prctl() for a filter of its own, until its exit
 
 
 class TraceSession:
@@ -360,6 +361,10 @@ class TraceSession:
         if task.release_at_exit:
             self._release(tid, task)
             return
+        if task.installing_filter:  # the exit of seccomp() or prctl(PR_SET_SECCOMP)
+            self._after_filter_install(tid, task)
+            self._resume(tid, task)
+            return
         if task.entered_unselected:
             # The stop after an entry stop is that syscall's exit, which nobody asked for:
             # skip the PTRACE_GET_SYSCALL_INFO call (a quarter of a plain stop's cost).
@@ -406,18 +411,24 @@ class TraceSession:
         the task is no longer ours to resume."""
         watched = self._selection.watched(info.nr, info.args[0]) if self._selection else None
         if watched == seccomp.WATCHED_INSTALLS_FILTER and self.seccomp_fast_path:
-            if task.tgid not in self._stepping_processes:
-                self._stepping_processes.add(task.tgid)
-                self._say_once(
-                    task.tgid,
-                    "installs its own seccomp filter: each of its system calls stops from now on",
-                )
-            for other in self._tasks.values():
-                if other.tgid == task.tgid:
-                    other.stepping = True
+            # Decided at its exit: probes that install nothing (libseccomp's, with a NULL
+            # program: EFAULT) must not slow the program down.
+            task.installing_filter = task.tgid not in self._stepping_processes
         elif watched == seccomp.WATCHED_TRACEME:
             return self._on_traceme(tid, task)
         return True
+
+    def _after_filter_install(self, tid: int, task: _Task) -> None:
+        task.installing_filter = False
+        if backend.syscall_return_value(tid) < 0 or task.tgid in self._stepping_processes:
+            return
+        self._stepping_processes.add(task.tgid)
+        self._say_once(
+            task.tgid, "installs its own seccomp filter: each of its system calls stops from now on"
+        )
+        for other in self._tasks.values():
+            if other.tgid == task.tgid:  # SECCOMP_FILTER_FLAG_TSYNC gives it to every thread
+                other.stepping = True
 
     def _on_traceme(self, tid: int, task: _Task) -> bool:
         if tid == self._main_pid and not self._attached:
@@ -498,7 +509,7 @@ class TraceSession:
         self._late_exits.deliver(stop)
 
     def _resume(self, tid: int, task: _Task, deliver_signal: int = 0) -> None:
-        stepped = task.stepping or task.release_at_exit
+        stepped = task.stepping or task.release_at_exit or task.installing_filter
         if self.seccomp_fast_path and task.awaiting_exit is None and not stepped:
             backend.resume(tid, deliver_signal)
         else:

@@ -65,6 +65,10 @@ _ALWAYS = {
 }
 
 
+READY_LINE = "ready-line"
+HANDLES_SIGINT = "handles-sigint"
+
+
 @dataclass(frozen=True)
 class Tracee:
     """One program of the corpus and what its traced runs must show besides the native run's
@@ -76,7 +80,10 @@ class Tracee:
     trace_shows: tuple[str, ...] = ("KVM_GET_API_VERSION",)
     # The tracer's lines this row's runs must print (and may: no others), per mode or for all.
     notices: Callable[[Mode], list[str]] = lambda _mode: []
-    ctrl_c: bool = False  # send SIGINT to the process group once it prints "ready"
+    # Ctrl-C: SIGINT to the process group once it prints "ready" (READY_LINE) or once its
+    # executable runs with a SIGINT handler in place (HANDLES_SIGINT).
+    ctrl_c: str | None = None
+    executable: str | None = None  # instead of the corpus's `program`
     expected_end: int = 0  # the native run's end, 128 + signal for a signal: checked too
 
 
@@ -121,8 +128,20 @@ TRACEES = [
     Tracee("signals", "signals", expected_end=128 + signal.SIGTERM),
     Tracee("closes_fds", "closes_fds", trace_shows=("KVM_RUN", "KVM_CREATE_VM")),
     Tracee("setuid_exec", "setuid_exec", ("{setuid_copy}",), expected_end=4),
-    Tracee("ctrl_c", "sigint", trace_shows=("KVM_RUN",), ctrl_c=True),
+    Tracee("ctrl_c", "sigint", trace_shows=("KVM_RUN",), ctrl_c=READY_LINE),
 ]
+_QEMU = shutil.which("qemu-system-x86_64")
+QEMU_TRACEES = [
+    Tracee(
+        "qemu_ctrl_c",
+        "qemu",
+        ("-accel", "kvm", "-m", "64", "-display", "none", "-nodefaults", "-no-user-config",
+         "-S"),
+        trace_shows=("KVM_CREATE_VCPU",),
+        ctrl_c=HANDLES_SIGINT,
+        executable=_QEMU,
+    ),
+]  # fmt: skip
 
 
 @dataclass
@@ -155,7 +174,7 @@ _native_runs: dict[str, Run] = {}
 
 def _argv(tracee: Tracee, corpus: Path) -> list[str]:
     arguments = [a.format(setuid_copy=corpus / "setuid_copy") for a in tracee.arguments]
-    return [str(corpus / tracee.program), *arguments]
+    return [tracee.executable or str(corpus / tracee.program), *arguments]
 
 
 def _run(command: list[str], tracee: Tracee, *, before_start: Callable[[int], None] | None = None
@@ -172,13 +191,18 @@ def _run(command: list[str], tracee: Tracee, *, before_start: Callable[[int], No
     try:
         if before_start is not None:
             before_start(process.pid)
-        if tracee.ctrl_c:
+        if tracee.ctrl_c == READY_LINE:
             assert process.stdout is not None
             ready = process.stdout.readline()
             assert ready == "ready\n", ready + process.communicate(timeout=_TIMEOUT)[1]
             os.killpg(process.pid, signal.SIGINT)
             rest, stderr = process.communicate(timeout=_TIMEOUT)
             stdout = ready + rest
+        elif tracee.ctrl_c == HANDLES_SIGINT:
+            executable = command[-len(tracee.arguments) - 1]
+            _wait_until(lambda: _catches_sigint(process.pid, executable), what="a SIGINT handler")
+            os.killpg(process.pid, signal.SIGINT)
+            stdout, stderr = process.communicate(timeout=_TIMEOUT)
         else:
             stdout, stderr = process.communicate(timeout=_TIMEOUT)
     finally:
@@ -250,6 +274,20 @@ def _status_field(pid: int, name: str) -> str:
     raise AssertionError(f"no {name} in /proc/{pid}/status")
 
 
+def _catches_sigint(session_id: int, executable: str) -> bool:
+    """Whether a process of the session runs `executable` with a handler for SIGINT."""
+    for pid in _left_in_session(session_id):
+        try:
+            if os.readlink(f"/proc/{pid}/exe") != executable:
+                continue
+            caught = int(_status_field(pid, "SigCgt"), 16)
+        except (OSError, AssertionError):
+            continue
+        if caught & 1 << (signal.SIGINT - 1):
+            return True
+    return False
+
+
 def _state(pid: int) -> str:
     return _status_field(pid, "State")[:1]
 
@@ -259,7 +297,14 @@ def _tracer_pid(pid: int) -> int:
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda mode: mode.name)
-@pytest.mark.parametrize("tracee", TRACEES, ids=lambda tracee: tracee.name)
+@pytest.mark.parametrize(
+    "tracee",
+    [
+        *TRACEES,
+        *[pytest.param(tracee, marks=pytest.mark.needs_qemu) for tracee in QEMU_TRACEES],
+    ],
+    ids=lambda tracee: tracee.name,
+)
 def test_traced_behaves_as_untraced(
     tracee: Tracee, mode: Mode, corpus: Path, tmp_path: Path
 ) -> None:
