@@ -376,6 +376,15 @@ def thread_group_and_parent(tid: int) -> tuple[int, int]:
     return fields["Tgid"], fields["PPid"]
 
 
+def tracer_of(tid: int) -> int:
+    """The pid of the task's tracer (TracerPid in /proc/<tid>/status), 0 for none."""
+    with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return 0
+
+
 def thread_ids(pid: int) -> list[int]:
     """The tids of a process's threads now (threads may come and go while we look)."""
     return sorted(int(name) for name in os.listdir(f"/proc/{pid}/task"))

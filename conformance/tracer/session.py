@@ -27,15 +27,17 @@ returns normally, so the caller can flush what it captured.
 
 What the fast path cannot keep by itself, the session takes over, and says so on stderr:
 - a program that installs its own seccomp filter (stopped at, see seccomp.WATCHED_*; once the
-  install succeeded, probes aside): from then on its tasks are stepped through every syscall, since its filter's SECCOMP_RET_ERRNO is
-  decided with no stop of ours; a SECCOMP_RET_TRACE of its filter (not our TRACE_DATA) fails
-  with ENOSYS, as it does with no tracer;
+  install succeeded, probes aside): from then on its tasks are stepped through every syscall,
+  since its filter's SECCOMP_RET_ERRNO is decided with no stop of ours; a SECCOMP_RET_TRACE of
+  its filter (not our TRACE_DATA) fails with ENOSYS, as it does with no tracer;
 - PTRACE_TRACEME: the spawned program's parent is this process, which traces it already, so the
-  call returns 0 as untraced; any other task is detached so that its parent can trace it, where
-  no filter of ours is on it (the fast path's filter would fail its calls with ENOSYS without
-  us: there it stays traced and the call fails with EPERM, as under any tracer);
+  call returns 0 as untraced; any other task is detached and the call runs again, untraced, so
+  that its parent traces it; on the fast path it first gets a filter that lets its calls through without us
+  (release.py), since ours would fail them with ENOSYS once we are gone;
 - a setuid, setgid or file-capability program when this process lacks CAP_SYS_ADMIN (the filter
   then needs NO_NEW_PRIVS, which would keep the caller's privileges): no filter for it.
+A process that another tracer traces already is not attached to (a task has one tracer): the
+error names that tracer, and the process runs on as it was.
 
 waitpid(-1) reaps any child of this process: run a session where no other child is awaited.
 All calls must come from the thread that called spawn()/attach(): ptrace binds a tracee to it.
@@ -62,6 +64,7 @@ from conformance.tracer import seccomp
 from conformance.tracer import spawn as spawning
 from conformance.tracer.errors import (
     PtraceCallError,
+    PtracePermissionError,
     SpawnError,
     StartInterrupted,
     TaskGoneError,
@@ -256,17 +259,32 @@ class TraceSession:
         self._attached = True
         self._main_pid = pid
         seen: set[int] = set()
-        while new := set(backend.thread_ids(pid)) - seen:
-            for tid in sorted(new):
-                try:
-                    backend.seize(tid, _FOLLOW_OPTIONS)
-                    backend.interrupt(tid)
-                except TaskGoneError:
-                    continue
-                self._tasks[tid] = _Task(tgid=pid)
-                if tid != pid:
-                    self._handler.on_new_task(pid, tid, "thread")
-            seen |= new
+        try:
+            while new := set(backend.thread_ids(pid)) - seen:
+                for tid in sorted(new):
+                    self._seize_thread(pid, tid)
+                seen |= new
+        except BaseException:
+            self._restore_handlers()
+            raise
+
+    def _seize_thread(self, pid: int, tid: int) -> None:
+        try:
+            backend.seize(tid, _FOLLOW_OPTIONS)
+            backend.interrupt(tid)
+        except TaskGoneError:
+            return
+        except PtracePermissionError:
+            tracer = backend.tracer_of(tid)
+            if tracer:  # a task has one tracer: say which, and leave the program to it
+                raise TracerError(
+                    f"process {pid} is traced already, by {tracer} ({_command_of(tracer)}): "
+                    "not attached, it runs on as it was"
+                ) from None
+            raise
+        self._tasks[tid] = _Task(tgid=pid)
+        if tid != pid:
+            self._handler.on_new_task(pid, tid, "thread")
 
     def run(self) -> TraceResult:
         """Deliver stops to the handler until every tracee has ended (or we were told to stop)."""
@@ -673,3 +691,11 @@ def _kill(tid: int) -> None:
 
 def _say(message: str) -> None:
     print(f"kvm-conformance: {message}", file=sys.stderr, flush=True)
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+            return comm.read().strip()
+    except FileNotFoundError:
+        return "gone"

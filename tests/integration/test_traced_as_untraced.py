@@ -367,3 +367,38 @@ def test_ctrl_c_while_the_tracer_starts_ends_as_the_program_would(
     else:
         assert end == 128 + signal.SIGINT, (stdout, stderr)
     _wait_until(lambda: not _left_in_session(process.pid), what="the session to empty")
+
+
+def test_attaching_to_a_process_traced_already_names_its_tracer_and_leaves_it(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """A task has one tracer: `trace -p` of a process that strace traces says so (exit 2) and
+    leaves the process running, still strace's."""
+    traced = subprocess.Popen(
+        ["strace", "-o", os.devnull, "sleep", "30"], stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_until(lambda: _traced_sleep(traced.pid) is not None, what="strace's sleep")
+        sleep = _traced_sleep(traced.pid)
+        assert sleep is not None
+        tracer = subprocess.run(
+            [*_tracer(MODES[-1], tmp_path / "trace.txt"), "-p", str(sleep)],
+            capture_output=True, text=True, timeout=_TIMEOUT, check=False,
+        )  # fmt: skip
+        assert tracer.returncode == 2, tracer.stderr
+        assert f"process {sleep} is traced already, by {traced.pid} (strace)" in tracer.stderr
+        assert "Traceback" not in tracer.stderr
+        assert _state(sleep) == "S"
+        assert _tracer_pid(sleep) == traced.pid
+    finally:
+        os.killpg(traced.pid, signal.SIGKILL)
+        traced.wait()
+
+
+def _traced_sleep(strace_pid: int) -> int | None:
+    """The sleep that strace runs, once strace traces it."""
+    for pid in _left_in_session(strace_pid):
+        if pid != strace_pid and _tracer_pid(pid) == strace_pid:
+            return pid
+    return None
