@@ -32,10 +32,11 @@ What the fast path cannot keep by itself, the session takes over, and says so on
   its filter (not our TRACE_DATA) fails with ENOSYS, as it does with no tracer;
 - PTRACE_TRACEME: the spawned program's parent is this process, which traces it already, so the
   call returns 0 as untraced; any other task is detached and the call runs again, untraced, so
-  that its parent traces it; on the fast path it first gets a filter that lets its calls through without us
-  (release.py), since ours would fail them with ENOSYS once we are gone;
+  that its parent traces it; on the fast path it first gets a filter that lets its calls
+  through without us (release.py), since ours would fail them with ENOSYS once we are gone;
 - a setuid, setgid or file-capability program when this process lacks CAP_SYS_ADMIN (the filter
-  then needs NO_NEW_PRIVS, which would keep the caller's privileges): no filter for it.
+  then needs NO_NEW_PRIVS, under which it would run without its privileges): no filter for it
+  when it is the command; an exec of one later is refused (EPERM), never run unprivileged.
 A process that another tracer traces already is not attached to (a task has one tracer): the
 error names that tracer, and the process runs on as it was.
 
@@ -90,6 +91,7 @@ _TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # signal sent to both (a terminal's Ctrl-C to the process group), not one for the tracer alone.
 _SAME_SIGNAL_SECONDS = 1.0
 _SYSCALL_NAMES = {number: name for name, number in SYSCALL_NUMBERS.items()}
+_EXEC_NUMBERS = (SYSCALL_NUMBERS["execve"], SYSCALL_NUMBERS["execveat"])
 
 
 @dataclass(slots=True)
@@ -129,6 +131,7 @@ class TraceSession:
         # must not be Python's KeyboardInterrupt.
         self._previous_handlers: dict[int, _SignalHandler] = {}
         self._released: ContinuingListeners | None = None  # tasks let go from the fast path
+        self._no_new_privs = False  # the fast path's filter came with NO_NEW_PRIVS
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
 
@@ -186,8 +189,12 @@ class TraceSession:
             seccomp_fast_path = False
         if not seccomp_fast_path:
             run_failures = None
+        # With no_new_privs, each exec is looked at: one that would grant privileges is refused.
+        self._no_new_privs = no_new_privs and seccomp_fast_path
         self._selection = seccomp.SyscallSelection.from_names(
-            backend.syscall_number, unstopped_ioctls, stop_at_exec=run_failures is not None
+            backend.syscall_number,
+            unstopped_ioctls,
+            stop_at_exec=run_failures is not None or self._no_new_privs,
         )
         program = self._selection.bpf_program() if seccomp_fast_path else None
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
@@ -434,7 +441,25 @@ class TraceSession:
             task.installing_filter = task.tgid not in self._stepping_processes
         elif watched == seccomp.WATCHED_TRACEME:
             return self._on_traceme(tid, task)
+        elif self._no_new_privs and info.nr in _EXEC_NUMBERS:
+            self._refuse_privileged_exec(tid, task, info)
         return True
+
+    def _refuse_privileged_exec(self, tid: int, task: _Task, info: backend.SyscallInfo) -> None:
+        """Under NO_NEW_PRIVS a setuid/setgid/file-capability program would run without its
+        privileges: never that. The exec fails with EPERM, and the user is told why."""
+        executable = spawning.exec_target(tid, info.nr == _EXEC_NUMBERS[1], info.args)
+        privileged = spawning.privileged(executable) if executable is not None else None
+        if privileged is None:
+            return
+        backend.skip_syscall(tid, -errno_codes.EPERM)
+        self._say_once(
+            task.tgid,
+            f"- exec of {executable}, a {privileged} program, refused (EPERM): this tracer "
+            "lacks CAP_SYS_ADMIN, so its seccomp filter came with no_new_privs, under which the "
+            "program would run without its privileges; trace as root",
+            key=f"exec {executable}",
+        )
 
     def _after_filter_install(self, tid: int, task: _Task) -> None:
         task.installing_filter = False

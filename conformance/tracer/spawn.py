@@ -7,6 +7,7 @@ subprocesses) and never returns into the parent's code.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -14,8 +15,10 @@ import stat
 from collections.abc import Mapping, Sequence
 
 from conformance.tracer import ptrace_backend as backend
-from conformance.tracer import seccomp
-from conformance.tracer.errors import SpawnError
+from conformance.tracer import seccomp, tracee_memory
+from conformance.tracer.errors import SpawnError, TracerError
+
+_PAGE = 4096
 
 
 def resolve_executable(argv: Sequence[str], search_path: str, cwd: str | None) -> str:
@@ -50,6 +53,34 @@ def privileged(executable: str) -> str | None:
     except OSError:
         return None
     return "file-capability"
+
+
+_PATH_MAX = 4096
+_AT_FDCWD = -100
+
+
+def exec_target(tid: int, at: bool, args: Sequence[int]) -> str | None:
+    """The file an execve (or, `at`, execveat) of stopped task `tid` would run, as an absolute
+    path (relative ones resolved from its cwd or dirfd), or None when it cannot be read (the
+    exec then fails by itself)."""
+    address = args[1] if at else args[0]
+    name = b""
+    try:
+        while b"\0" not in name and len(name) < _PATH_MAX:
+            start = address + len(name)
+            name += tracee_memory.read_memory(tid, start, _PAGE - start % _PAGE)
+    except TracerError:
+        return None
+    path = name.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    if path.startswith("/"):
+        return path
+    dirfd = ctypes.c_int(args[0]).value if at else _AT_FDCWD
+    base = f"/proc/{tid}/cwd" if dirfd == _AT_FDCWD else f"/proc/{tid}/fd/{dirfd}"
+    try:
+        directory = os.readlink(base)
+    except OSError:
+        return None
+    return os.path.join(directory, path) if path else directory  # "": AT_EMPTY_PATH
 
 
 def exec_child(

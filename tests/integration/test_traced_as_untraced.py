@@ -402,3 +402,32 @@ def _traced_sleep(strace_pid: int) -> int | None:
         if pid != strace_pid and _tracer_pid(pid) == strace_pid:
             return pid
     return None
+
+
+def test_without_cap_sys_admin_a_privileged_program_never_runs_unprivileged(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """A tracer without CAP_SYS_ADMIN must install its filter with no_new_privs, under which a
+    setuid program keeps the caller's uid: as the command, the program gets no filter and runs
+    as untraced (nobody, /dev/kvm refused); exec'd later, it is refused with EPERM, said on
+    stderr, rather than run as root."""
+    without = ["setpriv", "--bounding-set=-sys_admin", *_tracer(MODES[0], tmp_path / "t.txt")]
+    copy = str(corpus / "setuid_copy")
+
+    as_command = subprocess.run(
+        [*without, "--", copy, copy, "after"], capture_output=True, text=True,
+        timeout=_TIMEOUT, check=False,
+    )  # fmt: skip
+    native = subprocess.run([copy, copy, "after"], capture_output=True, text=True, check=False)
+    assert (as_command.stdout, as_command.returncode) == (native.stdout, 4)
+    assert f"{copy} is a setuid program and this tracer lacks CAP_SYS_ADMIN" in as_command.stderr
+
+    exec_later = subprocess.run(
+        [*without, "--", str(corpus / "setuid_exec"), copy], capture_output=True, text=True,
+        timeout=_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert "after exec" not in exec_later.stdout
+    assert exec_later.returncode == 2  # the program's own end for a failed exec
+    assert "execl: Operation not permitted" in exec_later.stderr
+    assert re.search(rf"process \d+: exec of {re.escape(copy)}, a setuid program, refused",
+                     exec_later.stderr)  # fmt: skip
