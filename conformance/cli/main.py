@@ -52,11 +52,13 @@ examples:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
-    except KeyboardInterrupt:
-        # Ctrl-C before a command installed its own handling (while modules load, ~0.2 s): the
-        # status of a program that SIGINT ended, and one line, not a traceback.
-        print("kvm-conformance: interrupted by SIGINT", file=sys.stderr)
-        return 128 + signal.SIGINT
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C before a command installed its own handling (while modules load, ~0.2 s, or
+        # the tracer's StartInterrupted): the status of a program that the signal ended, and
+        # one line, not a traceback.
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        print(f"kvm-conformance: {interrupt or 'interrupted by SIGINT'}", file=sys.stderr)
+        return 128 + signum
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -19,12 +19,13 @@ class SpawnError(TracerError):
     exit_status = 127  # as a shell (and env, timeout, nohup) reports a command it cannot start
 
 
-class StartInterrupted(SpawnError):
-    """SIGINT/SIGTERM came before the command to trace had started: it ends as the program
-    would have, its status 128 + the signal."""
+class StartInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM came before the command to trace had started: an interruption as Python's
+    own Ctrl-C is one (a caller that stops on KeyboardInterrupt stops here too), with the
+    signal; the command line exits 128 + it, as the program would have."""
 
     def __init__(self, command: str, signum: int) -> None:
-        self.exit_status = 128 + signum
+        self.signum = signum
         super().__init__(f"{command}: interrupted by {signal.Signals(signum).name} as it started")
 
 

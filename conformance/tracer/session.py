@@ -163,6 +163,9 @@ class TraceSession:
             )  # fmt: skip
         except BaseException:
             self._restore_handlers()
+            if self._exec_error_pipe is not None:
+                os.close(self._exec_error_pipe)
+                self._exec_error_pipe = None
             raise
 
     def _spawn(
