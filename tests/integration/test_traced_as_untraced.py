@@ -11,7 +11,9 @@ may print, plus what the tracee's row says the tracer must say (what it cannot f
 the trace must hold the row's calls. Ctrl-C rows get SIGINT sent to the process group, as a
 terminal sends it, once they print "ready".
 
-Pointer cases (NULL, unmapped, PROT_NONE arguments) belong in TRACEES too, one row each.
+Pointer cases (NULL, unmapped, PROT_NONE arguments: the decoding tests' programs) belong in
+TRACEES too, one row each: `Tracee("bad_pointers", "../bad_pointers")` runs
+tests/fixtures/tracees/bad_pointers.c.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class Tracee:
     stdout, stderr and end."""
 
     name: str
-    program: str  # the .c file's stem
+    program: str  # the .c file's stem, in the corpus ("../NAME" for the tracer's other tests')
     arguments: tuple[str, ...] = ()
     trace_shows: tuple[str, ...] = ("KVM_GET_API_VERSION",)
     # The tracer's lines this row's runs must print (and may: no others), per mode or for all.
@@ -129,6 +131,7 @@ TRACEES = [
     Tracee("closes_fds", "closes_fds", trace_shows=("KVM_RUN", "KVM_CREATE_VM")),
     Tracee("setuid_exec", "setuid_exec", ("{setuid_copy}",), expected_end=4),
     Tracee("ctrl_c", "sigint", trace_shows=("KVM_RUN",), ctrl_c=READY_LINE),
+    # Bad pointer arguments and KVM_RUN's control bytes: rows for the decoding tests' programs.
 ]
 _QEMU = shutil.which("qemu-system-x86_64")
 QEMU_TRACEES = [
@@ -156,7 +159,9 @@ class Run:
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The corpus compiled, plus `setuid_copy`: setuid_exec owned by nobody, mode 4755."""
     directory = tmp_path_factory.mktemp("contract")
-    for source in sorted(_CORPUS.glob("*.c")):
+    # The contract's own programs, and the tracer's other test programs that rows run.
+    sources = {*_CORPUS.glob("*.c"), *(_CORPUS / f"{t.program}.c" for t in TRACEES)}
+    for source in sorted(source for source in sources if source.exists()):
         subprocess.run(
             ["gcc", "-O1", "-Wall", "-Werror", "-pthread", "-o", str(directory / source.stem),
              str(source)],
@@ -174,7 +179,7 @@ _native_runs: dict[str, Run] = {}
 
 def _argv(tracee: Tracee, corpus: Path) -> list[str]:
     arguments = [a.format(setuid_copy=corpus / "setuid_copy") for a in tracee.arguments]
-    return [tracee.executable or str(corpus / tracee.program), *arguments]
+    return [tracee.executable or str(corpus / Path(tracee.program).name), *arguments]
 
 
 def _run(command: list[str], tracee: Tracee, *, before_start: Callable[[int], None] | None = None
