@@ -19,7 +19,9 @@ import struct
 from conformance.tracer import bpf_sys
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.bpf_layout import (
+    COPIED,
     COUNTERS,
+    FIRST_RUN,
     O_COUNT,
     O_FLAGS,
     RING,
@@ -30,8 +32,9 @@ from conformance.tracer.bpf_layout import (
 )
 from conformance.tracer.bpf_programs import entry_program, exit_program
 from conformance.tracer.errors import TracerError
+from conformance.tracer.kvm_run import VcpuPage
 
-# The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: RING)
+# The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: COPIED, RING, FIRST_RUN)
 _VCPU_KEY = struct.Struct("<Ii")
 _VCPU_VALUE = struct.Struct("<QI4x")
 _TASK_KEY = struct.Struct("<I")
@@ -124,10 +127,13 @@ class KvmRunRecorder:
     def forget(self, tid: int) -> None:
         bpf_sys.delete(self._maps["tasks"], _TASK_KEY.pack(tid))
 
-    def register(self, tgid: int, fd: int, run_address: int, ring: bool) -> None:
-        """KVM_RUN on `fd` in process `tgid` copies the kvm_run at `run_address` (and the
-        ring page after it, `ring`)."""
-        value = _VCPU_VALUE.pack(run_address, RING if ring else 0)
+    def register(self, tgid: int, fd: int, page: VcpuPage) -> None:
+        """KVM_RUN on vCPU `fd` in process `tgid` copies the kvm_run at `page.run_address`
+        (and the ring page after it, `page.ring`); and stops the task when it is the VM's
+        first (`page.first_run`)."""
+        flags = (COPIED if page.run_address is not None else 0) | (RING if page.ring else 0)
+        flags |= FIRST_RUN if page.first_run else 0
+        value = _VCPU_VALUE.pack(page.run_address or 0, flags)
         bpf_sys.update(self._maps["vcpus"], _VCPU_KEY.pack(tgid, fd), value)
 
     def unregister(self, tgid: int, fd: int) -> None:

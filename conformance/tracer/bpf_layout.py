@@ -36,12 +36,18 @@ IO_DATA_OFFSET = IO + abi.kvm_run_anon0_io.data_offset.offset
 IN_RUN = 1  # state: a KVM_RUN has entered and not returned
 CLOSED = 2  # the group's last call failed: the next call starts a new group
 UNREADABLE = 4  # kvm_run could not be copied
-COPIED = 8  # the fd is a registered vCPU: the snapshot holds its kvm_run
+COPIED = 8  # the fd is a vCPU with its kvm_run registered: the snapshot holds that kvm_run
 RING = 16  # ... and its VM's coalesced MMIO ring page
 EXIT = 32  # record: the exit of the task's previous call, copied from that call's page
-THROTTLED = 64  # state: the task was sent THROTTLE_SIGNAL, the ring being half full
-THROTTLE_SIGNAL = signal.SIGSTOP
-NOT_MERGED = CLOSED | UNREADABLE | RING  # a ring's entries are read once: every call its own
+THROTTLED = 64  # state: the task was sent STOP_SIGNAL, the ring being half full
+# The VM's memory is not digested yet (tracer/guest_memory.py): the call was sent STOP_SIGNAL
+# at its entry, so that KVM returns (EINTR) before the guest runs; the tracer digests the
+# memory at that stop and runs the call again (bpf_run_exits.py).
+FIRST_RUN = 128
+STOP_SIGNAL = signal.SIGSTOP  # how the programs stop a task for the tracer (THROTTLED, FIRST_RUN)
+# A ring's entries are read once: every call its own. A first run is never merged: the tracer
+# drops that call.
+NOT_MERGED = CLOSED | UNREADABLE | RING | FIRST_RUN
 
 # The counters map (an array of one): records lost (ring full), copies that failed
 COUNTERS = struct.Struct("<QQ")

@@ -23,6 +23,11 @@ and then the previous call's exit, copied from the previous page, as an EXIT rec
 A copy that fails (bpf_probe_read_user cannot fault a page in) is flagged UNREADABLE and
 counted; a record the ring has no room for is counted as lost. When the ring is half full at a
 KVM_RUN's return, the task is sent SIGSTOP (THROTTLED), which the tracer takes back.
+
+A VM's memory is digested as it was before its guest ran (tracer/guest_memory.py): while it
+is not, its vCPUs are registered FIRST_RUN, and a KVM_RUN on one is sent SIGSTOP at its entry.
+KVM finds the signal pending before it enters the guest and returns EINTR; the tracer digests
+the memory at that stop and rewinds the call so that it runs again (bpf_run_exits.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from conformance.tracer.bpf_layout import (
     COUNTERS_UNREADABLE,
     EXIT,
     EXIT_REASON,
+    FIRST_RUN,
     IN_RUN,
     IO_CAPACITY,
     IO_COUNT,
@@ -59,7 +65,7 @@ from conformance.tracer.bpf_layout import (
     RING,
     RING_OFFSET,
     STATE_SIZE,
-    THROTTLE_SIGNAL,
+    STOP_SIGNAL,
     THROTTLED,
     UNREADABLE,
 )  # fmt: skip
@@ -98,6 +104,7 @@ def entry_program(maps: dict[str, int], ioctl: int, namespace: tuple[int, int]) 
     _copy_snapshot(asm, maps, "entry")
     asm.label("compare")
     _join_or_start_group(asm, maps)
+    _stop_a_first_run(asm)
     asm.label("out")
     asm.mov(R0, 0)
     asm.exit()
@@ -148,8 +155,7 @@ def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int,
     asm.jump_if("==", R0, 0, "page-known")  # no vCPU we know: nothing to copy
     asm.load(R1, R0, 0, 8)
     asm.store(R8, O_RUN, R1, 8)
-    asm.load(R1, R0, 8, 4)
-    asm.or_(R1, COPIED)
+    asm.load(R1, R0, 8, 4)  # COPIED (a page is registered), RING, FIRST_RUN
     asm.store(R8, O_FLAGS, R1, 4)
     asm.label("page-known")
 
@@ -260,6 +266,17 @@ def _join_or_start_group(asm: Assembler, maps: dict[str, int]) -> None:
     asm.load(R1, R9, O_FLAGS, 4)
     asm.or_(R1, IN_RUN)
     asm.store(R9, O_FLAGS, R1, 4)
+
+
+def _stop_a_first_run(asm: Assembler) -> None:
+    """The call started a group (r9): when it is its VM's first (FIRST_RUN), stop the task
+    before the guest runs. KVM sees the signal pending and returns EINTR without entering the
+    guest; the tracer digests the memory at the signal-delivery-stop and runs the call again."""
+    asm.load(R1, R9, O_FLAGS, 4)
+    asm.and_(R1, FIRST_RUN)
+    asm.jump_if("==", R1, 0, "out")
+    asm.mov(R1, STOP_SIGNAL)
+    asm.call(_SEND_SIGNAL_THREAD)
 
 
 def _copy_snapshot(asm: Assembler, maps: dict[str, int], name: str) -> None:
@@ -397,7 +414,7 @@ def exit_program(
     asm.load(R1, R7, O_FLAGS, 4)
     asm.or_(R1, THROTTLED)
     asm.store(R7, O_FLAGS, R1, 4)
-    asm.mov(R1, THROTTLE_SIGNAL)
+    asm.mov(R1, STOP_SIGNAL)
     asm.call(_SEND_SIGNAL_THREAD)
     asm.label("out")
     asm.mov(R0, 0)

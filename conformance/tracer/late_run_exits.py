@@ -26,6 +26,7 @@ from typing import Protocol
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.bpf_kvm_run import KvmRunRecorder
 from conformance.tracer.bpf_run_exits import BpfRunExits
+from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.kvm_run_loop import KvmRunLoop, RunRecord
@@ -58,6 +59,7 @@ class RunExits(Protocol):
 
 def late_run_exits(handler: TraceHandler, source: LateExitSource, pid: int) -> RunExits:
     if isinstance(source, KvmRunRecorder):
+        assert isinstance(handler, RegisteringHandler)  # tracing.py wraps the Recorder so
         return BpfRunExits(handler, source, pid)
     return LateRunExits(handler, source, pid)
 

@@ -38,10 +38,11 @@ from conformance.model.events import (
     TaskStarted,
 )
 from conformance.model.fd_roles import FdTable, KvmObject, RoleNames
+from conformance.tracer import guest_memory
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.fdtable import adopt_open_fds, is_kvm_device_node, kvm_fd_link
 from conformance.tracer.kvm_calls import KvmCallDecoder, PendingIoctl
-from conformance.tracer.kvm_run import RunMappings, adopt_run_mappings
+from conformance.tracer.kvm_run import RunMappings, VcpuPage, adopt_run_mappings
 from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES
 from conformance.tracer.stops import SyscallStop, TaskKind
 from conformance.tracer.syscall_args import read_c_string, signed_int
@@ -100,19 +101,27 @@ class Recorder:
         adopt_run_mappings(pid, process.fds, process.mappings)
         self.opened_kvm = self.opened_kvm or process.fds.has_kvm_objects()
 
-    def kvm_run_page(self, tid: int, fd: int) -> tuple[int, bool] | None:
-        """Where `fd`'s vCPU has its kvm_run in `tid`'s process, and whether its VM's coalesced
-        MMIO ring is read at exits too; None when `fd` is no vCPU there or kvm_run is not
-        mapped. What a reader of exits that does not stop at KVM_RUN must copy (bpf_vcpu_pages.py).
-        """
+    def vcpu_page(self, tid: int, fd: int) -> VcpuPage | None:
+        """What a reader of exits that does not stop at KVM_RUN must know of `fd` in `tid`'s
+        process (bpf_vcpu_pages.py); None when `fd` is no vCPU there, or one with neither a
+        kvm_run mapped nor a first run to come."""
+        vcpu = self.vcpu(tid, fd)
         process = self._processes.get(tid)
-        vcpu = process.fds.get(fd) if process is not None else None
-        if process is None or vcpu is None or vcpu.kind != "vcpu":
+        if vcpu is None or process is None:
             return None
         mapping = process.mappings.by_vcpu.get(vcpu)
-        if mapping is None or mapping.run_address is None:
+        run_address = mapping.run_address if mapping is not None else None
+        vm = vcpu.vm
+        first_run = vm is not None and guest_memory.to_digest(vm)
+        if run_address is None and not first_run:
             return None
-        return mapping.run_address, vcpu.vm is not None and vcpu.vm.coalesced_mmio
+        return VcpuPage(run_address, vm is not None and vm.coalesced_mmio, first_run)
+
+    def vcpu(self, tid: int, fd: int) -> KvmObject | None:
+        """The vCPU `fd` names in `tid`'s process, if it names one."""
+        process = self._processes.get(tid)
+        vcpu = process.fds.get(fd) if process is not None else None
+        return vcpu if vcpu is not None and vcpu.kind == "vcpu" else None
 
     # --- session.TraceHandler -----------------------------------------------------------------
 

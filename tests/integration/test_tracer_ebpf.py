@@ -7,6 +7,7 @@ tiny-bios. Pinned and without ASLR where it matters, as test_tracer_fastpath.py 
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -81,6 +82,22 @@ def test_the_recorder_equals_one_stop_on_qemu_running_a_guest() -> None:
     recorded, stopped = _both(argv)
     assert_same_but_run_to_run_values(recorded, stopped)
     assert "KVM_EXIT_IO" in recorded and "coalesced_mmio" in recorded
+
+
+def test_a_vms_first_kvm_run_is_seen_by_the_vmm_once_with_its_own_result() -> None:
+    """The recorder stops a VM's first KVM_RUN with a signal to digest the memory before the
+    guest runs, and runs the interrupted call again. A first call made with immediate_exit set
+    fails with EINTR untraced: traced, the VMM sees that one EINTR (its exit status says what
+    each call returned), the memory digest is the stopped trace's, and so is everything else."""
+    argv = [sys.executable, str(_TRACEES / "first_run_interrupted.py")]
+    untraced = subprocess.run(argv, check=False).returncode
+    recorded, stopped = _both(argv)
+    assert recorded == stopped
+    assert recorded.startswith(f"exit status {untraced}\n")
+    assert untraced == 10 * errno.EINTR + errno.EINTR
+    assert "guest_memory" in recorded and recorded.count("errno: EINTR") == stopped.count(
+        "errno: EINTR"
+    )
 
 
 def test_a_half_full_ring_stops_the_vmm_until_the_tracer_has_read_it(
