@@ -56,8 +56,13 @@ class KvmRunRecordsLost(TracerError):
 class KvmRunRecorder:
     """The programs attached, their maps, and what the tracer tells them."""
 
-    def __init__(self, maps: dict[str, int], programs: list[int], ring: bpf_sys.RingBuffer,
-                 namespace: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        maps: dict[str, int],
+        programs: list[int],
+        ring: bpf_sys.RingBuffer,
+        namespace: tuple[int, int],
+    ) -> None:
         self._maps = maps
         self._programs = programs
         self._attachments: list[int] = []
@@ -75,24 +80,33 @@ class KvmRunRecorder:
         maps: dict[str, int] = {}
         programs: list[int] = []
         try:
-            maps["tasks"] = bpf_sys.create_map(bpf_sys.MAP_HASH, _TASK_KEY.size, STATE_SIZE,
-                                               _MAX_TASKS, flags=bpf_sys.NO_PREALLOC,
-                                               name="kvmc_tasks")  # fmt: skip
-            maps["vcpus"] = bpf_sys.create_map(bpf_sys.MAP_HASH, _VCPU_KEY.size,
-                                               _VCPU_VALUE.size, _MAX_VCPUS,
-                                               name="kvmc_vcpus")  # fmt: skip
-            maps["scratch"] = bpf_sys.create_map(bpf_sys.MAP_PERCPU_ARRAY, 4, STATE_SIZE, 1,
-                                                 name="kvmc_scratch")  # fmt: skip
-            maps["counters"] = bpf_sys.create_map(bpf_sys.MAP_ARRAY, 4, COUNTERS.size, 1,
-                                                  name="kvmc_counters")  # fmt: skip
-            maps["ring"] = bpf_sys.create_map(bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes,
-                                              name="kvmc_ring")  # fmt: skip
-            for tracepoint, code in zip(_TRACEPOINTS, (
+            maps["tasks"] = bpf_sys.create_map(
+                bpf_sys.MAP_HASH,
+                _TASK_KEY.size,
+                STATE_SIZE,
+                _MAX_TASKS,
+                flags=bpf_sys.NO_PREALLOC,
+                name="kvmc_tasks",
+            )
+            maps["vcpus"] = bpf_sys.create_map(
+                bpf_sys.MAP_HASH, _VCPU_KEY.size, _VCPU_VALUE.size, _MAX_VCPUS, name="kvmc_vcpus"
+            )
+            maps["scratch"] = bpf_sys.create_map(
+                bpf_sys.MAP_PERCPU_ARRAY, 4, STATE_SIZE, 1, name="kvmc_scratch"
+            )
+            maps["counters"] = bpf_sys.create_map(
+                bpf_sys.MAP_ARRAY, 4, COUNTERS.size, 1, name="kvmc_counters"
+            )
+            maps["ring"] = bpf_sys.create_map(
+                bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes, name="kvmc_ring"
+            )
+            codes = (
                 entry_program(maps, ioctl, namespace),
                 exit_program(maps, ioctl, namespace, ring_bytes),
-            ), strict=True):  # fmt: skip
-                programs.append(bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code,
-                                                     name=f"kvmc_{tracepoint}"))  # fmt: skip
+            )
+            for tracepoint, code in zip(_TRACEPOINTS, codes, strict=True):
+                name = f"kvmc_{tracepoint}"
+                programs.append(bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code, name=name))
             ring = bpf_sys.RingBuffer(maps["ring"], ring_bytes)
         except OSError as error:
             for fd in (*programs, *maps.values()):

@@ -15,10 +15,19 @@ from dataclasses import dataclass
 from conformance.abi import _generated as abi
 from conformance.tracer.kvm_run import HEADER_SIZE, PAGE_SIZE
 
-META = struct.Struct("<IIiIQQqQII")  # tgid tid fd flags arg count last_ret run io_length size
-O_TGID, O_TID, O_FD, O_FLAGS, O_ARG, O_COUNT, O_RET, O_RUN, O_IO_LENGTH, O_SIZE = (
-    0, 4, 8, 12, 16, 24, 32, 40, 48, 52,
-)  # fmt: skip
+_META_CODES = "IIiIQQqQII"  # tgid tid fd flags arg count last_ret run io_length size
+META = struct.Struct(f"<{_META_CODES}")
+
+
+def _offsets(codes: str) -> list[int]:
+    """Where each field of a packed struct of `codes` (struct module codes) starts."""
+    sizes = [struct.calcsize(f"<{code}") for code in codes]
+    return [sum(sizes[:index]) for index in range(len(sizes))]
+
+
+O_TGID, O_TID, O_FD, O_FLAGS, O_ARG, O_COUNT, O_RET, O_RUN, O_IO_LENGTH, O_SIZE = _offsets(
+    _META_CODES
+)
 O_HEADER = 64
 IO_CAPACITY = PAGE_SIZE  # KVM's PIO data is one page
 O_IO = O_HEADER + HEADER_SIZE

@@ -99,8 +99,7 @@ def entry_program(maps: dict[str, int], ioctl: int, namespace: tuple[int, int]) 
     return asm.assemble()
 
 
-def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int,
-              namespace: tuple[int, int]) -> None:  # fmt: skip
+def _new_call(asm: Assembler, maps: dict[str, int], ioctl: int, namespace: tuple[int, int]) -> None:
     """A KVM_RUN of a traced task (else to "out"): r9 its state; r8 this CPU's scratch record
     with the call's tid, tgid, fd, argument and, for a registered vCPU, its page and flags."""
     asm.load(R2, R1, ARG_ID_OR_RET, 8)

@@ -206,23 +206,39 @@ class BpfRunExits:
             self._deliver(group, group.count - 1, 0, group.snapshot)
         self._waiting_exit[group.tid] = _Call(group)
 
-    def _deliver(self, group: Group, repeat: int, ret: int, exit_snapshot: Snapshot | None, *,
-                 live: bool = False) -> None:  # fmt: skip
+    def _deliver(
+        self,
+        group: Group,
+        repeat: int,
+        ret: int,
+        exit_snapshot: Snapshot | None,
+        *,
+        live: bool = False,
+    ) -> None:
         """`repeat` calls of `group` returning `ret`, their exit in `exit_snapshot` (None: the
         fd is no registered vCPU, nothing was copied) or, `live`, in the stopped task."""
         self.recorded_calls += repeat
         args = (group.fd, KVM_RUN, group.arg, 0, 0, 0)
         entry_memory = group.snapshot.memory() if group.snapshot is not None else {}
-        entry = RecordedStop(group.tid, group.tgid, self._ioctl_number, args, 0,
-                             memory=entry_memory)  # fmt: skip
+        tid, tgid, nr = group.tid, group.tgid, self._ioctl_number
+        entry = RecordedStop(
+            tid=tid, tgid=tgid, nr=nr, args=args, instruction_pointer=0, memory=entry_memory
+        )
         if not self._handler.on_syscall_entry(entry):
             return
         if live:
-            stop = SyscallStop(group.tid, group.tgid, self._ioctl_number, args, 0)
+            stop = SyscallStop(tid=tid, tgid=tgid, nr=nr, args=args, instruction_pointer=0)
         else:
             memory = exit_snapshot.memory() if exit_snapshot is not None else {}
-            stop = RecordedStop(group.tid, group.tgid, self._ioctl_number, args, 0,
-                                repeat=repeat, memory=memory)  # fmt: skip
+            stop = RecordedStop(
+                tid=tid,
+                tgid=tgid,
+                nr=nr,
+                args=args,
+                instruction_pointer=0,
+                repeat=repeat,
+                memory=memory,
+            )
         stop.return_value = ret
         self._handler.on_syscall_exit(stop)
 

@@ -42,8 +42,10 @@ class RegisteringHandler:
     def __init__(self, recorder: Recorder, kvm_runs: KvmRunRecorder) -> None:
         self._recorder = recorder
         self._kvm_runs = kvm_runs
-        self._names = {backend.syscall_number(name): name
-                       for name in (*_FD_RESULTS, "mmap", "madvise", "mprotect")}  # fmt: skip
+        self._names = {
+            backend.syscall_number(name): name
+            for name in (*_FD_RESULTS, "mmap", "madvise", "mprotect")
+        }
         self._ioctl = backend.syscall_number("ioctl")
         self._candidates: dict[int, set[int]] = {}  # tgid -> fds that may name a vCPU
         self._registered: dict[int, dict[int, VcpuPage]] = {}  # tgid -> fd -> page
