@@ -7,6 +7,7 @@ and the gate, which `trace` must not pay for at start-up.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,10 +29,7 @@ exit status:
 
 
 def version() -> str:
-    """This installation's version, as pip installed it (importlib.metadata imported when
-    asked: it was a third of `trace`'s start-up)."""
-    import importlib.metadata  # noqa: PLC0415 - with email, zipfile, pathlib: ~1/3 of start-up
-
+    """This installation's version, as pip installed it."""
     try:
         return importlib.metadata.version("kvm-conformance")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
@@ -40,8 +38,6 @@ def version() -> str:
 
 def project_url(label: str) -> str | None:
     """A URL of [project.urls] (Homepage, Documentation), as the installed metadata has it."""
-    import importlib.metadata  # noqa: PLC0415 - with email, zipfile, pathlib: ~1/3 of start-up
-
     try:
         listed = importlib.metadata.metadata("kvm-conformance").get_all("Project-URL") or []
     except importlib.metadata.PackageNotFoundError:
@@ -54,24 +50,9 @@ def project_url(label: str) -> str | None:
 
 
 def add_version_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", action=_PrintVersion, help="print the version")
-
-
-class _PrintVersion(argparse.Action):
-    """argparse's "version" action, the version looked up only when asked for."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: object,
-        option_string: str | None = None,
-    ) -> None:
-        print(f"{parser.prog} {version()}")  # on stdout, as argparse's own action does
-        parser.exit()
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
+    )
 
 
 def add_command(
