@@ -14,15 +14,30 @@ import ctypes
 import errno as errno_codes
 import os
 import struct
+import sys
+import types
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from ptrace import PtraceError
-from ptrace.binding import func as _ptrace
-from ptrace.binding.linux_struct import siginfo, user_regs_struct
 
-from conformance.abi._generated import SYSCALL_NUMBERS
-from conformance.tracer.errors import (
+def _give_python_ptrace_our_libc() -> None:
+    """python-ptrace's ptrace.ctypes_libc finds the C library with ctypes.util.find_library,
+    which runs `ldconfig -p` in a subprocess and parses its output: ~20 ms of CPU (~50 ms of
+    wall time on a loaded host) of every trace's start-up. dlopen(NULL) is the C library the
+    interpreter already links, with the same ptrace(); the module is given that instead."""
+    module = types.ModuleType("ptrace.ctypes_libc")
+    module.libc = ctypes.CDLL(None, use_errno=True)  # type: ignore[attr-defined]
+    sys.modules.setdefault("ptrace.ctypes_libc", module)
+
+
+_give_python_ptrace_our_libc()
+
+from ptrace import PtraceError  # noqa: E402 (after our libc is given to python-ptrace)
+from ptrace.binding import func as _ptrace  # noqa: E402
+from ptrace.binding.linux_struct import siginfo, user_regs_struct  # noqa: E402
+
+from conformance.abi._generated import SYSCALL_NUMBERS  # noqa: E402
+from conformance.tracer.errors import (  # noqa: E402
     PtraceCallError,
     PtracePermissionError,
     TaskGoneError,
