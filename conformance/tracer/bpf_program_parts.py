@@ -14,6 +14,7 @@ from conformance.tracer.bpf_layout import COUNTERS_LOST, O_HEADER, O_SIZE, STATE
 
 # Helpers (<linux/bpf.h>, enum bpf_func_id)
 MAP_LOOKUP_ELEM = 1
+GET_CURRENT_PID_TGID = 14
 GET_NS_CURRENT_PID_TGID = 120
 PROBE_READ_USER = 112
 PROBE_READ_KERNEL = 113
@@ -27,13 +28,21 @@ REGS_DX, REGS_SI, REGS_DI, REGS_ORIG_AX = 96, 104, 112, 120
 # The raw tracepoints' arguments: sys_enter(struct pt_regs *, long id), sys_exit(regs, long ret)
 ARG_REGS, ARG_ID_OR_RET = 0, 8
 STACK_TASK = -80  # struct bpf_pidns_info
+PROC_PID_INIT_INO = 0xEFFFFFFC  # <linux/proc_ns.h>: the initial PID namespace's inode
 
 
 def current_task(asm: Assembler, namespace: tuple[int, int]) -> None:
     """r0 = tid | tgid << 32 of the running task as the tracer's PID namespace numbers it (the
     tracer's tids; the kernel's global ones differ in a container), or to "out" when the task is
-    in another namespace (not ours to trace)."""
+    in another namespace (not ours to trace).
+
+    In the initial namespace (the usual case outside containers) the tracer's tids are the
+    kernel's: bpf_get_current_pid_tgid, several times cheaper, says the same, and a task of
+    another namespace is never in the tasks map (follow() refuses it)."""
     device, inode = namespace
+    if inode == PROC_PID_INIT_INO:
+        asm.call(GET_CURRENT_PID_TGID)
+        return
     asm.load_imm64(R1, device)
     asm.load_imm64(R2, inode)
     asm.mov(R3, reg(R10))

@@ -162,6 +162,25 @@ def test_a_task_in_another_pid_namespace_is_refused_by_name() -> None:
     assert outcome.exit_status == 0 and outcome.one_stop_kvm_run
 
 
+def test_a_tracer_in_a_pid_namespace_of_its_own_records_as_a_stop_does() -> None:
+    """In a container the tracer's PID namespace is not the initial one: the programs then name
+    tasks as that namespace does (bpf_get_ns_current_pid_tgid; in the initial one they take the
+    kernel's own ids, which are the same there), and record what a stop per KVM_RUN sees."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from test_tracer_fastpath import _scenario, normalized; "
+        "recorded = normalized(_scenario('hello'), fast_path=True, ebpf=True); "
+        "stopped = normalized(_scenario('hello'), fast_path=True, ebpf=False); "
+        "print(recorded == stopped, 'KVM_EXIT_IO' in recorded)"
+    )
+    completed = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script,
+         str(Path(__file__).parent)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert completed.stdout.split() == ["True", "True"], completed.stderr[-2000:]
+
+
 def test_the_recorder_merges_identical_exits_in_the_kernel_and_loses_none() -> None:
     """exits-100k: 100,000 identical IO exits stay one group in the kernel, reach Python as a
     few events whose repeat counts add up, then the debug-exit one."""

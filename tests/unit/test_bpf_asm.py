@@ -217,7 +217,8 @@ int main(void) {
            offsetof(union bpf_attr, raw_tracepoint.prog_fd));
     printf("%zu %zu %zu %zu\n", offsetof(struct pt_regs, rdx), offsetof(struct pt_regs, rsi),
            offsetof(struct pt_regs, rdi), offsetof(struct pt_regs, orig_rax));
-    printf("%d %d %d %d %d %d %d\n", BPF_FUNC_map_lookup_elem, BPF_FUNC_get_ns_current_pid_tgid,
+    printf("%d %d %d %d %d %d %d %d\n", BPF_FUNC_map_lookup_elem,
+           BPF_FUNC_get_ns_current_pid_tgid, BPF_FUNC_get_current_pid_tgid,
            BPF_FUNC_probe_read_user, BPF_FUNC_probe_read_kernel, BPF_FUNC_ringbuf_output,
            BPF_FUNC_send_signal_thread, BPF_FUNC_ringbuf_query);
     printf("%d %d %d %d %d\n", BPF_RB_NO_WAKEUP, BPF_RB_AVAIL_DATA, BPF_RINGBUF_HDR_SZ,
@@ -244,7 +245,8 @@ def test_the_copied_constants_are_the_installed_headers(tmp_path: Path) -> None:
         s._ATTR_SIZE, s._MAP_NAME_OFFSET, s._PROG_NAME_OFFSET, s._TEST_RUN.size - 8,
         s._RAW_TRACEPOINT_OPEN.size - 4,
         k.REGS_DX, k.REGS_SI, k.REGS_DI, k.REGS_ORIG_AX,
-        k.MAP_LOOKUP_ELEM, k.GET_NS_CURRENT_PID_TGID, k.PROBE_READ_USER, k.PROBE_READ_KERNEL,
+        k.MAP_LOOKUP_ELEM, k.GET_NS_CURRENT_PID_TGID, k.GET_CURRENT_PID_TGID, k.PROBE_READ_USER,
+        k.PROBE_READ_KERNEL,
         k.RINGBUF_OUTPUT, k.SEND_SIGNAL_THREAD, k.RINGBUF_QUERY,
         k.RB_NO_WAKEUP, k.RB_AVAIL_DATA, s.RINGBUF_HEADER_SIZE, bpf_asm._PSEUDO_MAP_FD,
         bpf_asm._ATOMIC_ADD,
