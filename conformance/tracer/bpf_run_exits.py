@@ -86,8 +86,6 @@ class BpfRunExits:
         """KVM_RUN calls the recorder saw."""
         self.throttle_stops = 0
         """Stops the recorder made so that the tracer reads a half-full ring."""
-        self.first_run_restarts = 0
-        """VMs' first KVM_RUNs stopped before the guest ran (EINTR) and run again."""
 
     def follow(self, tid: int) -> None:
         self._recorder.follow(tid)
@@ -192,7 +190,6 @@ class BpfRunExits:
                 return False
         except TaskGoneError:
             return False
-        self.first_run_restarts += 1
         call = self._waiting_exit.pop(tid, None)
         if call is not None:
             self._deliver(call.group, 1, call.group.last_ret, group.snapshot)
