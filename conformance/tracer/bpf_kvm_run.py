@@ -15,6 +15,7 @@ import ctypes
 import errno as errno_codes
 import os
 import struct
+from dataclasses import dataclass
 
 from conformance.tracer import bpf_sys
 from conformance.tracer import ptrace_backend as backend
@@ -32,7 +33,6 @@ from conformance.tracer.bpf_layout import (
 )
 from conformance.tracer.bpf_programs import entry_program, exit_program
 from conformance.tracer.errors import TracerError
-from conformance.tracer.kvm_run import VcpuPage
 
 # The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: COPIED, RING, FIRST_RUN)
 _VCPU_KEY = struct.Struct("<Ii")
@@ -47,6 +47,17 @@ _MAX_VCPUS = 1 << 12
 # kernel maps the ring's pages in whole, twice, into the tracer: 2 MiB of its RSS (4 MiB made
 # the tracer's peak RSS 27 MiB instead of 19).
 RING_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuPage:
+    """What the programs are told of a vCPU fd (bpf_vcpu_pages.py): where its kvm_run is
+    mapped (None: nowhere yet), whether its VM's coalesced MMIO ring is copied too, and whether
+    its VM's guest has not run yet (its first KVM_RUN is stopped: bpf_run_exits.py)."""
+
+    run_address: int | None
+    ring: bool
+    first_run: bool
 
 
 class KvmRunRecordsLost(TracerError):

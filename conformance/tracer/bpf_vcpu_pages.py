@@ -2,9 +2,10 @@
 
 The recorder's program copies kvm_run at each KVM_RUN from the address registered for the
 call's (process, fd). What is a vCPU fd and where its kvm_run is mapped, the Recorder knows
-(its fd tables and mappings, Recorder.vcpu_page); this handler wraps it and, after every
-call that can change that (any traced syscall but KVM_RUN, an exec, a fork), brings the
-registrations of that process up to date, while the task that made the call is still stopped.
+(its fd tables and mappings: Recorder.vcpu, Recorder.run_address); this handler wraps it and,
+after every call that can change that (any traced syscall but KVM_RUN, an exec, a fork),
+brings the registrations of that process up to date, while the task that made the call is
+still stopped.
 The fds asked about are the ones the process's calls returned or mapped (an ioctl's or dup's
 result, an mmap's fd): a vCPU fd is always one of those.
 
@@ -25,10 +26,10 @@ from __future__ import annotations
 
 from conformance.tracer import guest_memory, tracee_memory
 from conformance.tracer import ptrace_backend as backend
-from conformance.tracer.bpf_kvm_run import KvmRunRecorder
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder, VcpuPage
 from conformance.tracer.errors import MemoryReadError, PtraceCallError
 from conformance.tracer.kvm_calls import KVM_RUN
-from conformance.tracer.kvm_run import PAGE_SIZE, VcpuPage
+from conformance.tracer.kvm_run import PAGE_SIZE
 from conformance.tracer.recorder import Recorder
 from conformance.tracer.stops import SyscallStop, TaskKind
 
@@ -101,10 +102,23 @@ class RegisteringHandler:
         for tgid in self._registered:
             self._sync(tgid, fault_all=False)
 
+    def _page(self, tgid: int, fd: int) -> VcpuPage | None:
+        """What the programs must know of `fd` in process `tgid`; None when it is no vCPU
+        there, or one with neither a kvm_run mapped nor a first run to stop."""
+        vcpu = self._recorder.vcpu(tgid, fd)
+        if vcpu is None:
+            return None
+        run_address = self._recorder.run_address(tgid, vcpu)
+        vm = vcpu.vm
+        first_run = vm is not None and guest_memory.to_digest(vm)
+        if run_address is None and not first_run:
+            return None
+        return VcpuPage(run_address, vm is not None and vm.coalesced_mmio, first_run)
+
     def _sync(self, tgid: int, *, fault_all: bool) -> None:
         registered = self._registered.setdefault(tgid, {})
         for fd in sorted(self._candidates.get(tgid, ())):
-            page = self._recorder.vcpu_page(tgid, fd)
+            page = self._page(tgid, fd)
             if page == registered.get(fd):
                 if page is not None and fault_all:
                     _fault_in(tgid, page)

@@ -130,18 +130,6 @@ class RunMappings:
 
 
 @dataclass(frozen=True, slots=True)
-class VcpuPage:
-    """What a reader of exits that does not stop at KVM_RUN (the eBPF recorder) must know of a
-    vCPU fd: where its kvm_run is mapped (None: nowhere yet), whether its VM's coalesced MMIO
-    ring is read at exits too, and whether its VM's guest has not run yet (its memory is to be
-    digested before: tracer/guest_memory.py)."""
-
-    run_address: int | None
-    ring: bool
-    first_run: bool
-
-
-@dataclass(frozen=True, slots=True)
 class _Answer:
     """What the VMM must write into kvm_run before the next KVM_RUN: member, offset, size."""
 

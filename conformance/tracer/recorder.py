@@ -38,11 +38,10 @@ from conformance.model.events import (
     TaskStarted,
 )
 from conformance.model.fd_roles import FdTable, KvmObject, RoleNames
-from conformance.tracer import guest_memory
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.fdtable import adopt_open_fds, is_kvm_device_node, kvm_fd_link
 from conformance.tracer.kvm_calls import KvmCallDecoder, PendingIoctl
-from conformance.tracer.kvm_run import RunMappings, VcpuPage, adopt_run_mappings
+from conformance.tracer.kvm_run import RunMappings, adopt_run_mappings
 from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES
 from conformance.tracer.stops import SyscallStop, TaskKind
 from conformance.tracer.syscall_args import read_c_string, signed_int
@@ -101,27 +100,17 @@ class Recorder:
         adopt_run_mappings(pid, process.fds, process.mappings)
         self.opened_kvm = self.opened_kvm or process.fds.has_kvm_objects()
 
-    def vcpu_page(self, tid: int, fd: int) -> VcpuPage | None:
-        """What a reader of exits that does not stop at KVM_RUN must know of `fd` in `tid`'s
-        process (bpf_vcpu_pages.py); None when `fd` is no vCPU there, or one with neither a
-        kvm_run mapped nor a first run to come."""
-        vcpu = self.vcpu(tid, fd)
-        process = self._processes.get(tid)
-        if vcpu is None or process is None:
-            return None
-        mapping = process.mappings.by_vcpu.get(vcpu)
-        run_address = mapping.run_address if mapping is not None else None
-        vm = vcpu.vm
-        first_run = vm is not None and guest_memory.to_digest(vm)
-        if run_address is None and not first_run:
-            return None
-        return VcpuPage(run_address, vm is not None and vm.coalesced_mmio, first_run)
-
     def vcpu(self, tid: int, fd: int) -> KvmObject | None:
         """The vCPU `fd` names in `tid`'s process, if it names one."""
         process = self._processes.get(tid)
         vcpu = process.fds.get(fd) if process is not None else None
         return vcpu if vcpu is not None and vcpu.kind == "vcpu" else None
+
+    def run_address(self, tid: int, vcpu: KvmObject) -> int | None:
+        """Where `vcpu`'s kvm_run is mapped in `tid`'s process (None: it is not)."""
+        process = self._processes.get(tid)
+        mapping = process.mappings.by_vcpu.get(vcpu) if process is not None else None
+        return mapping.run_address if mapping is not None else None
 
     # --- session.TraceHandler -----------------------------------------------------------------
 
