@@ -29,7 +29,7 @@ from conformance.tracer.bpf_layout import (
     parse,
 )
 from conformance.tracer.bpf_programs import entry_program, exit_program
-from conformance.tracer.errors import TracerError
+from conformance.tracer.errors import TracerError, TracerFailure
 
 # The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: RING)
 _VCPU_KEY = struct.Struct("<Ii")
@@ -46,7 +46,7 @@ _MAX_VCPUS = 1 << 12
 RING_BYTES = 1 << 20
 
 
-class KvmRunRecordsLost(TracerError):
+class KvmRunRecordsLost(TracerFailure):
     """The eBPF recorder could not keep every KVM_RUN: the trace is incomplete."""
 
 
