@@ -98,15 +98,10 @@ def read_inputs(
 def read_outputs(
     spec: IoctlSpec, stop: SyscallStop, address: int, vm: KvmObject | None, *, failed: bool
 ) -> ArgumentRead:
-    """What the kernel wrote to the argument, at syscall exit. After a failure only a variable
-    struct's header, where the kernel writes back the count it needs (E2BIG): a fixed one holds
-    what the VMM left there, not an answer."""
+    """What the kernel wrote to the argument, at syscall exit; after a failure, no entries (the
+    header may hold the count the kernel needs: E2BIG)."""
     if not decodes_pointer(spec) or spec.direction not in _KERNEL_WRITES:
         return _NOTHING
-    if failed and spec.arg_kind is not ArgKind.VARIABLE:
-        size = ctypes.sizeof(spec.struct) if spec.struct is not None else spec.size
-        readable = len(stop.read_prefix(address, size))  # whether the pointer was a bad one
-        return ArgumentRead(None, readable if readable < size else None)
     return _read(spec, stop, address, vm, with_entries=not failed)
 
 
