@@ -325,3 +325,33 @@ def test_a_tracer_failure_exits_125_and_says_so(bad_pointers: str) -> None:
     assert (result.returncode, result.stdout) == (125, native.stdout)
     assert "kvm-conformance: the tracer failed:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_attached_tracers_failure_detaches_and_the_program_runs_on(bad_pointers: str) -> None:
+    native = _native([bad_pointers])
+    tracee = subprocess.Popen(
+        [bad_pointers, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert tracee.stdin is not None and tracee.stdout is not None
+    assert tracee.stdout.readline() == "ready\n"
+    stdin = tracee.stdin
+
+    def go_once_traced() -> None:
+        deadline = time.monotonic() + 10
+        while _tracer_of(tracee.pid) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stdin.write("go\n")
+        stdin.close()
+
+    def fail_at_the_first_ioctl(event: Event) -> None:
+        if isinstance(event, Ioctl):
+            raise OSError(28, "No space left on device")
+
+    starter = threading.Thread(target=go_once_traced)
+    starter.start()
+    with pytest.warns(RuntimeWarning), pytest.raises(TracerFailure) as failure:
+        attach(tracee.pid, fail_at_the_first_ioctl)
+    starter.join()
+    assert "was detached and runs on untraced" in str(failure.value)
+    assert tracee.stdout.read() == native.stdout  # every line, untraced after the failure
+    assert tracee.wait(timeout=10) == 0
