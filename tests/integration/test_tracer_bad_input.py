@@ -257,8 +257,10 @@ def test_a_run_that_never_reached_the_guest_records_no_exit(run_controls: str, m
     native = _native([run_controls])
     outcome, events, printed = _traced([run_controls], **MODES[mode])
     assert (outcome.exit_status, printed) == (0, native.stdout)
-    if mode == "full":
-        assert outcome.ebpf_kvm_run
+    if mode == "full":  # every KVM_RUN recorded by the eBPF programs, none stopped at
+        assert outcome.ebpf_kvm_run and outcome.recorded_calls == 8
+    elif mode == "full-no-ebpf":  # the compiled loop took every run after the first
+        assert outcome.one_stop_kvm_run and outcome.compiled_loop_calls == 7
     runs = _runs(events)
     assert [run.errno for run in runs] == [None, 4, 4, None, 4, None, None, 4]
     reasons = [run.run_exit["exit_reason"] if run.run_exit else None for run in runs]
