@@ -98,8 +98,14 @@ class _UntilItFails:
             self._failed(error)
             return False
 
-    def on_syscall_exit(self, stop: SyscallStop) -> None:
-        self._call("on_syscall_exit", stop)
+    def on_syscall_exit(self, stop: SyscallStop) -> None:  # as often as entries: no getattr
+        try:
+            if self._handler is not None:
+                self._handler.on_syscall_exit(stop)
+        except TaskGoneError:
+            raise
+        except Exception as error:  # any failure of ours must spare the program
+            self._failed(error)
 
     def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
         self._call("on_new_task", parent_tid, child_tid, kind)

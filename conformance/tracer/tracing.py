@@ -131,7 +131,7 @@ def trace(
         recorder.started(pid)
         result = session.run()
         _raise_if_failed(session, argv[0], result)
-        recorder.finish()
+        _finish(recorder, argv[0], result)
         late.check_nothing_lost()
     return TraceOutcome(
         result, session.seccomp_fast_path, recorder.opened_kvm, counter.count, argv[0], kvm_run,
@@ -168,7 +168,7 @@ def attach(
     recorder.adopt(pid)  # after seizing: the threads are being stopped, the fds hold still
     result = session.run()
     _raise_if_failed(session, _command_of(pid), result)
-    recorder.finish()
+    _finish(recorder, _command_of(pid), result)
     return TraceOutcome(
         result, False, recorder.opened_kvm, counter.count, _command_of(pid), kvm_run
     )
@@ -184,6 +184,19 @@ def _raise_if_failed(session: TraceSession, command: str, result: TraceResult) -
         how = "untraced" if not session.seccomp_fast_path else "with nothing more recorded"
         ended = f"{command} ran on {how} and exited with status {result.shell_status}"
     raise TracerFailure(f"the tracer failed: {session.failure}; the trace stops there; {ended}")
+
+
+def _finish(recorder: Recorder, command: str, result: TraceResult) -> None:
+    """The recorder's last events (summary mode's counters); its failure is the tracer's."""
+    try:
+        recorder.finish()
+    except TracerError:
+        raise
+    except Exception as error:
+        raise TracerFailure(
+            f"the tracer failed at the trace's end: {type(error).__name__}: {error}; "
+            f"{command} exited with status {result.shell_status}"
+        ) from error
 
 
 @dataclass
