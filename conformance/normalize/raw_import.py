@@ -37,6 +37,7 @@ _INT = "tag:yaml.org,2002:int"
 _MAX_BYTE = 0xFF
 _SHORT_BYTES = 16  # byte data up to this long is a list of bytes, longer `hex:...`
 _NULL = "NULL"
+_OR_NULL = {"arg": " or NULL"}
 
 
 class RawTraceError(ConformanceError):
@@ -157,12 +158,17 @@ def _event(call: _RawCall, pid: int, path: Path) -> events.Event:
         values["request"] = spec.number if spec is not None else request
         if values.get("arg") == _NULL:
             values["arg"] = 0
+        for key in ("arg", "readable", "fd"):
+            if key in values and not isinstance(values[key], int):
+                raise _error(path, call.line, f"`{key}` must be an integer" + _OR_NULL.get(key, ""))
     elif kind in (events.OpenKvm, events.DupFd):
         values["syscall"] = name
     if issubclass(kind, events.Call):
         errno = values.setdefault("errno", None)
         if isinstance(errno, str):
             errno = values["errno"] = _errno_number(errno, path, call.line)
+        elif errno is not None and not isinstance(errno, int):
+            raise _error(path, call.line, "`errno` must be an errno name or number")
         values.setdefault("ret", -errno if isinstance(errno, int) else 0)
     for name_of_field in _OPTIONAL[kind]:  # the raw stream leaves out what is None
         values.setdefault(name_of_field, None)

@@ -58,10 +58,10 @@ class RecordedStop(SyscallStop):
         return [self._copied(address, size) for address, size in ranges]
 
     def read_prefix(self, address: int, size: int) -> bytes:
-        try:
-            return self._copied(address, size)
-        except MemoryReadError:
-            return b""
+        for base, data in self.memory.items():
+            if base <= address < base + len(data):
+                return data[address - base : address - base + size]
+        return b""
 
     def _copied(self, address: int, size: int) -> bytes:
         for base, data in self.memory.items():
