@@ -172,10 +172,8 @@ class Normalizer:
             spec.arg_kind is ArgKind.INTEGER or (spec.arg_kind is ArgKind.NONE and event.arg)
         ):
             entry["arg"] = symbolic.ioctl_argument(request, event.arg)
-        elif spec is not None and event.arg == 0 and spec.arg_kind is not ArgKind.NONE:
-            entry["arg"] = symbolic.NULL  # a null pointer (the kernel answers EFAULT)
         elif event.readable is not None:  # a pointer the tracer could not read whole
-            entry["arg"] = symbolic.UNREADABLE
+            entry["arg"] = symbolic.NULL if event.arg == 0 else symbolic.UNREADABLE
         struct_name = spec.arg_type if spec is not None else None
         inputs = event.run_entry if request == "KVM_RUN" else event.inputs
         if inputs:

@@ -156,8 +156,9 @@ def _event(call: _RawCall, pid: int, path: Path) -> events.Event:
             raise _error(path, call.line, f"unknown ioctl {request!r}")
         values["name"] = spec.name if spec is not None else None
         values["request"] = spec.number if spec is not None else request
-        if values.get("arg") == _NULL:
+        if values.get("arg") == _NULL:  # a null pointer, never readable (the stream says so once)
             values["arg"] = 0
+            values.setdefault("readable", 0)
         for key in ("arg", "readable", "fd"):
             if key in values and not isinstance(values[key], int):
                 raise _error(path, call.line, f"`{key}` must be an integer" + _OR_NULL.get(key, ""))
