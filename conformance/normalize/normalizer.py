@@ -172,6 +172,8 @@ class Normalizer:
             spec.arg_kind is ArgKind.INTEGER or (spec.arg_kind is ArgKind.NONE and event.arg)
         ):
             entry["arg"] = symbolic.ioctl_argument(request, event.arg)
+        elif event.readable is not None:  # a pointer the tracer could not read whole
+            entry["arg"] = symbolic.NULL if event.arg == 0 else symbolic.UNREADABLE
         struct_name = spec.arg_type if spec is not None else None
         inputs = event.run_entry if request == "KVM_RUN" else event.inputs
         if inputs:

@@ -32,7 +32,7 @@ from conformance.tracer.bpf_layout import (
     parse,
 )
 from conformance.tracer.bpf_programs import entry_program, exit_program
-from conformance.tracer.errors import TracerError
+from conformance.tracer.errors import TracerError, TracerFailure
 
 # The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: COPIED, RING, FIRST_RUN)
 _VCPU_KEY = struct.Struct("<Ii")
@@ -60,7 +60,7 @@ class VcpuPage:
     first_run: bool
 
 
-class KvmRunRecordsLost(TracerError):
+class KvmRunRecordsLost(TracerFailure):
     """The eBPF recorder could not keep every KVM_RUN: the trace is incomplete."""
 
 

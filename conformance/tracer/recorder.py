@@ -179,7 +179,8 @@ class Recorder:
         if name in ("open", "openat", "openat2"):
             path_arg, flags = (args[0], args[1]) if name == "open" else (args[1], args[2])
             if name == "openat2":
-                flags = int.from_bytes(stop.read(args[2], _OPENAT2_FLAGS_SIZE), "little")
+                # An unreadable struct open_how: the kernel fails the call with EFAULT.
+                flags = int.from_bytes(stop.read_prefix(args[2], _OPENAT2_FLAGS_SIZE), "little")
             path = read_c_string(stop, path_arg)
             directory_fd = _AT_CWD if name == "open" else signed_int(args[0])
             if _names_a_file_but_no_device(stop.tid, directory_fd, path):
