@@ -80,6 +80,7 @@ class _UntilItFails:
 
     def __init__(self, handler: TraceHandler, on_failure: Callable[[], None]) -> None:
         self._handler: TraceHandler | None = handler
+        self.wrapped = handler  # for the eBPF recorder's exits, which call its own methods
         self._on_failure = on_failure
         self.failure: str | None = None
 
@@ -211,7 +212,8 @@ class TraceSession:
             backend.wait_for_stop(pid)  # reaps it: SIGKILL ends it
             raise
         if run_failures is not None:
-            self._late_exits = late_run_exits(self._handler, run_failures, pid)
+            # The eBPF recorder's exits need the recorder's handler itself (its vCPU pages).
+            self._late_exits = late_run_exits(self._guard.wrapped, run_failures, pid)
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
         self._main_pid = pid
