@@ -60,6 +60,9 @@ class IoctlSpec:
     arg_type: str | None = None  # the C type the header names ("kvm_regs", "__u64")
     x86: bool = True  # False: another architecture's (or a removed) ioctl; x86 rejects it
     note: str | None = None  # what a decoder must know beyond the fields above
+    # The VMM sizes its buffer by trying: a too-small count fails E2BIG (the kernel writes the
+    # count it needs), and the VMM asks again with more. A probe and its retries are one call.
+    count_negotiated: bool = False
 
 
 def _names(text: str) -> frozenset[str]:
@@ -189,6 +192,16 @@ _VARIABLE: Mapping[str, tuple[str | None, str]] = {
     "KVM_CLEAR_DIRTY_LOG": ("num_pages", "dirty_bitmap"),
 }
 
+# VARIABLE ioctls whose count the kernel answers: kvm_dev_ioctl_get_cpuid() and
+# kvm_get_supported_hv_cpuid() (arch/x86/kvm/cpuid.c, hyperv.c) and the MSR list copies in
+# kvm_arch_dev_ioctl() (x86.c) fail E2BIG with the needed count written back when `nent` /
+# `nmsrs` is too small. Kernels before 5.11 did not fail HV_CPUID that way: QEMU retries
+# whenever the buffer came back full (target/i386/kvm/kvm.c, try_get_hv_cpuid).
+_COUNT_NEGOTIATED = _names("""
+    KVM_GET_SUPPORTED_CPUID KVM_GET_EMULATED_CPUID KVM_GET_SUPPORTED_HV_CPUID
+    KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST
+""")
+
 _NOTES: Mapping[str, str] = {
     "KVM_SET_SIGNAL_MASK": "len counts bytes of sigset, not entries",
     "KVM_GET_NESTED_STATE": "size is the byte size of the whole buffer, header included",
@@ -226,6 +239,7 @@ KNOWLEDGE_NAMES: frozenset[str] = frozenset().union(
     _VARIABLE,
     _NOTES,
     _CREATES,
+    _COUNT_NEGOTIATED,
 )
 
 _STRUCT_KIND_BY_DIRECTION = {
@@ -292,6 +306,7 @@ def _build_spec(name: str, number: int) -> IoctlSpec:
         arg_type=arg_type,
         x86=_is_x86(name),
         note=_NOTES.get(name),
+        count_negotiated=name in _COUNT_NEGOTIATED,
     )
 
 
