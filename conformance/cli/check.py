@@ -29,6 +29,7 @@ from conformance.cli.arguments import EXIT_FAILED, add_command
 from conformance.cli.check_output import (
     accept_command,
     failure_blocks,
+    host_blocks,
     html_section,
     json_report,
     left_out,
@@ -279,6 +280,9 @@ def _print_text_summary(
     report: GateReport, seconds: float, args: argparse.Namespace, default_snapshots: Path
 ) -> None:
     color = use_color(sys.stdout)
+    for block in host_blocks(report):
+        print()
+        sys.stdout.write(block)
     for result in report.results:
         if result.run_failure is not None:
             print()

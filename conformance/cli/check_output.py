@@ -18,10 +18,11 @@ from conformance.lint import LintConfig, Severity
 from conformance.lint.output import finding_record, render_text
 from conformance.report.deviations import render_conformance
 from conformance.report.diff import comparison_facts, render_comparison
+from conformance.report.host import explained_lines, host_lines, render_host_lines
 from conformance.report.html import Judgment, ScenarioSection
 from conformance.report.values import json_value
 
-HOST_DIFFERS = "another host's CPUID: its inputs not compared"
+HOST_DIFFERS = "recorded on another host: see the host block"
 
 
 def verdict(result: ScenarioResult) -> str:
@@ -63,7 +64,7 @@ def _snapshot(result: ScenarioResult) -> str:
         said = outcome.value
     if result.pending is not None:
         said += f" (pending: {result.pending.name})"
-    return f"{said} ({HOST_DIFFERS})" if result.host_differs else said
+    return f"{said} ({HOST_DIFFERS})" if result.snapshot_hosts is not None else said
 
 
 def _lint(result: ScenarioResult) -> str:
@@ -117,7 +118,11 @@ def _json_result(result: ScenarioResult) -> dict[str, object]:
         "result": result.snapshot_outcome.name.lower(),
         "snapshot": str(result.snapshot),
         "calls": result.calls,
-        "host_cpuid_differs": result.host_differs,
+        "host": {
+            "snapshot": host_lines(result.snapshot_hosts, *SNAPSHOT_HOSTS),
+            "reference": host_lines(result.reference_hosts, *REFERENCE_HOSTS),
+            "explained": explained_lines(result.comparison) if result.comparison else [],
+        },
         "run_failure": result.run_failure,
         "pending": None if result.pending is None else str(result.pending),
         "seconds": round(result.seconds, 3),
@@ -164,7 +169,9 @@ def _json_difference(difference: Difference) -> dict[str, object]:
 
 
 def html_section(result: ScenarioResult) -> ScenarioSection:
-    notes = (HOST_DIFFERS,) if result.host_differs else ()
+    notes = tuple(host_lines(result.snapshot_hosts, *SNAPSHOT_HOSTS)) + tuple(
+        host_lines(result.reference_hosts, *REFERENCE_HOSTS)
+    )
     return ScenarioSection(
         name=result.scenario.name,
         verdict=verdict(result),
@@ -175,6 +182,32 @@ def html_section(result: ScenarioResult) -> ScenarioSection:
         findings=result.findings,
         notes=notes,
     )
+
+
+SNAPSHOT_HOSTS = ("snapshot recorded on", "running on")
+REFERENCE_HOSTS = ("QEMU reference recorded on", "running on")
+
+
+def host_blocks(report: GateReport) -> list[str]:
+    """The run's host blocks, said once: the snapshots' hosts against this one, then the QEMU
+    references'. Scenarios that asked the host less (no CPUID) add no block of their own:
+    every line any scenario found is in its kind's one block."""
+    blocks = []
+    for words, hosts_of in (
+        (SNAPSHOT_HOSTS, lambda result: result.snapshot_hosts),
+        (REFERENCE_HOSTS, lambda result: result.reference_hosts),
+    ):
+        heads: list[str] = []
+        lines: list[str] = []
+        for result in report.results:
+            found = host_lines(hosts_of(result), *words)
+            if found:
+                heads.append(found[0])
+                lines.extend(line for line in found[1:] if line not in lines)
+        if heads:
+            head = max(heads, key=len)  # the one that names the CPUID tables
+            blocks.append(render_host_lines([head, *lines]))
+    return blocks
 
 
 def accept_command(scenario: str, expected: Path, default: Path) -> str:

@@ -155,25 +155,27 @@ class HostContext:
         e_host, a_host = self.expected.cpuid, self.actual.cpuid
         mine = _keyed(e_list)
         theirs = _keyed(a_list)
-        if self._vendors_differ():
-            for leaf in sorted({k[0] for k in (*mine, *theirs) if isinstance(k, tuple)}):
-                if leaf in _VENDOR_LEAVES:
-                    self.vendor_explained[f"CPUID leaf {leaf:#x}"] = ("", "")
-            mine = {k: v for k, v in mine.items() if not _vendor_leaf(k)}
-            theirs = {k: v for k, v in theirs.items() if not _vendor_leaf(k)}
-        kept_mine = [
-            item
+        kept_mine = {
+            key: item
             for key, item in mine.items()
             if key in theirs or not _own_host_only(key, item, e_host, a_host)
-        ]
-        kept_theirs: list[Value] = []
+        }
+        kept_theirs: dict[CpuidKey | int, Value] = {}
         for key, item in theirs.items():
             if key in mine:
-                kept_theirs.append(_reconciled(key, mine[key], item, e_host, a_host))
+                kept_theirs[key] = _reconciled(key, mine[key], item, e_host, a_host)
             elif not _own_host_only(key, item, a_host, e_host):
-                kept_theirs.append(item)
-        e_new: Entry = {**e_in, "entries": list(kept_mine)}
-        a_new: Entry = {**a_in, "entries": kept_theirs}
+                kept_theirs[key] = item
+        if self._vendors_differ():
+            # What the tables do not explain of a leaf that follows the vendor.
+            for key in sorted({*kept_mine, *kept_theirs}, key=str):
+                if _vendor_leaf(key) and kept_mine.get(key) != kept_theirs.get(key):
+                    assert isinstance(key, tuple)  # _vendor_leaf checked it
+                    self.vendor_explained[f"CPUID leaf {key[0]:#x}"] = ("", "")
+                    kept_mine.pop(key, None)
+                    kept_theirs.pop(key, None)
+        e_new: Entry = {**e_in, "entries": list(kept_mine.values())}
+        a_new: Entry = {**a_in, "entries": list(kept_theirs.values())}
         if len(kept_mine) == len(kept_theirs) and "nent" in e_in:
             # nent counts the entries: compared through them, not as each host's count.
             a_new["nent"] = e_in["nent"]

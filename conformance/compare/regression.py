@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from conformance.abi.ioctls import IOCTLS
 from conformance.compare.decisions import LeftOut, decide
 from conformance.compare.host_differences import HostContext
 from conformance.compare.keyed_sets import keyed_comparer
@@ -106,7 +108,9 @@ class CompareOptions:
 
     def compares(self, path: str, request: str = "") -> bool:
         """Whether field `path` of a call of `request` is compared."""
-        if path == TRIES:  # how many tries a negotiation took: the host's answer
+        if path == TRIES or path == _negotiated_count(request):
+            # How many tries a negotiation took, and the buffer size it started from: the
+            # kernel answers the same entries whatever the first guess (model/negotiation.py).
             return False
         if _covered(path, _for_request(self.ignore, request)):
             return False
@@ -114,6 +118,14 @@ class CompareOptions:
             opted_in = _for_request(self.compare_outputs, request)
             return _covered(path, opted_in) or any(_covered(option, (path,)) for option in opted_in)
         return True
+
+
+@functools.cache
+def _negotiated_count(request: str) -> str | None:
+    spec = IOCTLS.get(request)
+    if spec is None or not spec.count_negotiated or spec.count_field is None:
+        return None
+    return f"in.{spec.count_field}"
 
 
 def _for_request(paths: Sequence[str], request: str) -> list[str]:

@@ -1,8 +1,9 @@
 """The gate behind `kvm-conformance check`: trace scenarios, then judge each trace three ways.
 
-1. Regression: the document equals `<expected>/<name>.yaml` (or, when updating, is written there);
-   on a host whose KVM reports other CPUID than the snapshot's did, the inputs that follow that
-   CPUID are left out (compare/host_answers.py), and the result says so.
+1. Regression: the document equals `<expected>/<name>.yaml` (or, when updating, is written there)
+   in the VMM's decisions: a snapshot recorded on another host compares the same, its host
+   answers named as such (compare/host_differences.py), and the result names the host's
+   differences.
 2. Conformance: a scenario with a QEMU reference (its record's `reference`) fits inside it, as
    the allowances beside the reference permit; a scenario that deviates on purpose shows its
    deviations without failing on them.
@@ -26,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.compare.conformance import ConformanceResult
-from conformance.compare.host_answers import HOST_DERIVED_INPUTS, same_host_cpuid
-from conformance.compare.regression import CompareOptions, Comparison, compare_documents
+from conformance.compare.host_differences import HostContext
+from conformance.compare.regression import Comparison, compare_documents
 from conformance.gate.references import judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
 from conformance.gate.scenarios import SCENARIO_TOOLS, ScenarioRunError, trace_scenario
@@ -74,9 +75,6 @@ class ScenarioResult:
     conformance: ConformanceResult | None = None  # set when the scenario has a QEMU reference
     findings: tuple[Finding, ...] = ()
     lint_config: LintConfig = field(default_factory=LintConfig)  # the settings it was linted with
-    # The snapshot's host reported other supported CPUID: the inputs that follow it were not
-    # compared (host_answers.HOST_DERIVED_INPUTS).
-    host_differs: bool = False
     run_failure: str | None = None  # why the VMM did not run to its end (RUN_FAILED)
     pending: Path | None = None  # the NAME.yaml.new written for review
 
@@ -89,6 +87,18 @@ class ScenarioResult:
         if self.scenario.deviates_on_purpose is not None:
             return ConformanceOutcome.DEVIATES_ON_PURPOSE
         return ConformanceOutcome.FAILED
+
+    @property
+    def snapshot_hosts(self) -> HostContext | None:
+        """The snapshot's host and this one, when they differ."""
+        hosts = self.comparison.hosts if self.comparison is not None else None
+        return hosts if hosts is not None and hosts.differ else None
+
+    @property
+    def reference_hosts(self) -> HostContext | None:
+        """The QEMU reference's host and this one, when they differ."""
+        hosts = self.conformance.hosts if self.conformance is not None else None
+        return hosts if hosts is not None and hosts.differ else None
 
     @property
     def lint_fails(self) -> bool:
@@ -212,16 +222,11 @@ def _judge(
         return dataclasses.replace(judged, snapshot_outcome=outcome)
     if expected is None:
         return _with_pending(judged, store, traced.document, pending)
-    host_differs = not same_host_cpuid(expected, traced.document)
-    options = CompareOptions(ignore=HOST_DERIVED_INPUTS) if host_differs else None
-    comparison = compare_documents(
-        expected, traced.document, scenario=scenario.name, options=options
-    )
+    comparison = compare_documents(expected, traced.document, scenario=scenario.name)
     judged = dataclasses.replace(
         judged,
         snapshot_outcome=SnapshotOutcome.PASSED if comparison.ok else SnapshotOutcome.FAILED,
         comparison=comparison,
-        host_differs=host_differs,
     )
     if comparison.ok:
         if pending:
