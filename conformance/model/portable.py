@@ -23,5 +23,6 @@ def make_portable(document: TraceDocument) -> TraceDocument:
     )
     facts = document.source.get(HOST)
     profile = build_profile(collapsed, facts if isinstance(facts, dict) else {})
-    collapsed.source = {**document.source, HOST: profile}
+    if profile:
+        collapsed.source = {**document.source, HOST: profile}
     return symbolize(collapsed)
