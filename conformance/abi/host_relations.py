@@ -64,6 +64,7 @@ class Relation(enum.Enum):
     SYMBOL = "symbol"  # equal to the answer: written as the answer's name
     CPUID_TABLE = "cpuid table"  # per register of each entry: `host` where equal to the table's
     SAME_VENDOR = "same vendor"  # the host's CPU vendor picks it: compared between hosts of one
+    MSR_LIST = "msr list"  # an MSR the VMM handles because the host's MSR index list has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,24 @@ HOST_RELATIONS: tuple[HostRelation, ...] = (
         Relation.SYMBOL,
         "host.msr.{index}",
         "a feature MSR (ARCH_CAPABILITIES, ...) set to the value /dev/kvm reported for it",
+    ),
+    HostRelation(
+        "KVM_SET_MSRS",
+        "in.entries",
+        "msr_index_list",
+        Relation.MSR_LIST,
+        "",
+        "a VMM that saves and restores the MSRs KVM_GET_MSR_INDEX_LIST names (QEMU: has_msr_*) "
+        "handles an MSR on the hosts whose list has it: in one trace only where only that "
+        "host's list has it",
+    ),
+    HostRelation(
+        "KVM_GET_MSRS",
+        "in.entries",
+        "msr_index_list",
+        Relation.MSR_LIST,
+        "",
+        "as KVM_SET_MSRS: the MSRs read follow the host's MSR index list",
     ),
     HostRelation(
         "KVM_SET_MSRS",

@@ -37,6 +37,7 @@ _SAME_VENDOR_MSRS = {
     for r in HOST_RELATIONS
     if r.relation is Relation.SAME_VENDOR and r.request == "KVM_SET_MSRS"
 }
+_LISTED_MSRS = frozenset(r.request for r in HOST_RELATIONS if r.relation is Relation.MSR_LIST)
 _VENDOR_LEAVES = frozenset(
     r.cpuid_leaf
     for r in HOST_RELATIONS
@@ -72,6 +73,8 @@ class HostContext:
     actual: HostProfile
     # What the comparison let differ because the hosts' vendors differ: shown once.
     vendor_explained: dict[str, tuple[Value, Value]] = field(default_factory=dict)
+    # MSRs one trace handles because only its host's MSR index list has them: shown once.
+    listed_explained: set[int] = field(default_factory=set)
 
     @classmethod
     def between(cls, expected: TraceDocument, actual: TraceDocument) -> HostContext:
@@ -103,6 +106,9 @@ class HostContext:
         for key, words in _LISTS:
             found.extend(_list_difference(words, e.get(key), a.get(key)))
         found.extend(_feature_msr_differences(e, a))
+        if self.listed_explained:
+            shown = ", ".join(f"{index:#x}" for index in sorted(self.listed_explained))
+            found.append(f"MSR {shown}: in one host's MSR index list only, handled there")
         for what, (left, right) in sorted(self.vendor_explained.items()):
             change = f": {_shown(left)} → {_shown(right)}" if left != right else ""
             found.append(f"{what}{change}: follows the CPU vendor, not compared")
@@ -136,10 +142,42 @@ class HostContext:
             theirs = resolve_call(actual.entry, self.actual)
             mine, theirs = self._cpuid(mine, theirs)
             return TraceCall(mine, expected.line), TraceCall(theirs, actual.line)
-        if request == "KVM_SET_MSRS" and self._vendors_differ():
-            theirs = self._vendor_msrs(expected.entry, actual.entry)
-            return expected, TraceCall(theirs, actual.line)
+        if request in _LISTED_MSRS and actual.entry.get("req") == request:
+            mine, theirs = self._listed_msrs(expected.entry, actual.entry)
+            if request == "KVM_SET_MSRS" and self._vendors_differ():
+                theirs = self._vendor_msrs(mine, theirs)
+            return TraceCall(mine, expected.line), TraceCall(theirs, actual.line)
         return expected, actual
+
+    def _listed_msrs(self, expected: Entry, actual: Entry) -> tuple[Entry, Entry]:
+        """Both MSR lists without the MSRs only one host's MSR index list has, where that
+        trace alone handles them."""
+        own, other = self.expected.get("msr_index_list"), self.actual.get("msr_index_list")
+        e_in, a_in = expected.get("in"), actual.get("in")
+        if (
+            expected.get("fd") == "kvm"  # feature MSRs: not the index list's
+            or not isinstance(own, list)
+            or not isinstance(other, list)
+            or own == other
+            or not isinstance(e_in, dict)
+            or not isinstance(a_in, dict)
+        ):
+            return expected, actual
+        e_items, a_items = e_in.get("entries"), a_in.get("entries")
+        if not isinstance(e_items, list) or not isinstance(a_items, list):
+            return expected, actual
+        e_indices, a_indices = _msr_indices(e_items), _msr_indices(a_items)
+        only_own = {i for i in e_indices - a_indices if i in own and i not in other}
+        only_other = {i for i in a_indices - e_indices if i in other and i not in own}
+        for index in sorted(only_own | only_other):
+            self.listed_explained.add(index)
+        e_kept = [item for item in e_items if _msr_index(item) not in only_own]
+        a_kept = [item for item in a_items if _msr_index(item) not in only_other]
+        e_new: Entry = {**e_in, "entries": e_kept}
+        a_new: Entry = {**a_in, "entries": a_kept}
+        if len(e_kept) == len(a_kept) and "nmsrs" in e_in:
+            a_new["nmsrs"] = e_in["nmsrs"]  # the count of the entries, compared through them
+        return {**expected, "in": e_new}, {**actual, "in": a_new}
 
     def _vendors_differ(self) -> bool:
         left, right = self.expected.get("vendor"), self.actual.get("vendor")
@@ -176,7 +214,7 @@ class HostContext:
                     kept_theirs.pop(key, None)
         e_new: Entry = {**e_in, "entries": list(kept_mine.values())}
         a_new: Entry = {**a_in, "entries": list(kept_theirs.values())}
-        if len(kept_mine) == len(kept_theirs) and "nent" in e_in:
+        if "nent" in e_in and (e_host != a_host or len(kept_mine) == len(kept_theirs)):
             # nent counts the entries: compared through them, not as each host's count.
             a_new["nent"] = e_in["nent"]
         return {**expected, "in": e_new}, {**actual, "in": a_new}
@@ -262,6 +300,15 @@ def _reconciled(
                 explained |= ~(e ^ he) & ~(a ^ ha) & (he ^ ha)
         result[register] = Hex((a & ~explained) | (e & explained))
     return result
+
+
+def _msr_index(item: Value) -> int | None:
+    index = item.get("index") if isinstance(item, dict) else None
+    return index if isinstance(index, int) else None
+
+
+def _msr_indices(items: list[Value]) -> set[int]:
+    return {index for item in items if (index := _msr_index(item)) is not None}
 
 
 def _msr_data(entry: Entry) -> dict[int, Value]:

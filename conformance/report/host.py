@@ -21,6 +21,9 @@ COMPARED = (
 )
 
 
+DIFF_HOSTS = ("reference recorded on", "subject on")  # `diff SUBJECT REFERENCE`'s sides
+
+
 def host_lines(hosts: HostContext | None, before: str, after: str) -> list[str]:
     """The hosts' differences, one a line ([] when the hosts agree or are unknown)."""
     return hosts.lines(before, after) if hosts is not None else []
