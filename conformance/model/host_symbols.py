@@ -40,6 +40,8 @@ def symbolize(document: TraceDocument) -> TraceDocument:
 def _symbolized(call: TraceCall, profile: HostProfile) -> TraceCall:
     entry = call.entry
     request = entry.get("req")
+    if request == "KVM_GET_SUPPORTED_CPUID" and isinstance(entry.get("out"), dict):
+        return TraceCall({**entry, "out": _without_answering_cpu(entry["out"])}, call.line)  # type: ignore[arg-type]  # a dict (checked)
     if entry.get("call") != "ioctl" or request not in _SYMBOLS:
         return call
     inputs = entry.get("in")
@@ -58,6 +60,26 @@ def _symbolized(call: TraceCall, profile: HostProfile) -> TraceCall:
     elif request == "KVM_SET_MSRS" and isinstance(inputs, dict):
         new = {**entry, "in": _feature_msrs(inputs, profile)}
     return call if new is None or new == entry else TraceCall(new, call.line)
+
+
+def _without_answering_cpu(answer: Entry) -> Entry:
+    """KVM_GET_SUPPORTED_CPUID's answer with the answering CPU's APIC-ID fields cleared: which
+    host CPU ran the ioctl changes from run to run, the table does not."""
+    entries = answer.get("entries")
+    if not isinstance(entries, list):
+        return answer
+    cleared: list[Value] = []
+    for item in entries:
+        key = _key(item)
+        if isinstance(item, dict) and key is not None:
+            item = {
+                name: Hex(value & ~answering_cpu_bits(key[0], key[1], name))
+                if name in _REGISTERS and isinstance(value, int)
+                else value
+                for name, value in item.items()
+            }
+        cleared.append(item)
+    return {**answer, "entries": cleared}
 
 
 def _symbol(request: str) -> str:
