@@ -193,14 +193,12 @@ def host_blocks(report: GateReport) -> list[str]:
     references'. Scenarios that asked the host less (no CPUID) add no block of their own:
     every line any scenario found is in its kind's one block."""
     blocks = []
-    for words, hosts_of in (
-        (SNAPSHOT_HOSTS, lambda result: result.snapshot_hosts),
-        (REFERENCE_HOSTS, lambda result: result.reference_hosts),
-    ):
+    for kind, words in enumerate((SNAPSHOT_HOSTS, REFERENCE_HOSTS)):
         heads: list[str] = []
         lines: list[str] = []
         for result in report.results:
-            found = host_lines(hosts_of(result), *words)
+            hosts = (result.snapshot_hosts, result.reference_hosts)[kind]
+            found = host_lines(hosts, *words)
             if found:
                 heads.append(found[0])
                 lines.extend(line for line in found[1:] if line not in lines)

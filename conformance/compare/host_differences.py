@@ -224,16 +224,19 @@ class HostContext:
         a_in = actual.get("in")
         if not isinstance(a_in, dict) or not isinstance(a_in.get("entries"), list):
             return actual
-        items: list[Value] = []
-        for item in a_in["entries"]:  # type: ignore[union-attr]  # a list (checked above)
-            index = item.get("index") if isinstance(item, dict) else None
-            if isinstance(item, dict) and index in _SAME_VENDOR_MSRS and index in e_items:
-                left, right = e_items[index], item.get("data")
-                if left != right and right is not None:
-                    self.vendor_explained[f"MSR {index:#x}"] = (left, right)
-                    item = {**item, "data": left}
-            items.append(item)
+        items = [self._vendor_msr(item, e_items) for item in a_in["entries"]]  # type: ignore[union-attr]  # a list (checked above)
         return {**actual, "in": {**a_in, "entries": items}}
+
+    def _vendor_msr(self, item: Value, expected: Mapping[int, Value]) -> Value:
+        """An MSR that follows the CPU vendor, given the expected trace's value."""
+        index = _msr_index(item)
+        if not isinstance(item, dict) or index not in _SAME_VENDOR_MSRS or index not in expected:
+            return item
+        left, right = expected[index], item.get("data")
+        if left == right or right is None:
+            return item
+        self.vendor_explained[f"MSR {index:#x}"] = (left, right)
+        return {**item, "data": left}
 
 
 def _vendor_leaf(key: CpuidKey | int) -> bool:
@@ -344,9 +347,10 @@ def _list_difference(words: str, left: Value | None, right: Value | None) -> lis
     if not isinstance(left, list) or not isinstance(right, list) or left == right:
         return []
     line = f"{words}: {len(left)} → {len(right)} entries"
-    if all(isinstance(item, int) for item in (*left, *right)):
-        added = sorted(set(right) - set(left))  # type: ignore[arg-type]  # ints (checked)
-        removed = sorted(set(left) - set(right))  # type: ignore[arg-type]
+    mine = {item for item in left if isinstance(item, int)}
+    theirs = {item for item in right if isinstance(item, int)}
+    if len(mine) == len(left) and len(theirs) == len(right):
+        added, removed = sorted(theirs - mine), sorted(mine - theirs)
         changes = [f"+{item:#x}" for item in added] + [f"-{item:#x}" for item in removed]
         if changes:
             line += f" ({', '.join(changes[:8])}{', …' if len(changes) > 8 else ''})"

@@ -68,18 +68,19 @@ def _without_answering_cpu(answer: Entry) -> Entry:
     entries = answer.get("entries")
     if not isinstance(entries, list):
         return answer
-    cleared: list[Value] = []
-    for item in entries:
-        key = _key(item)
-        if isinstance(item, dict) and key is not None:
-            item = {
-                name: Hex(value & ~answering_cpu_bits(key[0], key[1], name))
-                if name in _REGISTERS and isinstance(value, int)
-                else value
-                for name, value in item.items()
-            }
-        cleared.append(item)
-    return {**answer, "entries": cleared}
+    return {**answer, "entries": [_without_answering_cpu_entry(item) for item in entries]}
+
+
+def _without_answering_cpu_entry(item: Value) -> Value:
+    key = _key(item)
+    if not isinstance(item, dict) or key is None:
+        return item
+    return {
+        name: Hex(value & ~answering_cpu_bits(key[0], key[1], name))
+        if name in _REGISTERS and isinstance(value, int)
+        else value
+        for name, value in item.items()
+    }
 
 
 def _symbol(request: str) -> str:
@@ -115,7 +116,8 @@ def _cpuid_policy(inputs: Entry, table: Mapping[CpuidKey, Mapping[str, int]]) ->
                 symbolic[register] = HOST_SYMBOL
             else:
                 whole = False
-        if item.get("flags") != host.get("flags") or any(item.get("padding", [0]) or [0]):
+        padding = item.get("padding", [])
+        if item.get("flags") != host.get("flags") or (isinstance(padding, list) and any(padding)):
             whole = False
         written.append(symbolic)
     if whole:
@@ -148,14 +150,15 @@ def _feature_msrs(inputs: Entry, profile: HostProfile) -> Entry:
     entries = inputs.get("entries")
     if not isinstance(entries, list):
         return inputs
-    written: list[Value] = []
-    for item in entries:
-        index = item.get("index") if isinstance(item, dict) else None
-        value = profile.feature_msr(index) if isinstance(index, int) else None
-        if isinstance(item, dict) and value is not None and item.get("data") == value:
-            item = {**item, "data": f"host.msr.{index:#x}"}
-        written.append(item)
-    return {**inputs, "entries": written}
+    return {**inputs, "entries": [_feature_msr_symbol(item, profile) for item in entries]}
+
+
+def _feature_msr_symbol(item: Value, profile: HostProfile) -> Value:
+    index = item.get("index") if isinstance(item, dict) else None
+    value = profile.feature_msr(index) if isinstance(index, int) else None
+    if isinstance(item, dict) and value is not None and item.get("data") == value:
+        return {**item, "data": f"host.msr.{index:#x}"}
+    return item
 
 
 # -- back to values -------------------------------------------------------------------------
@@ -194,29 +197,32 @@ def _resolved_cpuid(inputs: Entry, table: Mapping[CpuidKey, Mapping[str, int]]) 
         return {**inputs, "nent": len(resolved), "entries": resolved}
     if not isinstance(entries, list):
         return inputs
-    items: list[Value] = []
-    for item in entries:
-        key = _key(item)
-        host = table.get(key) if key is not None else None
-        if isinstance(item, dict) and host is not None:
-            item = {
-                name: Hex(host[name]) if value == HOST_SYMBOL and name in host else value
-                for name, value in item.items()
-            }
-        items.append(item)
-    return {**inputs, "entries": items}
+    return {**inputs, "entries": [_resolved_cpuid_entry(item, table) for item in entries]}
+
+
+def _resolved_cpuid_entry(item: Value, table: Mapping[CpuidKey, Mapping[str, int]]) -> Value:
+    key = _key(item)
+    host = table.get(key) if key is not None else None
+    if not isinstance(item, dict) or host is None:
+        return item
+    return {
+        name: Hex(host[name]) if value == HOST_SYMBOL and name in host else value
+        for name, value in item.items()
+    }
 
 
 def _resolved_msrs(inputs: Entry, profile: HostProfile) -> Entry:
     entries = inputs.get("entries")
     if not isinstance(entries, list):
         return inputs
-    items: list[Value] = []
-    for item in entries:
-        index = item.get("index") if isinstance(item, dict) else None
-        if isinstance(item, dict) and isinstance(index, int):
-            value = profile.feature_msr(index)
-            if item.get("data") == f"host.msr.{index:#x}" and value is not None:
-                item = {**item, "data": Hex(value)}
-        items.append(item)
-    return {**inputs, "entries": items}
+    return {**inputs, "entries": [_resolved_msr(item, profile) for item in entries]}
+
+
+def _resolved_msr(item: Value, profile: HostProfile) -> Value:
+    index = item.get("index") if isinstance(item, dict) else None
+    if not isinstance(item, dict) or not isinstance(index, int):
+        return item
+    value = profile.feature_msr(index)
+    if item.get("data") == f"host.msr.{index:#x}" and value is not None:
+        return {**item, "data": Hex(value)}
+    return item

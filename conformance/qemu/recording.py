@@ -122,13 +122,14 @@ def _provenance(argv: list[str]) -> list[str]:
     written relative to the repository root, so that the reference is the same from any
     checkout."""
     root = Path(__file__).resolve().parents[2]
-    written = []
-    for argument in argv:
-        path = Path(argument)
-        if path.is_absolute() and path.resolve().is_relative_to(root):
-            argument = str(path.resolve().relative_to(root))
-        written.append(argument)
-    return written
+    return [_relative_to(root, argument) for argument in argv]
+
+
+def _relative_to(root: Path, argument: str) -> str:
+    path = Path(argument)
+    if path.is_absolute() and path.resolve().is_relative_to(root):
+        return str(path.resolve().relative_to(root))
+    return argument
 
 
 class _Pipe:

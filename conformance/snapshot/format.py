@@ -348,7 +348,7 @@ def _check_schema(node: yaml.Node, path: Path | str) -> bool:
     refused."""
     found = node.value if isinstance(node, yaml.ScalarNode) else None
     if found in (SCHEMA, SCHEMA_1):
-        return found == SCHEMA_1
+        return bool(found == SCHEMA_1)
     version = _SCHEMA_PATTERN.match(found) if isinstance(found, str) else None
     if version is not None and int(version.group(1)) > 2:
         message = f"written by a newer kvm-conformance ({found}); this version reads {SCHEMA}"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from conformance.compare.allowances import allowances_beside, load_allowances
 from conformance.compare.conformance import compare_with_reference
 from conformance.compare.regression import Comparison, compare_documents
-from conformance.gate.references import allowances_beside, load_allowances
 from conformance.model.document import TraceDocument
 from conformance.model.host_profile import HostProfile
 from conformance.model.scenarios import SCENARIOS
