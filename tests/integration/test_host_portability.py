@@ -182,3 +182,37 @@ def test_a_tsc_frequency_other_than_the_hosts_is_caught_against_qemu_both_ways(h
     # Ours as the reference: QEMU's host.tsc_khz against our literal frequency.
     assert _tsc_deviations(qemu, wrong, Path("ours")) == ["arg"]
     assert _tsc_deviations(qemu, right, Path("ours")) == []
+
+
+# -- a VMM that passes the host's table on: the same snapshot whichever CPU answered ----------
+
+PASSTHROUGH = REPO / "tests" / "fixtures" / "tracees" / "cpuid_passthrough.c"
+PASSTHROUGH_TEST = """
+def test_passthrough(kvm_conformance):
+    kvm_conformance.trace([{binary!r}]).matches("passthrough")
+"""
+
+
+@pytest.mark.needs_gcc
+def test_a_vmm_passing_the_supported_cpuid_on_gets_one_snapshot_on_every_cpu(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CI", raising=False)  # the plugin writes nothing where CI is set
+    binary = pytester.path / "passthrough"
+    subprocess.run(["gcc", "-O1", "-Wall", "-o", str(binary), str(PASSTHROUGH)], check=True)
+    pytester.makepyfile(PASSTHROUGH_TEST.format(binary=str(binary)))
+    pytest_on = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+    snapshot = pytester.path / "expected" / "passthrough.yaml"
+
+    created = pytester.run("taskset", "-c", "0", *pytest_on, "--kvm-snapshot-update")
+    assert created.ret == 0, created.stdout.str()
+    first = snapshot.read_text()
+    assert "req: KVM_SET_CPUID2, in: {padding: 0x0, nent: host, entries: host}" in first
+
+    on_the_other_cpu = pytester.run("taskset", "-c", "1", *pytest_on)
+    assert on_the_other_cpu.ret == 0, on_the_other_cpu.stdout.str()
+    on_the_other_cpu.stdout.fnmatch_lines(["*1 compared, 0 differing*"])
+    rewritten = pytester.run("taskset", "-c", "1", *pytest_on, "--kvm-snapshot-update")
+    assert rewritten.ret == 0
+    rewritten.stdout.fnmatch_lines(["*1 unchanged*"])
+    assert snapshot.read_text() == first
