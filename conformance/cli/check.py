@@ -37,6 +37,7 @@ from conformance.cli.check_output import (
 )
 from conformance.cli.configuration import add_config_option, project
 from conformance.gate.project import Project
+from conformance.gate.references import LiveReferences
 from conformance.gate.scenarios import TraceInterrupted
 from conformance.gate.verdict import (
     GateReport,
@@ -110,6 +111,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "otherwise)",
     )
     parser.add_argument(
+        "--qemu",
+        choices=("shipped", "live"),
+        default="shipped",
+        help="shipped: hold scenarios against the QEMU references that ship (default); live: "
+        "also record QEMU's reference on this host now and hold them against it too",
+    )
+    parser.add_argument(
         "--format",
         choices=("text", "json"),
         default="text",
@@ -164,6 +172,7 @@ def _check(args: argparse.Namespace) -> int:
             f"{args.expected}: no such directory of snapshots; create it with --update"
         )
     require_tracing_environment()
+    live = LiveReferences() if args.qemu == "live" else None
     store = SnapshotStore(directory, update=update)
     progress = _Progress(sys.stderr, len(scenarios))
     started = time.monotonic()
@@ -180,6 +189,7 @@ def _check(args: argparse.Namespace) -> int:
             store,
             lint_for=chosen.lint_for,
             references=args.references,
+            live=live,
             pending=pending,
             every_scenario=not args.scenario,
             on_start=progress.start,

@@ -35,9 +35,14 @@ def verdict(result: ScenarioResult) -> str:
 def judgments(result: ScenarioResult) -> list[Judgment]:
     """Each judgment with its own verdict: snapshot, the QEMU reference (if any), lint."""
     found = [Judgment("snapshot", _snapshot(result), result.snapshot_outcome.fails)]
-    conformance, outcome = result.conformance, result.conformance_outcome
-    if conformance is not None and outcome is not None:
-        name = conformance.reference.path.stem if conformance.reference.path else "reference"
+    for conformance, outcome in (
+        (result.conformance, result.conformance_outcome),
+        (result.live_conformance, result.live_outcome),
+    ):
+        if conformance is None or outcome is None:
+            continue
+        path = conformance.reference.path
+        name = path.name.removesuffix(".yaml") if path else "reference"
         if outcome is ConformanceOutcome.FAILED:
             count = len(conformance.failures)
             said = f"FAIL, {count} deviation{'s' * (count != 1)}"
@@ -95,6 +100,9 @@ def failure_blocks(
         blocks.append(render_comparison(result.comparison, color=color, full=full, accept=accept))
     if result.conformance_outcome is ConformanceOutcome.FAILED and result.conformance is not None:
         blocks.append(render_conformance(result.conformance, name, full=full))
+    live = result.live_conformance
+    if result.live_outcome is ConformanceOutcome.FAILED and live is not None:
+        blocks.append(render_conformance(live, name, full=full))
     if result.lint_fails:
         blocks.append(render_text(result.findings, name, config))
     return blocks
@@ -138,6 +146,13 @@ def _json_result(result: ScenarioResult) -> dict[str, object]:
             "outcome": outcome.name.lower(),
             "deviations_not_allowed": len(conformance.failures),
             "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
+        },
+        "live_conformance": None
+        if result.live_conformance is None or result.live_outcome is None
+        else {
+            "ok": result.live_conformance.ok,
+            "outcome": result.live_outcome.name.lower(),
+            "deviations_not_allowed": len(result.live_conformance.failures),
         },
         "lint": [finding_record(finding) for finding in result.findings],
         "not_decisions_left_out": [

@@ -113,7 +113,8 @@ class HostContext:
             change = f": {_shown(left)} → {_shown(right)}" if left != right else ""
             found.append(f"{what}{change}: follows the CPU vendor, not compared")
         cpuid = (e.cpuid_entries(), a.cpuid_entries())
-        if found or (cpuid[0] != cpuid[1] and None not in cpuid) or e.cpuid != a.cpuid:
+        both_asked = None not in cpuid
+        if found or (both_asked and e.cpuid != a.cpuid):
             head = f"{before} {e.name}{_entries(cpuid[0], True)}, {after} {a.name}"
             found.insert(0, head + _entries(cpuid[1], False))
         return found

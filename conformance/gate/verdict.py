@@ -29,7 +29,7 @@ from pathlib import Path
 from conformance.compare.conformance import ConformanceResult
 from conformance.compare.host_differences import HostContext
 from conformance.compare.regression import Comparison, compare_documents
-from conformance.gate.references import judge_against_reference
+from conformance.gate.references import LiveReferences, judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
 from conformance.gate.scenarios import SCENARIO_TOOLS, ScenarioRunError, trace_scenario
 from conformance.lint import Finding, LintConfig, has_errors, lint
@@ -73,6 +73,8 @@ class ScenarioResult:
     seconds: float  # tracing and normalizing
     comparison: Comparison | None = None  # set when compared (pass or FAIL)
     conformance: ConformanceResult | None = None  # set when the scenario has a QEMU reference
+    # `check --qemu live`: against QEMU's reference recorded on this host at check time.
+    live_conformance: ConformanceResult | None = None
     findings: tuple[Finding, ...] = ()
     lint_config: LintConfig = field(default_factory=LintConfig)  # the settings it was linted with
     run_failure: str | None = None  # why the VMM did not run to its end (RUN_FAILED)
@@ -80,9 +82,16 @@ class ScenarioResult:
 
     @property
     def conformance_outcome(self) -> ConformanceOutcome | None:
-        if self.conformance is None:
+        return self._outcome(self.conformance)
+
+    @property
+    def live_outcome(self) -> ConformanceOutcome | None:
+        return self._outcome(self.live_conformance)
+
+    def _outcome(self, result: ConformanceResult | None) -> ConformanceOutcome | None:
+        if result is None:
             return None
-        if self.conformance.ok:
+        if result.ok:
             return ConformanceOutcome.OK
         if self.scenario.deviates_on_purpose is not None:
             return ConformanceOutcome.DEVIATES_ON_PURPOSE
@@ -110,6 +119,7 @@ class ScenarioResult:
         return (
             self.snapshot_outcome.fails
             or self.conformance_outcome is ConformanceOutcome.FAILED
+            or self.live_outcome is ConformanceOutcome.FAILED
             or self.lint_fails
         )
 
@@ -150,6 +160,7 @@ def run_gate(
     *,
     lint_for: Callable[[Scenario], LintConfig],
     references: Path | None = None,
+    live: LiveReferences | None = None,
     pending: bool = False,
     every_scenario: bool = False,
     on_start: Callable[[int, str], None] = lambda index, scenario: None,
@@ -157,7 +168,8 @@ def run_gate(
 ) -> GateReport:
     """Trace each scenario and compare it with its snapshot (or stage it, if `store.update`),
     hold it against its QEMU reference (a shipped one is looked up in `references`, when
-    given), and lint it with `lint_for(scenario)`. `pending`: a missing or differing snapshot
+    given; with `live`, also against QEMU's recorded on this host now), and lint it with
+    `lint_for(scenario)`. `pending`: a missing or differing snapshot
     is written beside it as NAME.yaml.new. `every_scenario`: these are all of the project's
     scenarios, so snapshots none of them asked for are reported as unused.
 
@@ -177,6 +189,9 @@ def run_gate(
             result = dataclasses.replace(
                 _judge(scenario, traced, store, expected.get(scenario.name), pending=pending),
                 conformance=judge_against_reference(scenario, traced.document, references),
+                live_conformance=None
+                if live is None
+                else live.judge(scenario, traced.document, references),
                 findings=tuple(lint(traced.document, settings)),
                 lint_config=settings,
             )
