@@ -67,6 +67,8 @@ def _snapshot(result: ScenarioResult) -> str:
         said = "not compared, not written: the VMM did not run to its end (below)"
     else:
         said = outcome.value
+    if result.snapshot.name != f"{result.scenario.name}.yaml":  # a per-host variant
+        said += f" ({result.snapshot.name})"
     if result.pending is not None:
         said += f" (pending: {result.pending.name})"
     return f"{said} ({HOST_DIFFERS})" if result.snapshot_hosts is not None else said

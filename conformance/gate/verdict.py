@@ -29,6 +29,7 @@ from pathlib import Path
 from conformance.compare.conformance import ConformanceResult
 from conformance.compare.host_differences import HostContext
 from conformance.compare.regression import Comparison, compare_documents
+from conformance.gate.host_variants import snapshot_for, stage_update, stored_variants
 from conformance.gate.references import LiveReferences, judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
 from conformance.gate.scenarios import SCENARIO_TOOLS, ScenarioRunError, trace_scenario
@@ -37,6 +38,7 @@ from conformance.model.document import TraceDocument
 from conformance.model.errors import KvmUnavailableError
 from conformance.model.scenarios import Scenario
 from conformance.normalize.capture import Capture
+from conformance.snapshot.format import SnapshotError
 from conformance.snapshot.store import SnapshotStore, dump_document
 
 
@@ -176,7 +178,9 @@ def run_gate(
     What the run writes is written when the last scenario has been judged. `on_start(index,
     scenario name)` before each trace (0-based index) and `on_result` after it are for progress.
     """
-    expected = {} if store.update else {s.name: store.load(s.name) for s in scenarios}
+    # Read when updating too: where an update goes depends on the host the snapshot is from.
+    expected = {s.name: _load(store, s.name) for s in scenarios}
+    variants = {s.name: stored_variants(store, s.name) for s in scenarios}
     report = GateReport()
     for index, scenario in enumerate(scenarios):
         on_start(index, scenario.name)
@@ -187,7 +191,14 @@ def run_gate(
         else:
             settings = lint_for(scenario)
             result = dataclasses.replace(
-                _judge(scenario, traced, store, expected.get(scenario.name), pending=pending),
+                _judge(
+                    scenario,
+                    traced,
+                    store,
+                    expected.get(scenario.name),
+                    variants.get(scenario.name, {}),
+                    pending=pending,
+                ),
                 conformance=judge_against_reference(scenario, traced.document, references),
                 live_conformance=None
                 if live is None
@@ -216,28 +227,43 @@ def _not_run(scenario: Scenario, store: SnapshotStore, why: str) -> ScenarioResu
     )
 
 
+def _load(store: SnapshotStore, name: str) -> TraceDocument | None:
+    """The snapshot; when updating, one that cannot be read is one to replace, not an error."""
+    if not store.update:
+        return store.load(name)
+    try:
+        return store.load(name)
+    except SnapshotError:
+        return None
+
+
 def _judge(
     scenario: Scenario,
     traced: Capture,
     store: SnapshotStore,
     expected: TraceDocument | None,
+    variants: dict[str, TraceDocument],
     *,
     pending: bool,
 ) -> ScenarioResult:
-    path = store.path_for(scenario.name)
+    document = traced.document
     judged = ScenarioResult(
         scenario=scenario,
         snapshot_outcome=SnapshotOutcome.MISSING,
-        snapshot=path,
-        calls=traced.document.call_count(),
+        snapshot=store.path_for(scenario.name),
+        calls=document.call_count(),
         seconds=traced.seconds,
     )
     if store.update:
-        outcome = SnapshotOutcome(store.stage(scenario.name, traced.document))
-        return dataclasses.replace(judged, snapshot_outcome=outcome)
-    if expected is None:
-        return _with_pending(judged, store, traced.document, pending)
-    comparison = compare_documents(expected, traced.document, scenario=scenario.name)
+        name, written = stage_update(store, scenario.name, expected, variants, document)
+        return dataclasses.replace(
+            judged, snapshot_outcome=SnapshotOutcome(written), snapshot=store.path_for(name)
+        )
+    snapshot = snapshot_for(scenario.name, expected, variants, document)
+    judged = dataclasses.replace(judged, snapshot=store.path_for(snapshot.name))
+    if snapshot.document is None:
+        return _with_pending(judged, store, document, pending)
+    comparison = compare_documents(snapshot.document, document, scenario=scenario.name)
     judged = dataclasses.replace(
         judged,
         snapshot_outcome=SnapshotOutcome.PASSED if comparison.ok else SnapshotOutcome.FAILED,
@@ -247,7 +273,7 @@ def _judge(
         if pending:
             store.stage_pending_removal(scenario.name)
         return judged
-    return _with_pending(judged, store, traced.document, pending)
+    return _with_pending(judged, store, document, pending)
 
 
 def _with_pending(

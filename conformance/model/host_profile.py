@@ -163,3 +163,21 @@ def cpuid_table(profile: Mapping[str, Value]) -> dict[CpuidKey, dict[str, int]]:
 
 def _list(value: Value | None) -> list[Value]:
     return value if isinstance(value, list) else []
+
+
+# CPUID vendor strings and the short names host classes are written with.
+_VENDOR_CLASSES = {
+    "GenuineIntel": "intel",
+    "AuthenticAMD": "amd",
+    "HygonGenuine": "hygon",
+    "CentaurHauls": "centaur",
+}
+
+
+def host_class(profile: HostProfile) -> str | None:
+    """The kind of host a per-host variant snapshot is kept for (`NAME.intel.yaml`): the CPU
+    vendor, which is what picks the paths VMMs take (QEMU's CPU model, a vendor's MSRs)."""
+    vendor = profile.get("vendor")
+    if not isinstance(vendor, str) or not vendor:
+        return None
+    return _VENDOR_CLASSES.get(vendor, vendor.lower())

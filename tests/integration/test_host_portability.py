@@ -21,6 +21,7 @@ import pytest
 from conformance.compare.allowances import allowances_beside, load_allowances
 from conformance.compare.conformance import compare_with_reference
 from conformance.compare.regression import Comparison, compare_documents
+from conformance.gate.host_variants import trace_host_class
 from conformance.model.document import TraceDocument
 from conformance.model.host_profile import HostProfile
 from conformance.model.scenarios import SCENARIOS
@@ -216,3 +217,47 @@ def test_a_vmm_passing_the_supported_cpuid_on_gets_one_snapshot_on_every_cpu(
     assert rewritten.ret == 0
     rewritten.stdout.fnmatch_lines(["*1 unchanged*"])
     assert snapshot.read_text() == first
+
+
+# -- per-host variants: the fallback, written only when the hosts cannot be reconciled --------
+
+
+def _other_class_fixture() -> Path:
+    """The fixture snapshots of a host of another vendor than this one."""
+    ours = trace_host_class(_variant("as-is"))
+    for host in OTHER_HOSTS:
+        if trace_host_class(_snapshot(host, "tiny-bios")) != ours:
+            return HOSTS / host / "expected"
+    raise AssertionError(f"no fixture host of another vendor than {ours}")
+
+
+def test_a_path_only_another_kind_of_host_takes_gets_a_variant_snapshot(tmp_path: Path) -> None:
+    fixture = _other_class_fixture() / "tiny-bios.yaml"
+    ours = trace_host_class(_variant("as-is"))
+    recorded = fixture.read_text()
+    # As if the VMM really did something else on that kind of host (a register it set).
+    snapshot = tmp_path / "tiny-bios.yaml"
+    snapshot.write_text(
+        recorded.replace("rip: 0xfff0, rflags: 0x2}", "rip: 0xfff0, rflags: 0x202}")
+    )
+    assert snapshot.read_text() != recorded
+    variant = tmp_path / f"tiny-bios.{ours}.yaml"
+    before = snapshot.read_bytes()
+
+    assert _run("check", "--expected", str(tmp_path), "--scenario", "tiny-bios").returncode == 1
+    updated = _run("check", "--update", "--expected", str(tmp_path), "--scenario", "tiny-bios")
+    assert updated.returncode == 0, updated.stdout
+    assert f"snapshot: created (tiny-bios.{ours}.yaml)" in updated.stdout
+    assert snapshot.read_bytes() == before and variant.exists()
+
+    passed = _run("check", "--expected", str(tmp_path), "--scenario", "tiny-bios")
+    assert passed.returncode == 0, passed.stdout
+    assert f"snapshot: equal (tiny-bios.{ours}.yaml)" in passed.stdout
+
+    # The other host's snapshot as recorded reconciles: the variant goes, the snapshot stays.
+    snapshot.write_text(recorded)
+    again = _run("check", "--update", "--expected", str(tmp_path), "--scenario", "tiny-bios")
+    assert again.returncode == 0, again.stdout
+    assert not variant.exists() and snapshot.read_text() == recorded
+    unchanged = _run("check", "--update", "--expected", str(tmp_path), "--scenario", "tiny-bios")
+    assert "snapshot: unchanged" in unchanged.stdout and snapshot.read_text() == recorded
