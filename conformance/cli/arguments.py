@@ -7,7 +7,6 @@ and the gate, which `trace` must not pay for at start-up.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,6 +29,10 @@ exit status:
 
 def version() -> str:
     """This installation's version, as pip installed it."""
+    # Imported here: importlib.metadata costs ~60 ms of start-up that only --version and
+    # SARIF output need, and every `trace -- CMD` would pay it.
+    import importlib.metadata  # noqa: PLC0415
+
     try:
         return importlib.metadata.version("kvm-conformance")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
@@ -38,6 +41,8 @@ def version() -> str:
 
 def project_url(label: str) -> str | None:
     """A URL of [project.urls] (Homepage, Documentation), as the installed metadata has it."""
+    import importlib.metadata  # noqa: PLC0415 - as in version()
+
     try:
         listed = importlib.metadata.metadata("kvm-conformance").get_all("Project-URL") or []
     except importlib.metadata.PackageNotFoundError:
@@ -49,10 +54,17 @@ def project_url(label: str) -> str | None:
     return None
 
 
+class _PrintVersion(argparse.Action):
+    """argparse's "version" action takes its text when the parser is built; this one looks the
+    version up only when --version is given."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 def add_version_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=_PrintVersion, nargs=0, help="print the version")
 
 
 def add_command(

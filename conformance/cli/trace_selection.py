@@ -15,24 +15,12 @@ from dataclasses import dataclass
 from conformance.abi.ioctls import IOCTLS
 from conformance.model import events
 from conformance.model.errors import ConformanceError
+from conformance.tracer.seccomp import TRACED_SYSCALL_NAMES
 
-# The calls a trace can show, by the name `-e trace=` gives them.
+# The calls a trace can show, by the name `-e trace=` gives them: every call the tracer stops
+# at (eventfd is recorded as eventfd2, the call the kernel makes of it) and the summary event.
 CALL_NAMES = (
-    "open",
-    "openat",
-    "openat2",
-    "ioctl",
-    "mmap",
-    "munmap",
-    "mremap",
-    "mprotect",
-    "madvise",
-    "dup",
-    "dup2",
-    "dup3",
-    "fcntl",
-    "close",
-    "eventfd2",
+    *(name for name in TRACED_SYSCALL_NAMES if name != "eventfd"),
     "kvm_run_summary",
 )
 _ALWAYS_SHOWN = (events.TaskStarted, events.TaskExited)
@@ -59,7 +47,7 @@ class Selection:
     def chooses(self, event: events.Event) -> bool:
         if isinstance(event, _ALWAYS_SHOWN):
             return True
-        name = call_name(event)
+        name = events.call_name(event)
         if self.calls is not None and not self.calls.chooses(name):
             return False
         if self.ioctls is None:
@@ -77,19 +65,6 @@ class Selection:
                 writer(event)
 
         return chosen
-
-
-def call_name(event: events.Event) -> str:
-    match event:
-        case events.OpenKvm() | events.DupFd():
-            return event.syscall
-        case events.CloseFd():
-            return "close"
-        case events.EventFd():
-            return "eventfd2"
-        case events.KvmRunSummary():
-            return "kvm_run_summary"
-    return type(event).__name__.lower()
 
 
 def parse_selection(expressions: Sequence[str]) -> Selection:

@@ -1,13 +1,16 @@
-"""`abi`, `scenarios`, `run`: the ABI table and the VMM core's scenarios."""
+"""`abi`, `scenarios`, `run`: the ABI table, the scenarios `check` knows, the VMM core's runs."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
 from conformance.abi import ioctls
 from conformance.cli.arguments import add_command
-from conformance.model.scenarios import SCENARIOS
+from conformance.cli.configuration import add_config_option, project
+from conformance.model.printable import shown
+from conformance.model.scenarios import SCENARIOS, Scenario
 from conformance.vmm import machine
 
 
@@ -26,11 +29,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     scenarios = add_command(
         commands,
         "scenarios",
-        summary="list the VMM core's scenarios",
-        description="List the scenarios of the project's own small VMM (the ones `check` "
-        "traces and `run` runs), each with what it does.",
-        examples=["kvm-conformance scenarios"],
+        summary="list the scenarios: the project's (what `check` gates) and the built-in ones",
+        description="List the scenarios of the project's configuration, each with what it "
+        "runs and where it is defined (what `check` gates), then the built-in scenarios of "
+        "kvm-conformance's own small VMM (what `check --builtin` traces and `run` runs).",
+        examples=["kvm-conformance scenarios", "kvm-conformance scenarios --config ci.toml"],
     )
+    add_config_option(scenarios)
     scenarios.set_defaults(command=_scenarios)
 
     run = add_command(
@@ -53,10 +58,26 @@ def _abi(args: argparse.Namespace) -> int:
 
 
 def _scenarios(args: argparse.Namespace) -> int:
-    width = max(len(name) for name in SCENARIOS)
-    for name, scenario in sorted(SCENARIOS.items()):
-        print(f"{name:<{width}}  {scenario.description}")
+    configured = project(args)
+    # In this repository the built-in scenarios are the project's too: listed once.
+    own = [scenario for scenario in configured.scenarios.values() if scenario.command is not None]
+    if not own:
+        _print_scenarios(SCENARIOS.values())
+        return 0
+    # Two groups, each under a `#` line naming where it comes from and which command runs it.
+    print(f"# {configured.config_file}: the project's scenarios (`kvm-conformance check`)")
+    _print_scenarios(own)
+    print("# built-in: the VMM core's (`check --builtin`, `kvm-conformance run`)")
+    _print_scenarios(SCENARIOS.values())
     return 0
+
+
+def _print_scenarios(scenarios: Iterable[Scenario]) -> None:
+    listed = sorted(scenarios, key=lambda scenario: scenario.name)
+    width = max(len(scenario.name) for scenario in listed)
+    for scenario in listed:
+        where = f"  ({scenario.defined_at})" if scenario.defined_at else ""
+        print(shown(f"{scenario.name:<{width}}  {scenario.description}{where}"))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -189,3 +189,19 @@ Event: TypeAlias = (
     | TaskExited
     | KvmRunSummary
 )
+
+# The name an event goes by in a trace (raw YAML's `call:`, `trace -e trace=`): the system call
+# as the program made it where one event covers several, else the event's own name.
+_NAMES: dict[type, str] = {
+    CloseFd: "close",
+    EventFd: "eventfd2",  # eventfd and eventfd2 alike: the kernel's eventfd() is eventfd2
+    TaskStarted: "task_started",
+    TaskExited: "task_exited",
+    KvmRunSummary: "kvm_run_summary",
+}
+
+
+def call_name(event: Event) -> str:
+    if isinstance(event, OpenKvm | DupFd):
+        return event.syscall
+    return _NAMES.get(type(event)) or type(event).__name__.lower()

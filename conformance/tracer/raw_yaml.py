@@ -98,7 +98,7 @@ class RawYamlWriter:
 
 def raw_entry(event: events.Event) -> Entry:
     """One event as a trace entry with raw values."""
-    entry: Entry = {"call": _call_name(event), "seq": event.seq}
+    entry: Entry = {"call": events.call_name(event), "seq": event.seq}
     if isinstance(event, events.Ioctl):
         entry.update(fd=event.fd, fd_role=event.fd_role)
         entry["req"] = event.name or Hex(event.request)
@@ -132,22 +132,6 @@ def raw_entry(event: events.Event) -> Entry:
             "sha256": memory.sha256,
         }
     return entry
-
-
-def _call_name(event: events.Event) -> str:
-    if isinstance(event, events.DupFd | events.OpenKvm):
-        return event.syscall
-    return _CALL_NAMES.get(type(event)) or type(event).__name__.lower()
-
-
-_CALL_NAMES: dict[type, str] = {
-    events.OpenKvm: "open",
-    events.CloseFd: "close",
-    events.EventFd: "eventfd2",
-    events.TaskStarted: "task_started",
-    events.TaskExited: "task_exited",
-    events.KvmRunSummary: "kvm_run_summary",
-}
 
 
 def _plain_fields(kind: type[events.Event]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conformance.abi import _generated
+from conformance.model.scenarios import SCENARIOS
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -56,6 +57,27 @@ def test_scenarios_lists_every_scenario() -> None:
     assert listed == sorted(
         ["memory-setup", "qemu-memory-layout", "hello", "hello-long", "tiny-bios", "exits-100k"]
     )
+
+
+def test_scenarios_lists_the_projects_scenarios_before_the_built_in_ones(tmp_path: Path) -> None:
+    config = tmp_path / "kvm-conformance.toml"
+    config.write_text(
+        "[scenarios.boot]\n"
+        'command = ["./my-vmm", "guest.bin"]\n'
+        "[scenarios.smp]\n"
+        'description = "two vCPUs"\n'
+        'command = ["./my-vmm", "--smp", "2"]\n'
+    )
+    result = _cli("scenarios", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == [
+        f"# {config}: the project's scenarios (`kvm-conformance check`)",
+        f"boot  ./my-vmm guest.bin  ({config}:1)",
+        f"smp   two vCPUs  ({config}:3)",
+    ]
+    assert lines[3] == "# built-in: the VMM core's (`check --builtin`, `kvm-conformance run`)"
+    assert [line.split()[0] for line in lines[4:]] == sorted(SCENARIOS)
 
 
 @pytest.mark.needs_kvm
