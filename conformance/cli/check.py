@@ -36,8 +36,8 @@ from conformance.cli.check_output import (
     scenario_line,
 )
 from conformance.cli.configuration import add_config_option, project
+from conformance.gate.live_references import LiveReferences
 from conformance.gate.project import Project
-from conformance.gate.references import LiveReferences
 from conformance.gate.scenarios import TraceInterrupted
 from conformance.gate.verdict import (
     GateReport,
@@ -172,7 +172,7 @@ def _check(args: argparse.Namespace) -> int:
             f"{args.expected}: no such directory of snapshots; create it with --update"
         )
     require_tracing_environment()
-    live = LiveReferences() if args.qemu == "live" else None
+    live = LiveReferences().judge if args.qemu == "live" else None
     store = SnapshotStore(directory, update=update)
     progress = _Progress(sys.stderr, len(scenarios))
     started = time.monotonic()

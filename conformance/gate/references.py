@@ -16,8 +16,6 @@ from conformance.compare.conformance import ConformanceResult, compare_with_refe
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.model.scenarios import Scenario
-from conformance.qemu.recording import find_qemu, record_qemu
-from conformance.qemu.scenarios import qemu_scenario
 from conformance.snapshot.store import read_document
 
 # Where the shipped references are in kvm-conformance's own source tree, where they are recorded.
@@ -68,36 +66,11 @@ def judge_against_reference(
     path = reference_file(scenario, references)
     if path is None:
         return None
-    return compare_with_reference(document, read_document(path), _allowances(scenario, path))
+    return compare_with_reference(
+        document, read_document(path), scenario_allowances(scenario, path)
+    )
 
 
-def _allowances(scenario: Scenario, reference: Path) -> Allowances:
+def scenario_allowances(scenario: Scenario, reference: Path) -> Allowances:
     allowances_path = scenario.allowances or allowances_beside(reference)
     return load_allowances(allowances_path) if allowances_path.exists() else Allowances()
-
-
-class LiveReferences:
-    """QEMU's references recorded on this host as `check --qemu live` runs, each once.
-
-    The shipped reference was recorded on some host; the live one on this one. A scenario is
-    held against both, with the shipped reference's allowances: a VMM that conforms on one
-    host's QEMU and not on this one's (or the other way) is told so by name.
-    """
-
-    def __init__(self) -> None:
-        self.qemu = find_qemu(None)  # QemuMissingError (an environment error) before any trace
-        self._recorded: dict[str, TraceDocument] = {}
-
-    def judge(
-        self, scenario: Scenario, document: TraceDocument, references: Path | None = None
-    ) -> ConformanceResult | None:
-        """None when the scenario has no shipped QEMU reference (none to record live)."""
-        if not isinstance(scenario.reference, str):
-            return None
-        name = scenario.reference
-        if name not in self._recorded:
-            self._recorded[name] = record_qemu(qemu_scenario(name), self.qemu).document
-        reference = self._recorded[name]
-        reference.path = Path(f"{name} (live)")
-        shipped = shipped_reference(name, references)
-        return compare_with_reference(document, reference, _allowances(scenario, shipped))

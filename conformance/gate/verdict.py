@@ -30,7 +30,7 @@ from conformance.compare.conformance import ConformanceResult
 from conformance.compare.host_differences import HostContext
 from conformance.compare.regression import Comparison, compare_documents
 from conformance.gate.host_variants import snapshot_for, stage_update, stored_variants
-from conformance.gate.references import LiveReferences, judge_against_reference
+from conformance.gate.references import judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
 from conformance.gate.scenarios import SCENARIO_TOOLS, ScenarioRunError, trace_scenario
 from conformance.lint import Finding, LintConfig, has_errors, lint
@@ -40,6 +40,10 @@ from conformance.model.scenarios import Scenario
 from conformance.normalize.capture import Capture
 from conformance.snapshot.format import SnapshotError
 from conformance.snapshot.store import SnapshotStore, dump_document
+
+# `check --qemu live`'s judge (gate/live_references.py): a scenario's trace against QEMU's
+# reference recorded on this host, None when the scenario has no shipped reference.
+LiveJudge = Callable[[Scenario, TraceDocument, Path | None], ConformanceResult | None]
 
 
 class SnapshotOutcome(enum.Enum):
@@ -162,7 +166,7 @@ def run_gate(
     *,
     lint_for: Callable[[Scenario], LintConfig],
     references: Path | None = None,
-    live: LiveReferences | None = None,
+    live: LiveJudge | None = None,
     pending: bool = False,
     every_scenario: bool = False,
     on_start: Callable[[int, str], None] = lambda index, scenario: None,
@@ -202,7 +206,7 @@ def run_gate(
                 conformance=judge_against_reference(scenario, traced.document, references),
                 live_conformance=None
                 if live is None
-                else live.judge(scenario, traced.document, references),
+                else live(scenario, traced.document, references),
                 findings=tuple(lint(traced.document, settings)),
                 lint_config=settings,
             )
