@@ -73,9 +73,8 @@ class KvmCallDecoder:
             run_entry = self._runs.read_entry(stop, target, mappings)
             stop.exit_can_wait = _failure_is_traced(target, arg, mappings)
             stop.run_address = _run_address_for_the_compiled_loop(target, mappings)
-            if vm is not None and not vm.memory_digested:  # before the guest's first instruction
-                vm.memory_digested = True
-                memory = guest_memory.digest(stop.tid, vm)
+            if vm is not None:  # the first: before the guest's first instruction
+                memory = guest_memory.for_first_run(stop.tid, vm)
         return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry, memory)
 
     def exit(

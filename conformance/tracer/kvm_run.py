@@ -50,18 +50,35 @@ _UNION_MEMBERS: dict[str, type[Any]] = {name: kind for name, kind, *_ in abi.kvm
 
 def _reason_members() -> dict[int, str]:
     names = {
-        "KVM_EXIT_UNKNOWN": "hw", "KVM_EXIT_EXCEPTION": "ex", "KVM_EXIT_IO": "io",
-        "KVM_EXIT_HYPERCALL": "hypercall", "KVM_EXIT_DEBUG": "debug", "KVM_EXIT_MMIO": "mmio",
-        "KVM_EXIT_FAIL_ENTRY": "fail_entry", "KVM_EXIT_INTERNAL_ERROR": "internal",
-        "KVM_EXIT_SYSTEM_EVENT": "system_event", "KVM_EXIT_TPR_ACCESS": "tpr_access",
-        "KVM_EXIT_IOAPIC_EOI": "eoi", "KVM_EXIT_HYPERV": "hyperv", "KVM_EXIT_X86_RDMSR": "msr",
-        "KVM_EXIT_X86_WRMSR": "msr", "KVM_EXIT_XEN": "xen", "KVM_EXIT_NOTIFY": "notify",
-        "KVM_EXIT_S390_SIEIC": "s390_sieic", "KVM_EXIT_S390_RESET": "s390_reset_flags",
-        "KVM_EXIT_S390_UCONTROL": "s390_ucontrol", "KVM_EXIT_DCR": "dcr", "KVM_EXIT_OSI": "osi",
-        "KVM_EXIT_PAPR_HCALL": "papr_hcall", "KVM_EXIT_S390_TSCH": "s390_tsch",
-        "KVM_EXIT_EPR": "epr", "KVM_EXIT_S390_STSI": "s390_stsi", "KVM_EXIT_ARM_NISV": "arm_nisv",
-        "KVM_EXIT_RISCV_SBI": "riscv_sbi", "KVM_EXIT_RISCV_CSR": "riscv_csr",
-    }  # fmt: skip
+        "KVM_EXIT_UNKNOWN": "hw",
+        "KVM_EXIT_EXCEPTION": "ex",
+        "KVM_EXIT_IO": "io",
+        "KVM_EXIT_HYPERCALL": "hypercall",
+        "KVM_EXIT_DEBUG": "debug",
+        "KVM_EXIT_MMIO": "mmio",
+        "KVM_EXIT_FAIL_ENTRY": "fail_entry",
+        "KVM_EXIT_INTERNAL_ERROR": "internal",
+        "KVM_EXIT_SYSTEM_EVENT": "system_event",
+        "KVM_EXIT_TPR_ACCESS": "tpr_access",
+        "KVM_EXIT_IOAPIC_EOI": "eoi",
+        "KVM_EXIT_HYPERV": "hyperv",
+        "KVM_EXIT_X86_RDMSR": "msr",
+        "KVM_EXIT_X86_WRMSR": "msr",
+        "KVM_EXIT_XEN": "xen",
+        "KVM_EXIT_NOTIFY": "notify",
+        "KVM_EXIT_S390_SIEIC": "s390_sieic",
+        "KVM_EXIT_S390_RESET": "s390_reset_flags",
+        "KVM_EXIT_S390_UCONTROL": "s390_ucontrol",
+        "KVM_EXIT_DCR": "dcr",
+        "KVM_EXIT_OSI": "osi",
+        "KVM_EXIT_PAPR_HCALL": "papr_hcall",
+        "KVM_EXIT_S390_TSCH": "s390_tsch",
+        "KVM_EXIT_EPR": "epr",
+        "KVM_EXIT_S390_STSI": "s390_stsi",
+        "KVM_EXIT_ARM_NISV": "arm_nisv",
+        "KVM_EXIT_RISCV_SBI": "riscv_sbi",
+        "KVM_EXIT_RISCV_CSR": "riscv_csr",
+    }
     return {getattr(abi, name): member for name, member in names.items() if hasattr(abi, name)}
 
 

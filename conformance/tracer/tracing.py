@@ -133,7 +133,12 @@ def trace(
         recorder.finish()
         late.check_nothing_lost()
     return TraceOutcome(
-        result, session.seccomp_fast_path, recorder.opened_kvm, counter.count, argv[0], kvm_run,
+        result=result,
+        fast_path_used=session.seccomp_fast_path,
+        opened_kvm=recorder.opened_kvm,
+        events=counter.count,
+        command=argv[0],
+        kvm_run_mode=kvm_run,
         one_stop_kvm_run=isinstance(late.source, KvmRunFailures),
         one_stop_unavailable=late.one_stop_unavailable,
         compiled_loop_calls=session.compiled_loop_calls,
@@ -141,7 +146,7 @@ def trace(
         ebpf_unavailable=late.ebpf_unavailable,
         recorded_calls=session.recorded_calls,
         throttle_stops=session.throttle_stops,
-    )  # fmt: skip
+    )
 
 
 def attach(
@@ -168,7 +173,12 @@ def attach(
     result = session.run()
     recorder.finish()
     return TraceOutcome(
-        result, False, recorder.opened_kvm, counter.count, _command_of(pid), kvm_run
+        result=result,
+        fast_path_used=False,
+        opened_kvm=recorder.opened_kvm,
+        events=counter.count,
+        command=_command_of(pid),
+        kvm_run_mode=kvm_run,
     )
 
 
