@@ -63,6 +63,9 @@ class IoctlSpec:
     # VARIABLE: the largest count the kernel accepts or writes (in count_field's unit); a larger
     # one is refused before any entry is read. None: no limit of the kernel's (KVM_GET_XSAVE2...).
     max_count: int | None = None
+    # The VMM sizes its buffer by trying: a too-small count fails E2BIG (the kernel writes the
+    # count it needs), and the VMM asks again with more. A probe and its retries are one call.
+    count_negotiated: bool = False
 
 
 def _names(text: str) -> frozenset[str]:
@@ -225,6 +228,15 @@ _MAX_COUNT: Mapping[str, int] = {
     "KVM_GET_NESTED_STATE": _NESTED_STATE_MAX,
     "KVM_SET_NESTED_STATE": _NESTED_STATE_MAX,
 }
+# VARIABLE ioctls whose count the kernel answers: kvm_dev_ioctl_get_cpuid() and
+# kvm_get_supported_hv_cpuid() (arch/x86/kvm/cpuid.c, hyperv.c) and the MSR list copies in
+# kvm_arch_dev_ioctl() (x86.c) fail E2BIG with the needed count written back when `nent` /
+# `nmsrs` is too small. Kernels before 5.11 did not fail HV_CPUID that way: QEMU retries
+# whenever the buffer came back full (target/i386/kvm/kvm.c, try_get_hv_cpuid).
+_COUNT_NEGOTIATED = _names("""
+    KVM_GET_SUPPORTED_CPUID KVM_GET_EMULATED_CPUID KVM_GET_SUPPORTED_HV_CPUID
+    KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST
+""")
 
 _NOTES: Mapping[str, str] = {
     "KVM_SET_SIGNAL_MASK": "len counts bytes of sigset, not entries",
@@ -264,6 +276,7 @@ KNOWLEDGE_NAMES: frozenset[str] = frozenset().union(
     _MAX_COUNT,
     _NOTES,
     _CREATES,
+    _COUNT_NEGOTIATED,
 )
 
 _STRUCT_KIND_BY_DIRECTION = {
@@ -331,6 +344,7 @@ def _build_spec(name: str, number: int) -> IoctlSpec:
         x86=_is_x86(name),
         note=_NOTES.get(name),
         max_count=_MAX_COUNT.get(name),
+        count_negotiated=name in _COUNT_NEGOTIATED,
     )
 
 

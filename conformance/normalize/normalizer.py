@@ -28,6 +28,7 @@ from conformance.model.document import (
     Value,
     ordered_threads,
 )
+from conformance.model.portable import make_portable
 from conformance.normalize.address_space import (
     AddressRef,
     AddressSpace,
@@ -355,12 +356,14 @@ class Normalizer:
             for thread in active
         }
         roles = assign_roles([(base_roles[t.index], rendered[t.index]) for t in active])
-        return TraceDocument(
+        document = TraceDocument(
             source=dict(self._source),
             threads=ordered_threads(
                 (role, rendered[thread.index]) for role, thread in zip(roles, active, strict=True)
             ),
         )
+        # Last: thread roles are named from the calls as made, probes included.
+        return make_portable(document)
 
     def _kept(self) -> dict[int, list[_PendingCall]]:
         return {
