@@ -60,6 +60,12 @@ class IoctlSpec:
     arg_type: str | None = None  # the C type the header names ("kvm_regs", "__u64")
     x86: bool = True  # False: another architecture's (or a removed) ioctl; x86 rejects it
     note: str | None = None  # what a decoder must know beyond the fields above
+    # VARIABLE: the largest count the kernel accepts or writes (in count_field's unit); a larger
+    # one is refused before any entry is read. None: no limit of the kernel's (KVM_GET_XSAVE2...).
+    max_count: int | None = None
+    # The VMM sizes its buffer by trying: a too-small count fails E2BIG (the kernel writes the
+    # count it needs), and the VMM asks again with more. A probe and its retries are one call.
+    count_negotiated: bool = False
 
 
 def _names(text: str) -> frozenset[str]:
@@ -189,6 +195,49 @@ _VARIABLE: Mapping[str, tuple[str | None, str]] = {
     "KVM_CLEAR_DIRTY_LOG": ("num_pages", "dirty_bitmap"),
 }
 
+# VARIABLE: the largest count the kernel takes, from Linux 6.1. These limits live in kernel-
+# internal headers and .c files, which the ABI is not generated from, hence written here:
+# - msr_io() (arch/x86/kvm/x86.c): `nmsrs >= MAX_IO_MSRS` (256) is E2BIG;
+# - kvm_vcpu_ioctl_set_cpuid{,2}() and kvm_dev_ioctl_get_cpuid() (arch/x86/kvm/cpuid.c): `nent`
+#   above KVM_MAX_CPUID_ENTRIES (256, asm/kvm_host.h) is E2BIG, or cut to it; KVM_GET_CPUID2 and
+#   the Hyper-V leaves write at most as many;
+# - kvm_vm_ioctl(KVM_SET_GSI_ROUTING) (virt/kvm/kvm_main.c): `nr > KVM_MAX_IRQ_ROUTES` (4096,
+#   linux/kvm_host.h) is EINVAL;
+# - kvm_vcpu_ioctl(KVM_SET_SIGNAL_MASK): `len != sizeof(sigset_t)` (8 bytes) is EINVAL;
+# - kvm_vm_ioctl_set_pmu_event_filter() (arch/x86/kvm/pmu.c): `nevents >
+#   KVM_PMU_EVENT_FILTER_MAX_EVENTS` (300) is E2BIG;
+# - the nested state's size: its header and the larger of VMX's and SVM's data (uapi structs).
+# KVM_GET_MSR_INDEX_LIST writes the count of the kernel's own lists, read back from it.
+_MAX_CPUID_ENTRIES = 256
+_NESTED_STATE_MAX = _generated.kvm_nested_state.data.offset + max(
+    ctypes.sizeof(_generated.kvm_vmx_nested_state_data),
+    ctypes.sizeof(_generated.kvm_svm_nested_state_data),
+)
+_MAX_COUNT: Mapping[str, int] = {
+    "KVM_GET_MSRS": 255,
+    "KVM_SET_MSRS": 255,
+    "KVM_SET_CPUID": _MAX_CPUID_ENTRIES,
+    "KVM_SET_CPUID2": _MAX_CPUID_ENTRIES,
+    "KVM_GET_CPUID2": _MAX_CPUID_ENTRIES,
+    "KVM_GET_SUPPORTED_CPUID": _MAX_CPUID_ENTRIES,
+    "KVM_GET_EMULATED_CPUID": _MAX_CPUID_ENTRIES,
+    "KVM_GET_SUPPORTED_HV_CPUID": _MAX_CPUID_ENTRIES,
+    "KVM_SET_GSI_ROUTING": 4096,
+    "KVM_SET_SIGNAL_MASK": 8,
+    "KVM_SET_PMU_EVENT_FILTER": 300,
+    "KVM_GET_NESTED_STATE": _NESTED_STATE_MAX,
+    "KVM_SET_NESTED_STATE": _NESTED_STATE_MAX,
+}
+# VARIABLE ioctls whose count the kernel answers: kvm_dev_ioctl_get_cpuid() and
+# kvm_get_supported_hv_cpuid() (arch/x86/kvm/cpuid.c, hyperv.c) and the MSR list copies in
+# kvm_arch_dev_ioctl() (x86.c) fail E2BIG with the needed count written back when `nent` /
+# `nmsrs` is too small. Kernels before 5.11 did not fail HV_CPUID that way: QEMU retries
+# whenever the buffer came back full (target/i386/kvm/kvm.c, try_get_hv_cpuid).
+_COUNT_NEGOTIATED = _names("""
+    KVM_GET_SUPPORTED_CPUID KVM_GET_EMULATED_CPUID KVM_GET_SUPPORTED_HV_CPUID
+    KVM_GET_MSR_INDEX_LIST KVM_GET_MSR_FEATURE_INDEX_LIST
+""")
+
 _NOTES: Mapping[str, str] = {
     "KVM_SET_SIGNAL_MASK": "len counts bytes of sigset, not entries",
     "KVM_GET_NESTED_STATE": "size is the byte size of the whole buffer, header included",
@@ -224,8 +273,10 @@ KNOWLEDGE_NAMES: frozenset[str] = frozenset().union(
     _CORRECTED_DIRECTIONS,
     _ACTUAL_STRUCTS,
     _VARIABLE,
+    _MAX_COUNT,
     _NOTES,
     _CREATES,
+    _COUNT_NEGOTIATED,
 )
 
 _STRUCT_KIND_BY_DIRECTION = {
@@ -292,6 +343,8 @@ def _build_spec(name: str, number: int) -> IoctlSpec:
         arg_type=arg_type,
         x86=_is_x86(name),
         note=_NOTES.get(name),
+        max_count=_MAX_COUNT.get(name),
+        count_negotiated=name in _COUNT_NEGOTIATED,
     )
 
 

@@ -10,10 +10,13 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from conformance.model.errors import TRACER_FAILURE_STATUS
+
 EXIT_OK = 0
 EXIT_FAILED = 1  # a judgment failed: a difference, a deviation not allowed, a rule's error
 EXIT_USAGE = 2  # a usage or environment error: bad option, unreadable input, no /dev/kvm
 EXIT_GUEST = 3  # a guest that stopped abnormally (`run`)
+EXIT_TRACER = TRACER_FAILURE_STATUS  # the tracer failed while the program ran (125)
 EXIT_NOT_STARTED = 127  # the command to trace could not be started
 
 EXIT_STATUSES = f"""\
@@ -23,6 +26,8 @@ exit status:
   {EXIT_USAGE}    a usage or environment error: a bad option, an unreadable or wrong kind
        of file, a process that does not exist, no /dev/kvm (one line on stderr)
   {EXIT_GUEST}    `run`: the guest stopped abnormally (triple fault, failed entry, run limit)
+  {EXIT_TRACER}  the tracer failed while the program ran: the trace is incomplete; the
+       program went on untraced to its end (or, attached, was detached)
   {EXIT_NOT_STARTED}  the command to trace could not be started
   `trace` and `run` otherwise exit with the traced program's or the guest's own status"""
 

@@ -29,12 +29,14 @@ from conformance.cli.arguments import EXIT_FAILED, add_command
 from conformance.cli.check_output import (
     accept_command,
     failure_blocks,
+    host_blocks,
     html_section,
     json_report,
     left_out,
     scenario_line,
 )
 from conformance.cli.configuration import add_config_option, project
+from conformance.gate.live_references import LiveReferences
 from conformance.gate.project import Project
 from conformance.gate.scenarios import TraceInterrupted
 from conformance.gate.verdict import (
@@ -109,6 +111,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "otherwise)",
     )
     parser.add_argument(
+        "--qemu",
+        choices=("shipped", "live"),
+        default="shipped",
+        help="shipped: hold scenarios against the QEMU references that ship (default); live: "
+        "also record QEMU's reference on this host now and hold them against it too",
+    )
+    parser.add_argument(
         "--format",
         choices=("text", "json"),
         default="text",
@@ -163,6 +172,7 @@ def _check(args: argparse.Namespace) -> int:
             f"{args.expected}: no such directory of snapshots; create it with --update"
         )
     require_tracing_environment()
+    live = LiveReferences().judge if args.qemu == "live" else None
     store = SnapshotStore(directory, update=update)
     progress = _Progress(sys.stderr, len(scenarios))
     started = time.monotonic()
@@ -179,6 +189,7 @@ def _check(args: argparse.Namespace) -> int:
             store,
             lint_for=chosen.lint_for,
             references=args.references,
+            live=live,
             pending=pending,
             every_scenario=not args.scenario,
             on_start=progress.start,
@@ -279,6 +290,9 @@ def _print_text_summary(
     report: GateReport, seconds: float, args: argparse.Namespace, default_snapshots: Path
 ) -> None:
     color = use_color(sys.stdout)
+    for block in host_blocks(report):
+        print()
+        sys.stdout.write(block)
     for result in report.results:
         if result.run_failure is not None:
             print()

@@ -18,10 +18,11 @@ from conformance.lint import LintConfig, Severity
 from conformance.lint.output import finding_record, render_text
 from conformance.report.deviations import render_conformance
 from conformance.report.diff import comparison_facts, render_comparison
+from conformance.report.host import explained_lines, host_lines, render_host_lines
 from conformance.report.html import Judgment, ScenarioSection
 from conformance.report.values import json_value
 
-HOST_DIFFERS = "another host's CPUID: its inputs not compared"
+HOST_DIFFERS = "recorded on another host: see the host block"
 
 
 def verdict(result: ScenarioResult) -> str:
@@ -34,9 +35,14 @@ def verdict(result: ScenarioResult) -> str:
 def judgments(result: ScenarioResult) -> list[Judgment]:
     """Each judgment with its own verdict: snapshot, the QEMU reference (if any), lint."""
     found = [Judgment("snapshot", _snapshot(result), result.snapshot_outcome.fails)]
-    conformance, outcome = result.conformance, result.conformance_outcome
-    if conformance is not None and outcome is not None:
-        name = conformance.reference.path.stem if conformance.reference.path else "reference"
+    for conformance, outcome in (
+        (result.conformance, result.conformance_outcome),
+        (result.live_conformance, result.live_outcome),
+    ):
+        if conformance is None or outcome is None:
+            continue
+        path = conformance.reference.path
+        name = path.name.removesuffix(".yaml") if path else "reference"
         if outcome is ConformanceOutcome.FAILED:
             count = len(conformance.failures)
             said = f"FAIL, {count} deviation{'s' * (count != 1)}"
@@ -61,9 +67,11 @@ def _snapshot(result: ScenarioResult) -> str:
         said = "not compared, not written: the VMM did not run to its end (below)"
     else:
         said = outcome.value
+    if result.snapshot.name != f"{result.scenario.name}.yaml":  # a per-host variant
+        said += f" ({result.snapshot.name})"
     if result.pending is not None:
         said += f" (pending: {result.pending.name})"
-    return f"{said} ({HOST_DIFFERS})" if result.host_differs else said
+    return f"{said} ({HOST_DIFFERS})" if result.snapshot_hosts is not None else said
 
 
 def _lint(result: ScenarioResult) -> str:
@@ -94,6 +102,9 @@ def failure_blocks(
         blocks.append(render_comparison(result.comparison, color=color, full=full, accept=accept))
     if result.conformance_outcome is ConformanceOutcome.FAILED and result.conformance is not None:
         blocks.append(render_conformance(result.conformance, name, full=full))
+    live = result.live_conformance
+    if result.live_outcome is ConformanceOutcome.FAILED and live is not None:
+        blocks.append(render_conformance(live, name, full=full))
     if result.lint_fails:
         blocks.append(render_text(result.findings, name, config))
     return blocks
@@ -117,7 +128,11 @@ def _json_result(result: ScenarioResult) -> dict[str, object]:
         "result": result.snapshot_outcome.name.lower(),
         "snapshot": str(result.snapshot),
         "calls": result.calls,
-        "host_cpuid_differs": result.host_differs,
+        "host": {
+            "snapshot": host_lines(result.snapshot_hosts, *SNAPSHOT_HOSTS),
+            "reference": host_lines(result.reference_hosts, *REFERENCE_HOSTS),
+            "explained": explained_lines(result.comparison) if result.comparison else [],
+        },
         "run_failure": result.run_failure,
         "pending": None if result.pending is None else str(result.pending),
         "seconds": round(result.seconds, 3),
@@ -133,6 +148,13 @@ def _json_result(result: ScenarioResult) -> dict[str, object]:
             "outcome": outcome.name.lower(),
             "deviations_not_allowed": len(conformance.failures),
             "deviations_allowed": len(conformance.deviations) - len(conformance.failures),
+        },
+        "live_conformance": None
+        if result.live_conformance is None or result.live_outcome is None
+        else {
+            "ok": result.live_conformance.ok,
+            "outcome": result.live_outcome.name.lower(),
+            "deviations_not_allowed": len(result.live_conformance.failures),
         },
         "lint": [finding_record(finding) for finding in result.findings],
         "not_decisions_left_out": [
@@ -164,7 +186,9 @@ def _json_difference(difference: Difference) -> dict[str, object]:
 
 
 def html_section(result: ScenarioResult) -> ScenarioSection:
-    notes = (HOST_DIFFERS,) if result.host_differs else ()
+    notes = tuple(host_lines(result.snapshot_hosts, *SNAPSHOT_HOSTS)) + tuple(
+        host_lines(result.reference_hosts, *REFERENCE_HOSTS)
+    )
     return ScenarioSection(
         name=result.scenario.name,
         verdict=verdict(result),
@@ -175,6 +199,30 @@ def html_section(result: ScenarioResult) -> ScenarioSection:
         findings=result.findings,
         notes=notes,
     )
+
+
+SNAPSHOT_HOSTS = ("snapshot recorded on", "running on")
+REFERENCE_HOSTS = ("QEMU reference recorded on", "running on")
+
+
+def host_blocks(report: GateReport) -> list[str]:
+    """The run's host blocks, said once: the snapshots' hosts against this one, then the QEMU
+    references'. Scenarios that asked the host less (no CPUID) add no block of their own:
+    every line any scenario found is in its kind's one block."""
+    blocks = []
+    for kind, words in enumerate((SNAPSHOT_HOSTS, REFERENCE_HOSTS)):
+        heads: list[str] = []
+        lines: list[str] = []
+        for result in report.results:
+            hosts = (result.snapshot_hosts, result.reference_hosts)[kind]
+            found = host_lines(hosts, *words)
+            if found:
+                heads.append(found[0])
+                lines.extend(line for line in found[1:] if line not in lines)
+        if heads:
+            head = max(heads, key=len)  # the one that names the CPUID tables
+            blocks.append(render_host_lines([head, *lines]))
+    return blocks
 
 
 def accept_command(scenario: str, expected: Path, default: Path) -> str:

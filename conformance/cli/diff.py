@@ -19,6 +19,7 @@ from conformance.compare.conformance import compare_with_reference
 from conformance.gate.references import shipped_reference, shipped_reference_names
 from conformance.model.errors import ConformanceError
 from conformance.report.deviations import render_conformance, side_by_side
+from conformance.report.host import DIFF_HOSTS, host_block
 from conformance.report.html import conformance_page
 from conformance.report.left_out import render_left_out
 
@@ -87,6 +88,7 @@ def _diff(args: argparse.Namespace) -> int:
     result = compare_with_reference(subject, reference, allowances)
     name = str(subject.source.get("scenario") or args.subject)
     sys.stdout.write(render_conformance(result, name, full=args.full))
+    sys.stdout.write(host_block(result.hosts, *DIFF_HOSTS))
     if args.not_decisions:
         print("\n".join(render_left_out(result.left_out)))
     if args.side_by_side:

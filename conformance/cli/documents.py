@@ -1,6 +1,6 @@
 """Reading a trace a user names: a normalized document, or a raw trace normalized on the way.
 
-`diff` and `lint` take either kind, told apart by the schema line: `kvm-conformance/1`
+`diff` and `lint` take either kind, told apart by the schema line: `kvm-conformance/2`
 (`record-trace`, `expected/`, `conformance/qemu/references/`) or `kvm-conformance-raw/1`
 (`trace --format yaml`), which is read back into events and normalized as if it had just been
 traced.

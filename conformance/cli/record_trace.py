@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="record-trace",
         description="Record a VMM's use of /dev/kvm as a normalized trace document "
-        "(schema kvm-conformance/1): from QEMU for a scenario, from any VMM command, or from "
+        "(schema kvm-conformance/2): from QEMU for a scenario, from any VMM command, or from "
         "an strace log.",
         epilog="examples:\n"
         "  record-trace qemu memory-1g                  # a shipped reference, re-recorded\n"

@@ -182,5 +182,13 @@ def _output(path: str | None) -> Iterator[TextIO]:
         stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as error:
         raise ConformanceError(f"cannot write {path}: {error.strerror}") from error
-    with stream:
+    try:
         yield stream
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error in flight says more than this one
+            stream.close()
+        raise
+    try:
+        stream.close()
+    except OSError as error:
+        raise ConformanceError(f"cannot write {path}: {error.strerror}") from error

@@ -31,6 +31,7 @@ from conformance.compare.alignment import align, conformance_identity
 from conformance.compare.allowances import Allowance, Allowances, DeviationKind
 from conformance.compare.decisions import LeftOut, decide
 from conformance.compare.guest_images import ExitComparison, compare_exits
+from conformance.compare.host_differences import HostContext
 from conformance.compare.memory_layout import layout_differences
 from conformance.compare.regression import ABSENT, Compared, CompareOptions, field_differences
 from conformance.model.calls import fd as fd_of
@@ -94,6 +95,7 @@ class ConformanceResult:
     # Differences in paired calls left out because the field is not a VMM decision.
     left_out: list[LeftOut] = field(default_factory=list)
     exits: ExitComparison | None = None  # whether KVM_RUN exits were compared, and why
+    hosts: HostContext | None = None  # the two traces' hosts (what they explain is not compared)
 
     @property
     def failures(self) -> list[Deviation]:
@@ -116,7 +118,8 @@ def compare_with_reference(
         layout=layout_differences(subject, reference),
         exits=exits,
     )
-    options = CompareOptions(ignore=_NEVER_COMPARED)
+    result.hosts = HostContext.between(reference, subject)
+    options = CompareOptions(ignore=_NEVER_COMPARED, hosts=result.hosts)
     for role in sorted(subject.threads, key=thread_role_order):
         thread = _Thread(role, subject, reference, options, compare_runs=exits.compared)
         result.rows[role] = thread.rows
@@ -370,7 +373,7 @@ def _compared(
     ignore = options.ignore
     if "undecoded" in subject.entry:  # strace printed a pointer: inputs unknown, not empty
         ignore = (*ignore, "in", "out")
-    plain = CompareOptions(compare_outputs=options.compare_outputs, ignore=ignore)
+    plain = dataclasses.replace(options, ignore=ignore)
     left_out: list[LeftOut] = []
     found = list(field_differences(reference, subject, plain, left_out))
     if strace_subject:  # strace leaves padding and reserved fields out: absent is unknown

@@ -14,16 +14,21 @@ and `Difference` to report.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import enum
+import functools
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from conformance.abi.ioctls import IOCTLS
 from conformance.compare.decisions import LeftOut, decide
+from conformance.compare.host_differences import HostContext
 from conformance.compare.keyed_sets import keyed_comparer
 from conformance.model.document import TraceCall, TraceDocument, Value, thread_role_order
 from conformance.model.errors import ConformanceError
+from conformance.model.negotiation import TRIES
 
 
 class _Absent:
@@ -60,6 +65,9 @@ class Difference:
     expected: Compared = ABSENT
     actual: Compared = ABSENT
     expected_line: int | None = None  # line of the call in the expected file, when loaded
+    # A call made on one host only, right after a probe the hosts answered differently: the
+    # probe and both answers. Shown, not failed on.
+    explained_by: str = ""
 
 
 class CompareOptionsError(ConformanceError):
@@ -77,6 +85,8 @@ class CompareOptions:
 
     compare_outputs: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
+    # The two traces' hosts, when they are known: what the hosts explain is not a difference.
+    hosts: HostContext | None = None
 
     @classmethod
     def from_mapping(cls, data: object, where: str) -> CompareOptions:
@@ -98,12 +108,24 @@ class CompareOptions:
 
     def compares(self, path: str, request: str = "") -> bool:
         """Whether field `path` of a call of `request` is compared."""
+        if path == TRIES or path == _negotiated_count(request):
+            # How many tries a negotiation took, and the buffer size it started from: the
+            # kernel answers the same entries whatever the first guess (model/negotiation.py).
+            return False
         if _covered(path, _for_request(self.ignore, request)):
             return False
         if _covered(path, ("out",)):
             opted_in = _for_request(self.compare_outputs, request)
             return _covered(path, opted_in) or any(_covered(option, (path,)) for option in opted_in)
         return True
+
+
+@functools.cache
+def _negotiated_count(request: str) -> str | None:
+    spec = IOCTLS.get(request)
+    if spec is None or not spec.count_negotiated or spec.count_field is None:
+        return None
+    return f"in.{spec.count_field}"
 
 
 def _for_request(paths: Sequence[str], request: str) -> list[str]:
@@ -135,8 +157,17 @@ class Comparison:
     left_out: list[LeftOut] = field(default_factory=list)
 
     @property
+    def failures(self) -> list[Difference]:
+        """The differences the hosts do not explain."""
+        return [difference for difference in self.differences if not difference.explained_by]
+
+    @property
     def ok(self) -> bool:
-        return not self.differences
+        return not self.failures
+
+    @property
+    def hosts(self) -> HostContext | None:
+        return self.options.hosts
 
 
 def call_identity(call: TraceCall) -> tuple[str, str, str]:
@@ -152,8 +183,11 @@ def compare_documents(
     scenario: str,
     options: CompareOptions | None = None,
 ) -> Comparison:
-    """Regression: how the VMM ended, then every thread's calls, aligned, field by field."""
+    """Regression: how the VMM ended, then every thread's calls, aligned, field by field,
+    with what the two traces' hosts explain (compare/host_differences.py) left out."""
     chosen = options or CompareOptions()
+    if chosen.hosts is None:
+        chosen = dataclasses.replace(chosen, hosts=HostContext.between(expected, actual))
     comparison = Comparison(scenario, expected, actual, options=chosen)
     # The exit status is the one result in `source:`; documents that both record it compare it.
     expected_status = expected.source.get(EXIT_STATUS)
@@ -222,6 +256,7 @@ def _thread_differences(
                         e_call.line,
                     )
             continue
+        probe = _differing_probe(options.hosts, expected, e_start, actual, a_start)
         for index in range(e_start, e_end):
             call = expected[index]
             yield Difference(
@@ -232,12 +267,36 @@ def _thread_differences(
                 a_start,
                 expected=call.entry,
                 expected_line=call.line,
+                explained_by=probe,
             )
         for index in range(a_start, a_end):
             call = actual[index]
             yield Difference(
-                DifferenceKind.EXTRA_CALL, role, call.name, e_end, index, actual=call.entry
+                DifferenceKind.EXTRA_CALL,
+                role,
+                call.name,
+                e_end,
+                index,
+                actual=call.entry,
+                explained_by=probe,
             )
+
+
+def _differing_probe(
+    hosts: HostContext | None,
+    expected: Sequence[TraceCall],
+    e_start: int,
+    actual: Sequence[TraceCall],
+    a_start: int,
+) -> str:
+    """The probe right before calls made on one host only, when the hosts answered it
+    differently ("" when there is none): the calls that follow it are the VMM's other path."""
+    if hosts is None or e_start == 0 or a_start == 0:
+        return ""
+    before = expected[e_start - 1]
+    if call_identity(before) != call_identity(actual[a_start - 1]):
+        return ""
+    return hosts.probe_differs(before) or ""
 
 
 Opcode: TypeAlias = tuple[str, int, int, int, int]
@@ -311,6 +370,8 @@ def field_differences(
     """(path, expected, actual) for every compared field where two calls differ; fields that
     are not a VMM decision (compare/decisions.py) are not compared, and the differences they
     would have made go to `left_out` when given."""
+    if options.hosts is not None:
+        expected, actual = options.hosts.reconcile(expected, actual)
     decided = decide(expected, actual)
     if left_out is not None:
         left_out.extend(item for item in decided.left_out if options.compares(item.path, item.call))

@@ -66,6 +66,11 @@ def judge_against_reference(
     path = reference_file(scenario, references)
     if path is None:
         return None
-    allowances_path = scenario.allowances or allowances_beside(path)
-    allowances = load_allowances(allowances_path) if allowances_path.exists() else Allowances()
-    return compare_with_reference(document, read_document(path), allowances)
+    return compare_with_reference(
+        document, read_document(path), scenario_allowances(scenario, path)
+    )
+
+
+def scenario_allowances(scenario: Scenario, reference: Path) -> Allowances:
+    allowances_path = scenario.allowances or allowances_beside(reference)
+    return load_allowances(allowances_path) if allowances_path.exists() else Allowances()

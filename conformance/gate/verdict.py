@@ -1,8 +1,9 @@
 """The gate behind `kvm-conformance check`: trace scenarios, then judge each trace three ways.
 
-1. Regression: the document equals `<expected>/<name>.yaml` (or, when updating, is written there);
-   on a host whose KVM reports other CPUID than the snapshot's did, the inputs that follow that
-   CPUID are left out (compare/host_answers.py), and the result says so.
+1. Regression: the document equals `<expected>/<name>.yaml` (or, when updating, is written there)
+   in the VMM's decisions: a snapshot recorded on another host compares the same, its host
+   answers named as such (compare/host_differences.py), and the result names the host's
+   differences.
 2. Conformance: a scenario with a QEMU reference (its record's `reference`) fits inside it, as
    the allowances beside the reference permit; a scenario that deviates on purpose shows its
    deviations without failing on them.
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conformance.compare.conformance import ConformanceResult
-from conformance.compare.host_answers import HOST_DERIVED_INPUTS, same_host_cpuid
-from conformance.compare.regression import CompareOptions, Comparison, compare_documents
+from conformance.compare.host_differences import HostContext
+from conformance.compare.regression import Comparison, compare_documents
+from conformance.gate.host_variants import snapshot_for, stage_update, stored_variants
 from conformance.gate.references import judge_against_reference
 from conformance.gate.resources import kvm_missing, ptrace_missing
 from conformance.gate.scenarios import SCENARIO_TOOLS, ScenarioRunError, trace_scenario
@@ -36,7 +38,12 @@ from conformance.model.document import TraceDocument
 from conformance.model.errors import KvmUnavailableError
 from conformance.model.scenarios import Scenario
 from conformance.normalize.capture import Capture
+from conformance.snapshot.format import SnapshotError
 from conformance.snapshot.store import SnapshotStore, dump_document
+
+# `check --qemu live`'s judge (gate/live_references.py): a scenario's trace against QEMU's
+# reference recorded on this host, None when the scenario has no shipped reference.
+LiveJudge = Callable[[Scenario, TraceDocument, Path | None], ConformanceResult | None]
 
 
 class SnapshotOutcome(enum.Enum):
@@ -72,23 +79,41 @@ class ScenarioResult:
     seconds: float  # tracing and normalizing
     comparison: Comparison | None = None  # set when compared (pass or FAIL)
     conformance: ConformanceResult | None = None  # set when the scenario has a QEMU reference
+    # `check --qemu live`: against QEMU's reference recorded on this host at check time.
+    live_conformance: ConformanceResult | None = None
     findings: tuple[Finding, ...] = ()
     lint_config: LintConfig = field(default_factory=LintConfig)  # the settings it was linted with
-    # The snapshot's host reported other supported CPUID: the inputs that follow it were not
-    # compared (host_answers.HOST_DERIVED_INPUTS).
-    host_differs: bool = False
     run_failure: str | None = None  # why the VMM did not run to its end (RUN_FAILED)
     pending: Path | None = None  # the NAME.yaml.new written for review
 
     @property
     def conformance_outcome(self) -> ConformanceOutcome | None:
-        if self.conformance is None:
+        return self._outcome(self.conformance)
+
+    @property
+    def live_outcome(self) -> ConformanceOutcome | None:
+        return self._outcome(self.live_conformance)
+
+    def _outcome(self, result: ConformanceResult | None) -> ConformanceOutcome | None:
+        if result is None:
             return None
-        if self.conformance.ok:
+        if result.ok:
             return ConformanceOutcome.OK
         if self.scenario.deviates_on_purpose is not None:
             return ConformanceOutcome.DEVIATES_ON_PURPOSE
         return ConformanceOutcome.FAILED
+
+    @property
+    def snapshot_hosts(self) -> HostContext | None:
+        """The snapshot's host and this one, when they differ."""
+        hosts = self.comparison.hosts if self.comparison is not None else None
+        return hosts if hosts is not None and hosts.differ else None
+
+    @property
+    def reference_hosts(self) -> HostContext | None:
+        """The QEMU reference's host and this one, when they differ."""
+        hosts = self.conformance.hosts if self.conformance is not None else None
+        return hosts if hosts is not None and hosts.differ else None
 
     @property
     def lint_fails(self) -> bool:
@@ -100,6 +125,7 @@ class ScenarioResult:
         return (
             self.snapshot_outcome.fails
             or self.conformance_outcome is ConformanceOutcome.FAILED
+            or self.live_outcome is ConformanceOutcome.FAILED
             or self.lint_fails
         )
 
@@ -140,6 +166,7 @@ def run_gate(
     *,
     lint_for: Callable[[Scenario], LintConfig],
     references: Path | None = None,
+    live: LiveJudge | None = None,
     pending: bool = False,
     every_scenario: bool = False,
     on_start: Callable[[int, str], None] = lambda index, scenario: None,
@@ -147,14 +174,17 @@ def run_gate(
 ) -> GateReport:
     """Trace each scenario and compare it with its snapshot (or stage it, if `store.update`),
     hold it against its QEMU reference (a shipped one is looked up in `references`, when
-    given), and lint it with `lint_for(scenario)`. `pending`: a missing or differing snapshot
+    given; with `live`, also against QEMU's recorded on this host now), and lint it with
+    `lint_for(scenario)`. `pending`: a missing or differing snapshot
     is written beside it as NAME.yaml.new. `every_scenario`: these are all of the project's
     scenarios, so snapshots none of them asked for are reported as unused.
 
     What the run writes is written when the last scenario has been judged. `on_start(index,
     scenario name)` before each trace (0-based index) and `on_result` after it are for progress.
     """
-    expected = {} if store.update else {s.name: store.load(s.name) for s in scenarios}
+    # Read when updating too: where an update goes depends on the host the snapshot is from.
+    expected = {s.name: _load(store, s.name) for s in scenarios}
+    variants = {s.name: stored_variants(store, s.name) for s in scenarios}
     report = GateReport()
     for index, scenario in enumerate(scenarios):
         on_start(index, scenario.name)
@@ -165,8 +195,18 @@ def run_gate(
         else:
             settings = lint_for(scenario)
             result = dataclasses.replace(
-                _judge(scenario, traced, store, expected.get(scenario.name), pending=pending),
+                _judge(
+                    scenario,
+                    traced,
+                    store,
+                    expected.get(scenario.name),
+                    variants.get(scenario.name, {}),
+                    pending=pending,
+                ),
                 conformance=judge_against_reference(scenario, traced.document, references),
+                live_conformance=None
+                if live is None
+                else live(scenario, traced.document, references),
                 findings=tuple(lint(traced.document, settings)),
                 lint_config=settings,
             )
@@ -191,43 +231,53 @@ def _not_run(scenario: Scenario, store: SnapshotStore, why: str) -> ScenarioResu
     )
 
 
+def _load(store: SnapshotStore, name: str) -> TraceDocument | None:
+    """The snapshot; when updating, one that cannot be read is one to replace, not an error."""
+    if not store.update:
+        return store.load(name)
+    try:
+        return store.load(name)
+    except SnapshotError:
+        return None
+
+
 def _judge(
     scenario: Scenario,
     traced: Capture,
     store: SnapshotStore,
     expected: TraceDocument | None,
+    variants: dict[str, TraceDocument],
     *,
     pending: bool,
 ) -> ScenarioResult:
-    path = store.path_for(scenario.name)
+    document = traced.document
     judged = ScenarioResult(
         scenario=scenario,
         snapshot_outcome=SnapshotOutcome.MISSING,
-        snapshot=path,
-        calls=traced.document.call_count(),
+        snapshot=store.path_for(scenario.name),
+        calls=document.call_count(),
         seconds=traced.seconds,
     )
     if store.update:
-        outcome = SnapshotOutcome(store.stage(scenario.name, traced.document))
-        return dataclasses.replace(judged, snapshot_outcome=outcome)
-    if expected is None:
-        return _with_pending(judged, store, traced.document, pending)
-    host_differs = not same_host_cpuid(expected, traced.document)
-    options = CompareOptions(ignore=HOST_DERIVED_INPUTS) if host_differs else None
-    comparison = compare_documents(
-        expected, traced.document, scenario=scenario.name, options=options
-    )
+        name, written = stage_update(store, scenario.name, expected, variants, document)
+        return dataclasses.replace(
+            judged, snapshot_outcome=SnapshotOutcome(written), snapshot=store.path_for(name)
+        )
+    snapshot = snapshot_for(scenario.name, expected, variants, document)
+    judged = dataclasses.replace(judged, snapshot=store.path_for(snapshot.name))
+    if snapshot.document is None:
+        return _with_pending(judged, store, document, pending)
+    comparison = compare_documents(snapshot.document, document, scenario=scenario.name)
     judged = dataclasses.replace(
         judged,
         snapshot_outcome=SnapshotOutcome.PASSED if comparison.ok else SnapshotOutcome.FAILED,
         comparison=comparison,
-        host_differs=host_differs,
     )
     if comparison.ok:
         if pending:
             store.stage_pending_removal(scenario.name)
         return judged
-    return _with_pending(judged, store, traced.document, pending)
+    return _with_pending(judged, store, document, pending)
 
 
 def _with_pending(

@@ -8,7 +8,9 @@ from conformance.compare.keyed_sets import GUEST_MUTABLE_CPUID, cpuid_difference
 from conformance.lint.calls import calls_in_order, is_vcpu_fd
 from conformance.lint.engine import Hit, Rule, Severity
 from conformance.model.calls import answer, entries, failed, fd, integer, request, section
-from conformance.model.document import Located, TraceDocument, Value
+from conformance.model.document import Entry, Located, TraceDocument, Value
+from conformance.model.host_profile import HostProfile
+from conformance.model.host_symbols import resolve_call
 
 # From arch/x86/include/asm/msr-index.h, which is not a uapi header and so not in the
 # generated ABI.
@@ -140,6 +142,7 @@ def _cpuid_after_run(document: TraceDocument) -> Iterator[Hit]:
     """Since Linux 5.16 KVM refuses KVM_SET_CPUID2 with different entries once the vCPU has run
     (cloud-hypervisor#4156); before that it accepted it and left the vCPU inconsistent."""
     cpuid_by_vcpu = _last_cpuid_per_vcpu(document)
+    profile = HostProfile.of(document)
     for role, calls in calls_in_order(document):
         current: dict[str, list[Mapping[str, Value]]] = {}
         ran: set[str] = set()
@@ -148,7 +151,7 @@ def _cpuid_after_run(document: TraceDocument) -> Iterator[Hit]:
             if name == "KVM_RUN" and not failed(located.entry):
                 ran.add(vcpu)
             elif name == "KVM_SET_CPUID2":
-                new = entries(section(located.entry, "in"))
+                new = _cpuid_entries(located.entry, profile)
                 before = current.get(vcpu, cpuid_by_vcpu.get(vcpu, []))
                 if vcpu in ran:
                     changed = cpuid_differences(before, new, GUEST_MUTABLE_CPUID)
@@ -169,11 +172,17 @@ def _last_cpuid_per_vcpu(document: TraceDocument) -> dict[str, list[Mapping[str,
     """What each vCPU's CPUID was set to in any thread: the baseline for a thread that set none
     itself before running (cross-thread order is unknown, so this is the best available)."""
     found: dict[str, list[Mapping[str, Value]]] = {}
+    profile = HostProfile.of(document)
     for located in document.calls():
         entry = located.entry
         if request(entry) == "KVM_SET_CPUID2" and not failed(entry):
-            found.setdefault(fd(entry), entries(section(entry, "in")))
+            found.setdefault(fd(entry), _cpuid_entries(entry, profile))
     return found
+
+
+def _cpuid_entries(entry: Entry, profile: HostProfile) -> list[Mapping[str, Value]]:
+    """The entries a KVM_SET_CPUID2 set, its host symbols (`entries: host`) read as values."""
+    return entries(section(resolve_call(entry, profile), "in"))
 
 
 RULES = (

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
-SCHEMA = "kvm-conformance/1"
+SCHEMA = "kvm-conformance/2"
+# Schema 1, still read: the same keys without the host profile, negotiation or host symbols
+# (model/portable.py makes a schema 1 document what schema 2 would have written).
+SCHEMA_1 = "kvm-conformance/1"
 # The tracer's raw stream (`trace --format yaml`): tids, fd numbers, host addresses, flag bits.
 # Its own name, so that no reader takes it for a normalized document.
 RAW_SCHEMA = "kvm-conformance-raw/1"

@@ -9,6 +9,11 @@ from __future__ import annotations
 import errno as errno_codes
 import os
 
+# The tracer's own failure while a program ran: a status no program's can be mistaken for in
+# the usual ranges (0-2 the judgments', 128 + N a program killed by signal N), as env(1) and
+# timeout(1) exit 125 when they themselves fail.
+TRACER_FAILURE_STATUS = 125
+
 
 class ConformanceError(Exception):
     """Base of every error this project raises on purpose.

@@ -77,6 +77,10 @@ class Ioctl(Call):
     repeat: int = 1
     # The VM's first KVM_RUN: the guest memory it starts from (None if unreadable, or later).
     guest_memory: GuestMemoryDigest | None = None
+    # A pointer argument the tracer could not read whole (NULL, unmapped, PROT_NONE, a struct
+    # running into such a page): how many of its bytes could be read, at entry or exit, the
+    # first time it fell short; `inputs`/`outputs` hold the fields within them. None: read whole.
+    readable: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from conformance.model.events import GuestMemoryDigest
+
 
 @dataclass(eq=False, slots=True)
 class KvmObject:
@@ -36,10 +38,12 @@ class KvmObject:
     coalesced_ring_seen: int | None = None  # ring index up to which entries were recorded
     xsave2_size: int = 0
     vcpu_count: int = 0  # VM only: vCPUs created, for naming
-    # VM only: each live slot's (guest_phys_addr, memory_size, userspace_addr), and whether the
-    # guest memory was hashed yet (at the first KVM_RUN; tracer/guest_memory.py).
+    # VM only: each live slot's (guest_phys_addr, memory_size, userspace_addr); whether the
+    # guest memory was hashed yet (before the guest's first instruction) and the digest, until
+    # the VM's first KVM_RUN event takes it (tracer/guest_memory.py).
     slots: dict[int, tuple[int, int, int]] = field(default_factory=dict)
     memory_digested: bool = False
+    memory_digest: GuestMemoryDigest | None = None
     # VM only: the address space (the recorder's per-process RunMappings) that created it. KVM
     # refuses vCPU ioctls from any other (EIO), a refusal its KVM_RUN tracepoint never sees.
     created_in: object | None = None

@@ -150,6 +150,11 @@ def number(value: int, field_name: str, *, in_exit: bool = False) -> int:
     return value if field_name in decimal else Hex(value)
 
 
+# A pointer argument the tracer could not read whole (the kernel answers EFAULT): `NULL`, as
+# strace writes a null pointer, or `unreadable` (unmapped, PROT_NONE, running into such a page).
+NULL = "NULL"
+UNREADABLE = "unreadable"
+
 # The integer argument of these ioctls is an address (KVM_SET_TSS_ADDR); of the rest, an id,
 # type or capability number.
 _ADDRESS_ARGUMENT = re.compile(r"_ADDR$")

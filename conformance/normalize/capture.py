@@ -137,26 +137,40 @@ def _text(spool: IO[bytes]) -> str:
 
 @functools.cache
 def host_facts() -> Entry:
-    """Provenance for `source: host:` — facts that explain why a trace differs on another host.
-
-    The CPU model is there because SET_CPUID2's entries come from the host's supported CPUID.
+    """The identity half of `source: host:` (model/host_profile.py adds the answers the
+    trace holds): kernel, KVM API, and the CPU as /proc/cpuinfo names it. A trace whose VMM
+    asked for the supported CPUID gets vendor, family, model and stepping from there instead.
     """
     facts: Entry = {"kernel": platform.release()}
     with Kvm() as kvm:
         facts["kvm_api"] = kvm.api_version()
-    model = _cpu_model()
-    if model is not None:
-        facts["cpu"] = model
+    facts.update(_cpu_identity())
     return facts
 
 
-def _cpu_model() -> str | None:
+# /proc/cpuinfo's keys (arch/x86/kernel/cpu/proc.c, show_cpuinfo) and the profile's.
+_CPUINFO_KEYS = {
+    "model name": "cpu",
+    "vendor_id": "vendor",
+    "cpu family": "family",
+    "model": "model",
+    "stepping": "stepping",
+}
+
+
+def _cpu_identity() -> Entry:
+    """The first CPU's identity from /proc/cpuinfo ({} without /proc: provenance says less)."""
+    found: Entry = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
+                name = _CPUINFO_KEYS.get(key.strip())
+                if not line.strip():
+                    break  # the first processor's block ends here
+                if name is not None and name not in found:
+                    text = value.strip()
+                    found[name] = int(text) if text.isdigit() else text
     except OSError:
-        return None  # no /proc: the provenance just says less
-    return None
+        return {}
+    return found

@@ -28,6 +28,7 @@ from conformance.model.document import (
     Value,
     ordered_threads,
 )
+from conformance.model.portable import make_portable
 from conformance.normalize.address_space import (
     AddressRef,
     AddressSpace,
@@ -172,6 +173,8 @@ class Normalizer:
             spec.arg_kind is ArgKind.INTEGER or (spec.arg_kind is ArgKind.NONE and event.arg)
         ):
             entry["arg"] = symbolic.ioctl_argument(request, event.arg)
+        elif event.readable is not None:  # a pointer the tracer could not read whole
+            entry["arg"] = symbolic.NULL if event.arg == 0 else symbolic.UNREADABLE
         struct_name = spec.arg_type if spec is not None else None
         inputs = event.run_entry if request == "KVM_RUN" else event.inputs
         if inputs:
@@ -353,12 +356,14 @@ class Normalizer:
             for thread in active
         }
         roles = assign_roles([(base_roles[t.index], rendered[t.index]) for t in active])
-        return TraceDocument(
+        document = TraceDocument(
             source=dict(self._source),
             threads=ordered_threads(
                 (role, rendered[thread.index]) for role, thread in zip(roles, active, strict=True)
             ),
         )
+        # Last: thread roles are named from the calls as made, probes included.
+        return make_portable(document)
 
     def _kept(self) -> dict[int, list[_PendingCall]]:
         return {

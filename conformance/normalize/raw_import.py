@@ -9,12 +9,15 @@ judge `record-trace vmm`'s document of the same run.
 
 Two things the raw stream does not write are recovered: a call's process (pid) is its thread's
 `task_started` pid (the tid itself for a thread seen without one, as the traced command's
-first thread is when attaching), and byte data, written as a list of 0x.. bytes, is told from
-a list of numbers by being exactly that (a list of numbers writes small values in decimal).
+first thread is when attaching), and byte data, written as a list of up to 16 0x.. bytes (or
+as `hex:...`), is told from a list of numbers by being exactly that. A list of numbers in hex
+that looks so normalizes the same either way: as a list of hex numbers. Errno names and a
+`NULL` pointer argument are read back as the numbers they stand for.
 """
 
 from __future__ import annotations
 
+import errno as errno_codes
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -26,11 +29,15 @@ from conformance.abi.ioctls import IOCTLS
 from conformance.model import events
 from conformance.model.document import RAW_SCHEMA, TraceDocument
 from conformance.model.errors import ConformanceError
+from conformance.model.symbolic import HEX_BYTES
 from conformance.normalize.normalizer import Normalizer
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when it is installed
 _INT = "tag:yaml.org,2002:int"
 _MAX_BYTE = 0xFF
+_SHORT_BYTES = 16  # byte data up to this long is a list of bytes, longer `hex:...`
+_NULL = "NULL"
+_OR_NULL = {"arg": " or NULL"}
 
 
 class RawTraceError(ConformanceError):
@@ -149,10 +156,20 @@ def _event(call: _RawCall, pid: int, path: Path) -> events.Event:
             raise _error(path, call.line, f"unknown ioctl {request!r}")
         values["name"] = spec.name if spec is not None else None
         values["request"] = spec.number if spec is not None else request
+        if values.get("arg") == _NULL:  # a null pointer, never readable (the stream says so once)
+            values["arg"] = 0
+            values.setdefault("readable", 0)
+        for key in ("arg", "readable", "fd"):
+            if key in values and not isinstance(values[key], int):
+                raise _error(path, call.line, f"`{key}` must be an integer" + _OR_NULL.get(key, ""))
     elif kind in (events.OpenKvm, events.DupFd):
         values["syscall"] = name
     if issubclass(kind, events.Call):
         errno = values.setdefault("errno", None)
+        if isinstance(errno, str):
+            errno = values["errno"] = _errno_number(errno, path, call.line)
+        elif errno is not None and not isinstance(errno, int):
+            raise _error(path, call.line, "`errno` must be an errno name or number")
         values.setdefault("ret", -errno if isinstance(errno, int) else 0)
     for name_of_field in _OPTIONAL[kind]:  # the raw stream leaves out what is None
         values.setdefault(name_of_field, None)
@@ -169,6 +186,13 @@ def _event(call: _RawCall, pid: int, path: Path) -> events.Event:
     return kind(**{key: value for key, value in values.items() if key in wanted})
 
 
+def _errno_number(name: str, path: Path, line: int) -> int:
+    number = getattr(errno_codes, name, None) if name.startswith("E") else None
+    if not isinstance(number, int):
+        raise _error(path, line, f"unknown errno {name!r}")
+    return number
+
+
 def _guest_memory(value: object, path: Path, line: int) -> events.GuestMemoryDigest:
     """`guest_memory: {vm: ROLE, pages: N, sha256: HEX}` as tracer/raw_yaml.py writes it."""
     if isinstance(value, dict):
@@ -183,11 +207,17 @@ def _fields(value: object, path: Path, line: int) -> events.FieldValue:
     if isinstance(value, dict):
         return {str(key): _fields(item, path, line) for key, item in value.items()}
     if isinstance(value, list):
-        if value and all(type(item) is _HexInt and item <= _MAX_BYTE for item in value):
+        short = len(value) <= _SHORT_BYTES
+        if value and short and all(type(item) is _HexInt and item <= _MAX_BYTE for item in value):
             return bytes(int(item) for item in value)
         return [_fields(item, path, line) for item in value]
     if isinstance(value, int):
         return int(value)
+    if isinstance(value, str) and value.startswith(HEX_BYTES):
+        try:
+            return bytes.fromhex(value.removeprefix(HEX_BYTES))
+        except ValueError:
+            raise _error(path, line, f"malformed byte string {value!r}") from None
     raise _error(path, line, f"not a decoded field value: {value!r}")
 
 

@@ -24,6 +24,7 @@ from conformance.compare.regression import CompareOptions, Comparison, compare_d
 from conformance.model.document import TraceDocument
 from conformance.model.errors import ConformanceError
 from conformance.report.diff import render_comparison
+from conformance.report.host import host_block
 from conformance.report.left_out import render_left_out
 from conformance.snapshot.store import SnapshotStore, StoreReport, dump_document
 
@@ -59,6 +60,8 @@ class SessionRecord:
     pending: dict[str, str] = field(default_factory=dict)  # name -> YAML for NAME.yaml.new
     settled: set[str] = field(default_factory=set)  # matching now: a stale NAME.yaml.new goes
     clashes: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> both tests
+    # The host block of snapshots recorded on another host -> those snapshots' names.
+    hosts: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +138,9 @@ class SnapshotSession:
             )
         comparison = compare_documents(expected, document, scenario=name, options=options)
         self.record.compared.add(name)
+        block = host_block(comparison.hosts, "snapshot recorded on", "running on")
+        if block:
+            self.record.hosts.setdefault(block, []).append(name)
         self._left_out.extend(comparison.left_out)
         if comparison.ok:
             if self.pending_enabled:
@@ -142,7 +148,7 @@ class SnapshotSession:
             return
         self.record.differing.add(name)
         self._stage_pending(name, text)
-        rendered = render_comparison(
+        rendered = block + render_comparison(
             comparison, color=self._color, accept=f"pytest {UPDATE_OPTION}"
         )
         rendered += self._pending_note(name)
@@ -171,6 +177,7 @@ class SnapshotSession:
             "pending": dict(record.pending),
             "settled": sorted(record.settled),
             "clashes": {name: list(tests) for name, tests in record.clashes.items()},
+            "hosts": {block: list(names) for block, names in record.hosts.items()},
         }
 
     def merge(self, exported: Mapping[str, object]) -> None:
@@ -189,6 +196,8 @@ class SnapshotSession:
         record.settled.update(map(str, _list(exported.get("settled"))))
         record.updates.update({k: str(v) for k, v in _mapping(exported, "updates").items()})
         record.pending.update({k: str(v) for k, v in _mapping(exported, "pending").items()})
+        for block, names in _mapping(exported, "hosts").items():
+            record.hosts.setdefault(block, []).extend(map(str, _list(names)))
 
     # -- the end of the session ------------------------------------------------------------
 
@@ -240,6 +249,9 @@ class SnapshotSession:
             )
             if verbose and record.compared:
                 lines.extend(render_left_out(self._left_out))
+            for block, names in sorted(record.hosts.items()):
+                lines.append(f"{len(names)} recorded on another host: {', '.join(sorted(names))}")
+                lines.extend(block.splitlines())
         if report.pending:
             lines.append(
                 f"{len(report.pending)} pending (NAME.yaml.new): {', '.join(report.pending)}; "

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from conformance.model.document import Entry, TraceDocument, Value
@@ -80,7 +81,7 @@ def record_qemu(scenario: QemuScenario, qemu: str) -> QemuRecording:
         "tool": "qemu",
         "scenario": scenario.name,
         "qemu": {"path": qemu, "version": qemu_version(qemu)},
-        "argv": list[Value](argv),
+        "argv": list[Value](_provenance(argv)),
         "recorded": datetime.date.today().isoformat(),
         "recorded_with": f"{' '.join(NO_ASLR)}, pinned to one CPU",
         "host": host_facts(),
@@ -112,8 +113,23 @@ def record_qemu(scenario: QemuScenario, qemu: str) -> QemuRecording:
     document.source["exit_status"] = outcome.exit_status
     if scenario.monitor_input == b"":  # the guest's serial port is QEMU's stdout
         document.source["serial_output"] = output
-    log = f"$ {' '.join(argv)}\n--- stdout ---\n{output}--- stderr ---\n{errors}"
+    log = f"$ {' '.join(_provenance(argv))}\n--- stdout ---\n{output}--- stderr ---\n{errors}"
     return QemuRecording(document, log, seconds)
+
+
+def _provenance(argv: list[str]) -> list[str]:
+    """The command line as provenance: a path inside the checkout it was recorded in is
+    written relative to the repository root, so that the reference is the same from any
+    checkout."""
+    root = Path(__file__).resolve().parents[2]
+    return [_relative_to(root, argument) for argument in argv]
+
+
+def _relative_to(root: Path, argument: str) -> str:
+    path = Path(argument)
+    if path.is_absolute() and path.resolve().is_relative_to(root):
+        return str(path.resolve().relative_to(root))
+    return argument
 
 
 class _Pipe:

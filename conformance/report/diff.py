@@ -31,6 +31,7 @@ from conformance.model.flow_yaml import format_call
 from conformance.report import causes
 from conformance.report.calls import call_summary
 from conformance.report.causes import Cause, Fact
+from conformance.report.host import explained_lines
 from conformance.report.values import cut, shown, value_text
 
 CONTEXT_CALLS = 2
@@ -85,6 +86,7 @@ def render_comparison(
     hidden = sum(len(cause.facts) for hunk in hunks[len(shown_hunks) :] for cause in hunk)
     if hidden:
         lines.append(f"… {hidden} more difference{'s' * (hidden != 1)} (--full shows them all)")
+    lines.extend(explained_lines(comparison))
     if count and accept is not None:
         lines.append(f"to accept: {accept}")
     return "\n".join(lines) + "\n"
@@ -93,10 +95,11 @@ def render_comparison(
 def comparison_facts(comparison: Comparison) -> list[Fact]:
     """Each difference once, as a fact; a call missing at one place and made at another is one
     fact (a move), not a missing and an extra call."""
-    moves = _moves(comparison.differences)
+    failures = comparison.failures  # what the hosts explain is said apart (report/host.py)
+    moves = _moves(failures)
     paired = {id(d) for pair in moves.values() for d in pair}
     facts: list[Fact] = []
-    for difference in comparison.differences:
+    for difference in failures:
         move = next((m for m, pair in moves.items() if pair[1] is difference), None)
         if move is not None:
             facts.append(_move_fact(comparison, move))

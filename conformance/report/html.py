@@ -22,6 +22,7 @@ from conformance.compare.regression import Comparison
 from conformance.lint.engine import Finding
 from conformance.model.document import TraceDocument
 from conformance.report.deviations import exit_lines
+from conformance.report.host import DIFF_HOSTS, host_lines
 from conformance.report.html_tables import (
     Anchors,
     FailingItem,
@@ -130,7 +131,12 @@ def conformance_page(result: ConformanceResult, name: str) -> str:
     verdict = "ok" if result.ok else f"FAIL, {failures} deviation{'s' * (failures != 1)}"
     judgment = Judgment(f"reference {where}", verdict, not result.ok, kind="reference")
     section = ScenarioSection(
-        name, "pass" if result.ok else "FAIL", not result.ok, (judgment,), conformance=result
+        name,
+        "pass" if result.ok else "FAIL",
+        not result.ok,
+        (judgment,),
+        conformance=result,
+        notes=tuple(host_lines(result.hosts, *DIFF_HOSTS)),
     )
     return gate_page([section], f"{name} against {where}")
 

@@ -19,9 +19,11 @@ from typing import Protocol
 
 import yaml
 
-from conformance.model.document import SCHEMA, Entry, Hex, TraceCall, TraceDocument, Value
+from conformance.model.document import SCHEMA, SCHEMA_1, Entry, Hex, TraceCall, TraceDocument, Value
 from conformance.model.errors import ConformanceError
 from conformance.model.flow_yaml import Dumper, FlowMapping, FlowSequence
+from conformance.model.host_profile import HOST
+from conformance.model.portable import make_portable
 from conformance.model.printable import shown
 from conformance.snapshot import schema
 from conformance.snapshot.skeleton import PLACEHOLDER, Run, Split, split
@@ -100,10 +102,20 @@ def _sorted_keys(value: Value) -> Value:
     return value
 
 
+def _laid_out_source(source: Entry) -> Value:
+    """Keys sorted; the host profile's tables (supported CPUID, MSR lists) one record a line,
+    each record's fields in the order of the call they were read from."""
+    profile = source.get(HOST)
+    if not isinstance(profile, dict):
+        return _sorted_keys(source)
+    laid_out = _laid_out({key: profile[key] for key in sorted(profile)}, indent=2)
+    return {key: laid_out if key == HOST else _sorted_keys(source[key]) for key in sorted(source)}
+
+
 def dump_document(document: TraceDocument) -> str:
     body = {
         "schema": SCHEMA,
-        "source": _sorted_keys(document.source),
+        "source": _laid_out_source(document.source),
         "threads": {
             role: [_laid_out(call.entry, indent=4) for call in document.threads[role]]
             for role in document.sorted_roles()
@@ -232,7 +244,7 @@ class _Document:
         for key, (key_node, _) in top.items():
             if key not in schema.TOP_LEVEL:
                 raise _at(self.path, key_node.start_mark, f"unknown top-level key {key!r}")
-        _check_schema(top["schema"][1], self.path)
+        written_in_schema_1 = _check_schema(top["schema"][1], self.path)
         source = self.value(top["source"][1])
         if not isinstance(source, dict):
             raise _at(self.path, top["source"][1].start_mark, "'source' must be a mapping")
@@ -246,7 +258,8 @@ class _Document:
             threads[role] = self._calls(role, calls_node)
         if self.used != set(self.runs):
             raise _LayoutMismatch
-        return TraceDocument(source=source, threads=threads, path=Path(self.path))
+        document = TraceDocument(source=source, threads=threads, path=Path(self.path))
+        return make_portable(document) if written_in_schema_1 else document
 
     def _calls(self, role: str, calls_node: yaml.SequenceNode) -> list[TraceCall]:
         calls: list[TraceCall] = []
@@ -330,12 +343,14 @@ class _Document:
         )
 
 
-def _check_schema(node: yaml.Node, path: Path | str) -> None:
+def _check_schema(node: yaml.Node, path: Path | str) -> bool:
+    """Whether the document is in schema 1 (read, then upgraded); anything but 1 or 2 is
+    refused."""
     found = node.value if isinstance(node, yaml.ScalarNode) else None
-    if found == SCHEMA:
-        return
+    if found in (SCHEMA, SCHEMA_1):
+        return bool(found == SCHEMA_1)
     version = _SCHEMA_PATTERN.match(found) if isinstance(found, str) else None
-    if version is not None and int(version.group(1)) > 1:
+    if version is not None and int(version.group(1)) > 2:
         message = f"written by a newer kvm-conformance ({found}); this version reads {SCHEMA}"
     else:
         shown = found if found is None else schema.shown(found)

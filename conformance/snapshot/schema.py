@@ -134,7 +134,8 @@ CALL_FIELDS: Mapping[str, Kind] = MappingProxyType(
         "call": NAME,
         "fd": ROLE,
         "req": NAME_OR_INT,
-        "arg": NAME_OR_INT,
+        # A name (KVM_CAP_*), a number, or the host answer it equals (host.tsc_khz).
+        "arg": Kind("a name, a host symbol or an integer", lambda v: _is_symbol(v) or _is_int(v)),
         "in": STRUCT,
         "out": STRUCT,
         "exit": STRUCT,

@@ -33,13 +33,32 @@ _SIZES = {1: 0x10, 2: 0x08, 4: 0x00, 8: 0x18}  # BPF_B, BPF_H, BPF_W, BPF_DW
 _IMM, _MEM, _ATOMIC = 0x00, 0x60, 0xC0
 _K, _X = 0x00, 0x08  # source: the immediate, or a register
 _ALU_OPS = {
-    "+": 0x00, "-": 0x10, "*": 0x20, "/": 0x30, "|": 0x40, "&": 0x50, "<<": 0x60, ">>": 0x70,
-    "%": 0x90, "^": 0xA0, "=": 0xB0, "s>>": 0xC0,
-}  # fmt: skip
+    "+": 0x00,
+    "-": 0x10,
+    "*": 0x20,
+    "/": 0x30,
+    "|": 0x40,
+    "&": 0x50,
+    "<<": 0x60,
+    ">>": 0x70,
+    "%": 0x90,
+    "^": 0xA0,
+    "=": 0xB0,
+    "s>>": 0xC0,
+}
 _JUMP_OPS = {
-    "==": 0x10, ">": 0x20, ">=": 0x30, "&": 0x40, "!=": 0x50, "s>": 0x60, "s>=": 0x70,
-    "<": 0xA0, "<=": 0xB0, "s<": 0xC0, "s<=": 0xD0,
-}  # fmt: skip
+    "==": 0x10,
+    ">": 0x20,
+    ">=": 0x30,
+    "&": 0x40,
+    "!=": 0x50,
+    "s>": 0x60,
+    "s>=": 0x70,
+    "<": 0xA0,
+    "<=": 0xB0,
+    "s<": 0xC0,
+    "s<=": 0xD0,
+}
 _JA, _CALL, _EXIT = 0x00, 0x80, 0x90
 _ATOMIC_ADD = 0x00
 _PSEUDO_MAP_FD = 1  # BPF_PSEUDO_MAP_FD: a 64-bit load whose immediate is a map's fd
@@ -154,8 +173,9 @@ class Assembler:
     def jump(self, target: str) -> None:
         self._append(_JMP | _JA, 0, 0, 0, 0, target=target)
 
-    def jump_if(self, op: str, dst: int, source: int | Register, target: str, *,
-                wide: bool = True) -> None:  # fmt: skip
+    def jump_if(
+        self, op: str, dst: int, source: int | Register, target: str, *, wide: bool = True
+    ) -> None:
         """if (dst OP source) goto target; `op` as in C ("s<" etc. compare signed), on 64 bits
         or, `wide=False`, on the low 32 bits of both."""
         klass = _JMP if wide else _JMP32
@@ -187,8 +207,9 @@ class Assembler:
             )
         return bytes(encoded)
 
-    def _append(self, code: int, dst: int, src: int, offset: int, imm: int, *,
-                target: str | None = None) -> None:  # fmt: skip
+    def _append(
+        self, code: int, dst: int, src: int, offset: int, imm: int, *, target: str | None = None
+    ) -> None:
         for register in (dst, src):
             if not R0 <= register <= R10:
                 raise AssemblyError(f"no register r{register}")

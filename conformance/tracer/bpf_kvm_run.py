@@ -15,11 +15,14 @@ import ctypes
 import errno as errno_codes
 import os
 import struct
+from dataclasses import dataclass
 
 from conformance.tracer import bpf_sys
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.bpf_layout import (
+    COPIED,
     COUNTERS,
+    FIRST_RUN,
     O_COUNT,
     O_FLAGS,
     RING,
@@ -29,9 +32,9 @@ from conformance.tracer.bpf_layout import (
     parse,
 )
 from conformance.tracer.bpf_programs import entry_program, exit_program
-from conformance.tracer.errors import TracerError
+from conformance.tracer.errors import TracerError, TracerFailure
 
-# The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: RING)
+# The `vcpus` map: key (tgid, fd), value (kvm_run address, flags: COPIED, RING, FIRST_RUN)
 _VCPU_KEY = struct.Struct("<Ii")
 _VCPU_VALUE = struct.Struct("<QI4x")
 _TASK_KEY = struct.Struct("<I")
@@ -46,15 +49,31 @@ _MAX_VCPUS = 1 << 12
 RING_BYTES = 1 << 20
 
 
-class KvmRunRecordsLost(TracerError):
+@dataclass(frozen=True, slots=True)
+class VcpuPage:
+    """What the programs are told of a vCPU fd (bpf_vcpu_pages.py): where its kvm_run is
+    mapped (None: nowhere yet), whether its VM's coalesced MMIO ring is copied too, and whether
+    its VM's guest has not run yet (its first KVM_RUN is stopped: bpf_run_exits.py)."""
+
+    run_address: int | None
+    ring: bool
+    first_run: bool
+
+
+class KvmRunRecordsLost(TracerFailure):
     """The eBPF recorder could not keep every KVM_RUN: the trace is incomplete."""
 
 
 class KvmRunRecorder:
     """The programs attached, their maps, and what the tracer tells them."""
 
-    def __init__(self, maps: dict[str, int], programs: list[int], ring: bpf_sys.RingBuffer,
-                 namespace: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        maps: dict[str, int],
+        programs: list[int],
+        ring: bpf_sys.RingBuffer,
+        namespace: tuple[int, int],
+    ) -> None:
         self._maps = maps
         self._programs = programs
         self._attachments: list[int] = []
@@ -72,24 +91,33 @@ class KvmRunRecorder:
         maps: dict[str, int] = {}
         programs: list[int] = []
         try:
-            maps["tasks"] = bpf_sys.create_map(bpf_sys.MAP_HASH, _TASK_KEY.size, STATE_SIZE,
-                                               _MAX_TASKS, flags=bpf_sys.NO_PREALLOC,
-                                               name="kvmc_tasks")  # fmt: skip
-            maps["vcpus"] = bpf_sys.create_map(bpf_sys.MAP_HASH, _VCPU_KEY.size,
-                                               _VCPU_VALUE.size, _MAX_VCPUS,
-                                               name="kvmc_vcpus")  # fmt: skip
-            maps["scratch"] = bpf_sys.create_map(bpf_sys.MAP_PERCPU_ARRAY, 4, STATE_SIZE, 1,
-                                                 name="kvmc_scratch")  # fmt: skip
-            maps["counters"] = bpf_sys.create_map(bpf_sys.MAP_ARRAY, 4, COUNTERS.size, 1,
-                                                  name="kvmc_counters")  # fmt: skip
-            maps["ring"] = bpf_sys.create_map(bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes,
-                                              name="kvmc_ring")  # fmt: skip
-            for tracepoint, code in zip(_TRACEPOINTS, (
+            maps["tasks"] = bpf_sys.create_map(
+                bpf_sys.MAP_HASH,
+                _TASK_KEY.size,
+                STATE_SIZE,
+                _MAX_TASKS,
+                flags=bpf_sys.NO_PREALLOC,
+                name="kvmc_tasks",
+            )
+            maps["vcpus"] = bpf_sys.create_map(
+                bpf_sys.MAP_HASH, _VCPU_KEY.size, _VCPU_VALUE.size, _MAX_VCPUS, name="kvmc_vcpus"
+            )
+            maps["scratch"] = bpf_sys.create_map(
+                bpf_sys.MAP_PERCPU_ARRAY, 4, STATE_SIZE, 1, name="kvmc_scratch"
+            )
+            maps["counters"] = bpf_sys.create_map(
+                bpf_sys.MAP_ARRAY, 4, COUNTERS.size, 1, name="kvmc_counters"
+            )
+            maps["ring"] = bpf_sys.create_map(
+                bpf_sys.MAP_RINGBUF, 0, 0, ring_bytes, name="kvmc_ring"
+            )
+            codes = (
                 entry_program(maps, ioctl, namespace),
                 exit_program(maps, ioctl, namespace, ring_bytes),
-            ), strict=True):  # fmt: skip
-                programs.append(bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code,
-                                                     name=f"kvmc_{tracepoint}"))  # fmt: skip
+            )
+            for tracepoint, code in zip(_TRACEPOINTS, codes, strict=True):
+                name = f"kvmc_{tracepoint}"
+                programs.append(bpf_sys.load_program(bpf_sys.PROG_RAW_TRACEPOINT, code, name=name))
             ring = bpf_sys.RingBuffer(maps["ring"], ring_bytes)
         except OSError as error:
             for fd in (*programs, *maps.values()):
@@ -124,10 +152,13 @@ class KvmRunRecorder:
     def forget(self, tid: int) -> None:
         bpf_sys.delete(self._maps["tasks"], _TASK_KEY.pack(tid))
 
-    def register(self, tgid: int, fd: int, run_address: int, ring: bool) -> None:
-        """KVM_RUN on `fd` in process `tgid` copies the kvm_run at `run_address` (and the
-        ring page after it, `ring`)."""
-        value = _VCPU_VALUE.pack(run_address, RING if ring else 0)
+    def register(self, tgid: int, fd: int, page: VcpuPage) -> None:
+        """KVM_RUN on vCPU `fd` in process `tgid` copies the kvm_run at `page.run_address`
+        (and the ring page after it, `page.ring`); and stops the task when it is the VM's
+        first (`page.first_run`)."""
+        flags = (COPIED if page.run_address is not None else 0) | (RING if page.ring else 0)
+        flags |= FIRST_RUN if page.first_run else 0
+        value = _VCPU_VALUE.pack(page.run_address or 0, flags)
         bpf_sys.update(self._maps["vcpus"], _VCPU_KEY.pack(tgid, fd), value)
 
     def unregister(self, tgid: int, fd: int) -> None:

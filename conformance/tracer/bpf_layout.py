@@ -15,10 +15,19 @@ from dataclasses import dataclass
 from conformance.abi import _generated as abi
 from conformance.tracer.kvm_run import HEADER_SIZE, PAGE_SIZE
 
-META = struct.Struct("<IIiIQQqQII")  # tgid tid fd flags arg count last_ret run io_length size
-O_TGID, O_TID, O_FD, O_FLAGS, O_ARG, O_COUNT, O_RET, O_RUN, O_IO_LENGTH, O_SIZE = (
-    0, 4, 8, 12, 16, 24, 32, 40, 48, 52,
-)  # fmt: skip
+_META_CODES = "IIiIQQqQII"  # tgid tid fd flags arg count last_ret run io_length size
+META = struct.Struct(f"<{_META_CODES}")
+
+
+def _offsets(codes: str) -> list[int]:
+    """Where each field of a packed struct of `codes` (struct module codes) starts."""
+    sizes = [struct.calcsize(f"<{code}") for code in codes]
+    return [sum(sizes[:index]) for index in range(len(sizes))]
+
+
+O_TGID, O_TID, O_FD, O_FLAGS, O_ARG, O_COUNT, O_RET, O_RUN, O_IO_LENGTH, O_SIZE = _offsets(
+    _META_CODES
+)
 O_HEADER = 64
 IO_CAPACITY = PAGE_SIZE  # KVM's PIO data is one page
 O_IO = O_HEADER + HEADER_SIZE
@@ -36,12 +45,18 @@ IO_DATA_OFFSET = IO + abi.kvm_run_anon0_io.data_offset.offset
 IN_RUN = 1  # state: a KVM_RUN has entered and not returned
 CLOSED = 2  # the group's last call failed: the next call starts a new group
 UNREADABLE = 4  # kvm_run could not be copied
-COPIED = 8  # the fd is a registered vCPU: the snapshot holds its kvm_run
+COPIED = 8  # the fd is a vCPU with its kvm_run registered: the snapshot holds that kvm_run
 RING = 16  # ... and its VM's coalesced MMIO ring page
 EXIT = 32  # record: the exit of the task's previous call, copied from that call's page
-THROTTLED = 64  # state: the task was sent THROTTLE_SIGNAL, the ring being half full
-THROTTLE_SIGNAL = signal.SIGSTOP
-NOT_MERGED = CLOSED | UNREADABLE | RING  # a ring's entries are read once: every call its own
+THROTTLED = 64  # state: the task was sent STOP_SIGNAL, the ring being half full
+# The VM's memory is not digested yet (tracer/guest_memory.py): the call was sent STOP_SIGNAL
+# at its entry, so that KVM returns (EINTR) before the guest runs; the tracer digests the
+# memory at that stop and runs the call again (bpf_run_exits.py).
+FIRST_RUN = 128
+STOP_SIGNAL = signal.SIGSTOP  # how the programs stop a task for the tracer (THROTTLED, FIRST_RUN)
+# A ring's entries are read once: every call its own. A first run is never merged: the tracer
+# drops that call.
+NOT_MERGED = CLOSED | UNREADABLE | RING | FIRST_RUN
 
 # The counters map (an array of one): records lost (ring full), copies that failed
 COUNTERS = struct.Struct("<QQ")

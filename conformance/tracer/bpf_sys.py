@@ -75,8 +75,15 @@ def _named(attr: ctypes.Array[ctypes.c_char], offset: int, name: str) -> None:
     ctypes.memmove(ctypes.addressof(attr) + offset, encoded, len(encoded))
 
 
-def create_map(map_type: int, key_size: int, value_size: int, max_entries: int, *,
-               flags: int = 0, name: str = "") -> int:  # fmt: skip
+def create_map(
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    *,
+    flags: int = 0,
+    name: str = "",
+) -> int:
     """A new map's fd (close-on-exec, as every bpf fd)."""
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
     _MAP_CREATE.pack_into(attr, 0, map_type, key_size, value_size, max_entries, flags)
@@ -84,8 +91,9 @@ def create_map(map_type: int, key_size: int, value_size: int, max_entries: int, 
     return _bpf(_BPF_MAP_CREATE, attr)
 
 
-def _element(command: int, map_fd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None,
-             flags: int = 0) -> None:  # fmt: skip
+def _element(
+    command: int, map_fd: int, key: bytes, value: ctypes.Array[ctypes.c_char] | None, flags: int = 0
+) -> None:
     key_buffer = ctypes.create_string_buffer(key, len(key))
     attr = ctypes.create_string_buffer(_ATTR_SIZE)
     value_address = ctypes.addressof(value) if value is not None else 0
@@ -122,8 +130,9 @@ def delete(map_fd: int, key: bytes) -> None:
         return
 
 
-def load_program(prog_type: int, instructions: bytes, *, name: str = "",
-                 license: str = "Dual MIT/GPL") -> int:  # fmt: skip
+def load_program(
+    prog_type: int, instructions: bytes, *, name: str = "", license: str = "Dual MIT/GPL"
+) -> int:
     """A verified program's fd. A refusal raises OSError whose message ends with the verifier's
     log (its last lines say why). `license`: the helpers used are GPL-only; the kernel takes
     "Dual MIT/GPL" as compatible."""
@@ -133,11 +142,11 @@ def load_program(prog_type: int, instructions: bytes, *, name: str = "",
     count = len(instructions) // _INSTRUCTION_SIZE
 
     def load(log: ctypes.Array[ctypes.c_char] | None) -> int:
-        _PROG_LOAD.pack_into(
-            attr, 0, prog_type, count, ctypes.addressof(code), ctypes.addressof(license_text),
-            1 if log is not None else 0, len(log) if log is not None else 0,
-            ctypes.addressof(log) if log is not None else 0, 0, 0,
-        )  # fmt: skip
+        log_level, log_size, log_address = (0, 0, 0)
+        if log is not None:
+            log_level, log_size, log_address = 1, len(log), ctypes.addressof(log)
+        program = (prog_type, count, ctypes.addressof(code), ctypes.addressof(license_text))
+        _PROG_LOAD.pack_into(attr, 0, *program, log_level, log_size, log_address, 0, 0)
         _named(attr, _PROG_NAME_OFFSET, name)
         return _bpf(_BPF_PROG_LOAD, attr)
 
@@ -182,10 +191,12 @@ class RingBuffer:
     def __init__(self, map_fd: int, size: int) -> None:
         self.fd = map_fd
         self._mask = size - 1
-        self._consumer = mmap.mmap(map_fd, _PAGE_SIZE, mmap.MAP_SHARED,
-                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=0)  # fmt: skip
-        self._producer = mmap.mmap(map_fd, _PAGE_SIZE + 2 * size, mmap.MAP_SHARED,
-                                   mmap.PROT_READ, offset=_PAGE_SIZE)  # fmt: skip
+        self._consumer = mmap.mmap(
+            map_fd, _PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0
+        )
+        self._producer = mmap.mmap(
+            map_fd, _PAGE_SIZE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=_PAGE_SIZE
+        )
         self._data = memoryview(self._producer)[_PAGE_SIZE:]
 
     def records(self) -> list[bytes]:

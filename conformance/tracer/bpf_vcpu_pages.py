@@ -2,9 +2,10 @@
 
 The recorder's program copies kvm_run at each KVM_RUN from the address registered for the
 call's (process, fd). What is a vCPU fd and where its kvm_run is mapped, the Recorder knows
-(its fd tables and mappings, Recorder.kvm_run_page); this handler wraps it and, after every
-call that can change that (any traced syscall but KVM_RUN, an exec, a fork), brings the
-registrations of that process up to date, while the task that made the call is still stopped.
+(its fd tables and mappings: Recorder.vcpu, Recorder.run_address); this handler wraps it and,
+after every call that can change that (any traced syscall but KVM_RUN, an exec, a fork),
+brings the registrations of that process up to date, while the task that made the call is
+still stopped.
 The fds asked about are the ones the process's calls returned or mapped (an ioctl's or dup's
 result, an mmap's fd): a vCPU fd is always one of those.
 
@@ -15,13 +16,17 @@ A page registered anew is faulted into the VMM's page tables with a process_vm_r
 bpf_probe_read_user cannot fault, and a VMM need not touch kvm_run before its first KVM_RUN
 (nor a forked child the pages it inherited, which fork does not copy). madvise and mprotect
 may take pages away again: after them every page of the process is faulted in anew.
+
+A vCPU whose VM's guest has not run yet is registered FIRST_RUN (with or without a page), so
+that the recorder stops its first KVM_RUN before the guest runs (bpf_run_exits.py); at that
+stop the memory is digested (before_first_run) and the VM's vCPUs registered anew without it.
 """
 
 from __future__ import annotations
 
+from conformance.tracer import guest_memory, tracee_memory
 from conformance.tracer import ptrace_backend as backend
-from conformance.tracer import tracee_memory
-from conformance.tracer.bpf_kvm_run import KvmRunRecorder
+from conformance.tracer.bpf_kvm_run import KvmRunRecorder, VcpuPage
 from conformance.tracer.errors import MemoryReadError, PtraceCallError
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run import PAGE_SIZE
@@ -38,11 +43,13 @@ class RegisteringHandler:
     def __init__(self, recorder: Recorder, kvm_runs: KvmRunRecorder) -> None:
         self._recorder = recorder
         self._kvm_runs = kvm_runs
-        self._names = {backend.syscall_number(name): name
-                       for name in (*_FD_RESULTS, "mmap", "madvise", "mprotect")}  # fmt: skip
+        self._names = {
+            backend.syscall_number(name): name
+            for name in (*_FD_RESULTS, "mmap", "madvise", "mprotect")
+        }
         self._ioctl = backend.syscall_number("ioctl")
         self._candidates: dict[int, set[int]] = {}  # tgid -> fds that may name a vCPU
-        self._registered: dict[int, dict[int, tuple[int, bool]]] = {}  # tgid -> fd -> page
+        self._registered: dict[int, dict[int, VcpuPage]] = {}  # tgid -> fd -> page
 
     def on_syscall_entry(self, stop: SyscallStop) -> bool:
         return self._recorder.on_syscall_entry(stop)
@@ -86,27 +93,51 @@ class RegisteringHandler:
         except FileNotFoundError:
             return tid
 
+    def before_first_run(self, tid: int, fd: int) -> None:
+        """Task `tid` is stopped in its VM's first KVM_RUN on `fd`, before the guest ran: the
+        VM's memory is digested now, and no vCPU of it stops a KVM_RUN for that any more."""
+        vcpu = self._recorder.vcpu(tid, fd)
+        if vcpu is not None and vcpu.vm is not None:
+            guest_memory.take(tid, vcpu.vm)
+        for tgid in self._registered:
+            self._sync(tgid, fault_all=False)
+
+    def _page(self, tgid: int, fd: int) -> VcpuPage | None:
+        """What the programs must know of `fd` in process `tgid`; None when it is no vCPU
+        there, or one with neither a kvm_run mapped nor a first run to stop."""
+        vcpu = self._recorder.vcpu(tgid, fd)
+        if vcpu is None:
+            return None
+        run_address = self._recorder.run_address(tgid, vcpu)
+        vm = vcpu.vm
+        first_run = vm is not None and guest_memory.to_digest(vm)
+        if run_address is None and not first_run:
+            return None
+        return VcpuPage(run_address, vm is not None and vm.coalesced_mmio, first_run)
+
     def _sync(self, tgid: int, *, fault_all: bool) -> None:
         registered = self._registered.setdefault(tgid, {})
         for fd in sorted(self._candidates.get(tgid, ())):
-            page = self._recorder.kvm_run_page(tgid, fd)
+            page = self._page(tgid, fd)
             if page == registered.get(fd):
                 if page is not None and fault_all:
-                    _fault_in(tgid, *page)
+                    _fault_in(tgid, page)
                 continue
             if page is None:
                 del registered[fd]
                 self._kvm_runs.unregister(tgid, fd)
                 continue
-            _fault_in(tgid, *page)
+            _fault_in(tgid, page)
             registered[fd] = page
-            self._kvm_runs.register(tgid, fd, *page)
+            self._kvm_runs.register(tgid, fd, page)
 
 
-def _fault_in(tgid: int, run_address: int, ring: bool) -> None:
+def _fault_in(tgid: int, vcpu: VcpuPage) -> None:
     """Make the kvm_run pages present in the process's page tables (get_user_pages does it)."""
-    for page in range(_PAGES if ring else _PAGES - 1):
+    if vcpu.run_address is None:
+        return
+    for page in range(_PAGES if vcpu.ring else _PAGES - 1):
         try:
-            tracee_memory.read_memory(tgid, run_address + page * PAGE_SIZE, 1)
+            tracee_memory.read_memory(tgid, vcpu.run_address + page * PAGE_SIZE, 1)
         except (MemoryReadError, PtraceCallError):
             continue  # not mapped that far: the program copies what is

@@ -20,6 +20,15 @@ its entries with the real count:
   bitmap is read at exit when the slot's size is known from its KVM_SET_USER_MEMORY_REGION.
   Other pointers inside structs (kvm_irqfd has none; kvm_device_attr.addr, kvm_one_reg.addr,
   kvm_msr_filter ranges' bitmaps) are recorded as the integers they are, not followed.
+
+A count beyond what the kernel accepts (the ABI table's `max_count`: nmsrs = 0xffffffff, nent
+above KVM_MAX_CPUID_ENTRIES) reads no entries: the kernel refuses such a call before reading
+them. The nested state's size is cut to the most the kernel reads instead (it reads no more).
+
+Bad pointers: the tracee may pass anything (NULL, unmapped or PROT_NONE memory, a struct that
+runs into such a page). What could be read is decoded (the fields, and the entries, that lie
+whole within it) and `readable` says how many bytes that was; the kernel answers such a call
+with EFAULT, and the tracer never fails on it.
 """
 
 from __future__ import annotations
@@ -31,7 +40,6 @@ from conformance.abi.ioctls import ArgKind, Direction, IoctlSpec
 from conformance.model.events import Fields, FieldValue
 from conformance.model.fd_roles import KvmObject
 from conformance.tracer import fields as layout
-from conformance.tracer.errors import MemoryReadError
 from conformance.tracer.stops import SyscallStop
 
 _KERNEL_READS = (Direction.WRITE, Direction.READ_WRITE)
@@ -46,8 +54,20 @@ _DIRTY_BITMAP_FIELD = "dirty_bitmap"
 SCALAR_FIELD = "value"  # the one field of an argument that points to a bare __u64
 _PAGE_SIZE = 4096  # x86 guest pages: dirty bitmaps have one bit per 4 KiB page
 _BITS_PER_LONG = 64
-# A count beyond this is garbage (uninitialized header): never try to read gigabytes.
+# What the tracer reads of a tail the ABI table sets no limit for (an XSAVE area, a dirty
+# bitmap): a bound of its own, so that a garbage count never makes it read gigabytes.
 _MAX_TAIL_BYTES = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentRead:
+    """What the tracer read of an ioctl's argument."""
+
+    fields: Fields | None  # None: nothing to decode (or nothing readable)
+    readable: int | None = None  # bytes readable before the first that was not; None: all
+
+
+_NOTHING = ArgumentRead(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,46 +87,84 @@ def decodes_pointer(spec: IoctlSpec) -> bool:
 
 def read_inputs(
     spec: IoctlSpec, stop: SyscallStop, address: int, vm: KvmObject | None
-) -> Fields | None:
-    """What the kernel reads from the argument, at syscall entry; None if nothing or unreadable."""
+) -> ArgumentRead:
+    """What the kernel reads from the argument, at syscall entry."""
     if not decodes_pointer(spec) or spec.direction not in _KERNEL_READS:
-        return None
+        return _NOTHING
     reads_entries = spec.direction is Direction.WRITE or spec.name in _ENTRIES_READ_ON_READ_WRITE
     return _read(spec, stop, address, vm, with_entries=reads_entries)
 
 
 def read_outputs(
     spec: IoctlSpec, stop: SyscallStop, address: int, vm: KvmObject | None, *, failed: bool
-) -> Fields | None:
-    """What the kernel wrote to the argument, at syscall exit; None if nothing or unreadable."""
+) -> ArgumentRead:
+    """What the kernel wrote to the argument, at syscall exit; after a failure, no entries (the
+    header may hold the count the kernel needs: E2BIG)."""
     if not decodes_pointer(spec) or spec.direction not in _KERNEL_WRITES:
-        return None
+        return _NOTHING
     return _read(spec, stop, address, vm, with_entries=not failed)
 
 
 def _read(
     spec: IoctlSpec, stop: SyscallStop, address: int, vm: KvmObject | None, *, with_entries: bool
-) -> Fields | None:
+) -> ArgumentRead:
     struct_type = spec.struct
-    try:
-        if struct_type is None:  # a pointer to a scalar (__u64 for KVM_X86_SETUP_MCE...)
-            return {SCALAR_FIELD: int.from_bytes(stop.read(address, spec.size), "little")}
-        header = layout.decode(struct_type, stop.read(address, ctypes.sizeof(struct_type)))
-        if spec.arg_kind is ArgKind.VARIABLE and with_entries and spec.entries_field is not None:
-            tail = _tail(spec, struct_type, header, vm)
-            if tail is not None:
-                header[spec.entries_field] = _read_tail(stop, address, tail)
-    except MemoryReadError:
-        return None  # a bad pointer: the kernel answers EFAULT, the event keeps the raw arg
-    return header
+    if struct_type is None:  # a pointer to a scalar (__u64 for KVM_X86_SETUP_MCE...)
+        raw = stop.read_prefix(address, spec.size)
+        if len(raw) < spec.size:
+            return ArgumentRead(None, len(raw))
+        return ArgumentRead({SCALAR_FIELD: int.from_bytes(raw, "little")})
+    size = ctypes.sizeof(struct_type)
+    raw = stop.read_prefix(address, size)
+    if len(raw) < size:
+        return ArgumentRead(_whole_fields(struct_type, raw), len(raw))
+    header = layout.decode(struct_type, raw)
+    if spec.arg_kind is ArgKind.VARIABLE and with_entries and spec.entries_field is not None:
+        tail = _tail(spec, struct_type, header, vm)
+        if tail is not None:
+            entries, readable = _read_tail(stop, address, tail)
+            if entries is not None:
+                header[spec.entries_field] = entries
+            if readable is not None:
+                return ArgumentRead(header, readable)
+    return ArgumentRead(header)
 
 
-def _read_tail(stop: SyscallStop, address: int, tail: _Tail) -> FieldValue:
-    size = ctypes.sizeof(tail.item_type) * tail.count
+def _whole_fields(
+    struct_type: type[ctypes.Structure] | type[ctypes.Union], raw: bytes
+) -> Fields | None:
+    """The fields of a struct that lie whole within its first len(raw) bytes."""
+    if not raw:
+        return None
+    decoded = layout.decode(struct_type, raw.ljust(ctypes.sizeof(struct_type), b"\0"))
+    whole: Fields = {}
+    for name, value in decoded.items():
+        field = getattr(struct_type, name, None)
+        if field is not None and field.offset + field.size <= len(raw):
+            whole[name] = value
+    return whole or None
+
+
+def _read_tail(
+    stop: SyscallStop, address: int, tail: _Tail
+) -> tuple[FieldValue | None, int | None]:
+    """The entries (those read whole when not all were readable) and, when not all were, how
+    many bytes of the argument could be read. An out-of-line bitmap that is not all readable is
+    left out: its pointer stays in the header, as the integer it is."""
+    item_size = ctypes.sizeof(tail.item_type)
+    size = item_size * tail.count
     if size == 0:
-        return layout.decode_array(tail.item_type, b"", 0)
+        return layout.decode_array(tail.item_type, b"", 0), None
     start = tail.offset if tail.out_of_line else address + tail.offset
-    return layout.decode_array(tail.item_type, stop.read(start, size), tail.count)
+    raw = stop.read_prefix(start, size)
+    if len(raw) == size:
+        return layout.decode_array(tail.item_type, raw, tail.count), None
+    if tail.out_of_line:
+        return None, None
+    count = len(raw) // item_size
+    return layout.decode_array(tail.item_type, raw[: count * item_size], count), (
+        tail.offset + len(raw)
+    )
 
 
 def _tail(
@@ -127,12 +185,17 @@ def _tail(
     if not isinstance(count, int):
         return None
     if spec.name in _WHOLE_SIZE_COUNTED:
-        count -= offset
+        # The kernel reads (or writes) no more than its own state's size, whatever the VMM's.
+        count = min(count, spec.max_count or count) - offset
         item_type: layout.CType = ctypes.c_uint8
-    elif spec.name in _BYTE_COUNTED:
-        item_type = ctypes.c_uint8
     else:
-        item_type = layout.element_type(struct_type, entries)
+        if spec.max_count is not None and count > spec.max_count:
+            return None  # refused by the kernel before it reads an entry
+        item_type = (
+            ctypes.c_uint8
+            if spec.name in _BYTE_COUNTED
+            else layout.element_type(struct_type, entries)
+        )
     if not 0 <= count * ctypes.sizeof(item_type) <= _MAX_TAIL_BYTES:
         return None
     return _Tail(offset, item_type, count)

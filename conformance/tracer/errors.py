@@ -6,7 +6,7 @@ import errno as errno_codes
 import os
 import signal
 
-from conformance.model.errors import ConformanceError
+from conformance.model.errors import TRACER_FAILURE_STATUS, ConformanceError
 
 
 class TracerError(ConformanceError):
@@ -53,3 +53,10 @@ class PtracePermissionError(PtraceCallError):
 
 class MemoryReadError(TracerError):
     """A tracee memory read returned fewer bytes than asked (unmapped or vanished address)."""
+
+
+class TracerFailure(TracerError):
+    """The tracer itself failed while the program ran (a decoder's bug, a record it lost): the
+    trace is incomplete. Its own exit status, never to be taken for the program's."""
+
+    exit_status = TRACER_FAILURE_STATUS

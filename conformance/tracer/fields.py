@@ -77,8 +77,11 @@ def decode(struct_type: CType, raw: bytes) -> Fields:
 _FlatPlan = tuple[struct.Struct, tuple[str, ...]]
 _UNPLANNED: _FlatPlan | None = (struct.Struct(""), ())
 # Struct-module codes for the scalar ctypes a flat struct may hold, by (size, signed).
-_SCALAR_CODES = {(1, False): "B", (2, False): "H", (4, False): "I", (8, False): "Q",
-                 (1, True): "b", (2, True): "h", (4, True): "i", (8, True): "q"}  # fmt: skip
+_SCALAR_CODES = {
+    (size, signed): code.lower() if signed else code
+    for size, code in ((1, "B"), (2, "H"), (4, "I"), (8, "Q"))
+    for signed in (False, True)
+}
 _flat_plans: dict[CType, _FlatPlan | None] = {}
 
 

@@ -11,11 +11,16 @@ fault the zero page in behind the VMM's back. /proc/TID/pagemap says which pages
 in private anonymous memory (what VMMs allocate RAM with) a page that is neither present nor
 swapped out reads as zero and is skipped unread; any other mapping (a file, shared memory) is
 read whole. This module is the adapter for /proc/TID/maps and /proc/TID/pagemap.
+
+When KVM_RUN stops at its entry (the loop, Python) the digest is taken there. When it does not
+(the eBPF recorder, whose records are read after the guest ran: a long-mode guest sets its
+page tables' accessed and dirty bits), the recorder stops the VM's first KVM_RUN before the
+guest runs (bpf_run_exits.py) and the digest is taken at that stop (take), to be given to the
+VM's first KVM_RUN event when that is decoded (for_first_run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Iterator
@@ -36,12 +41,35 @@ _PAGE_ADDRESS = struct.Struct(
 )  # address space id, gpa: what each hashed page is prefixed with
 
 
+def to_digest(vm: KvmObject) -> bool:
+    """Whether `vm`'s memory is still to be digested: not done yet, and it has some."""
+    return not vm.memory_digested and bool(vm.slots)
+
+
+def take(tid: int, vm: KvmObject) -> None:
+    """Digest `vm`'s memory now, as task `tid` sees it, unless that was done: the VM's guest
+    has not run yet. Kept on the VM for its first KVM_RUN event."""
+    if not vm.memory_digested:
+        vm.memory_digested = True
+        vm.memory_digest = digest(tid, vm)
+
+
+def for_first_run(tid: int, vm: KvmObject) -> GuestMemoryDigest | None:
+    """At a KVM_RUN's entry: the digest for the event when it is the VM's first, taken now
+    (the call is stopped before the guest runs) unless it was taken before; None after."""
+    take(tid, vm)
+    found, vm.memory_digest = vm.memory_digest, None
+    return found
+
+
 def digest(tid: int, vm: KvmObject) -> GuestMemoryDigest | None:
     """The digest of `vm`'s live slots as task `tid` (a thread of the VMM) sees its memory;
     None when some of it cannot be read (a slot pointing at memory that is not mapped), or no
     slot was seen registered (there is no guest memory to say anything of)."""
     if not vm.slots:
         return None
+    import hashlib  # noqa: PLC0415 - only once a VM runs: ~3 ms of every trace's start-up
+
     try:
         anonymous = _private_anonymous_ranges(tid)
         hashed = hashlib.sha256()

@@ -34,6 +34,7 @@ KVM_RUN = by_name("KVM_RUN").number
 _CREATE_DEVICE_TEST = abi.KVM_CREATE_DEVICE_TEST
 _CREATED_FDS_ARE_CLOSE_ON_EXEC = True  # kvm_main.c creates every KVM fd with O_CLOEXEC
 _UNKNOWN_FD_ROLE = "unknown"
+_NOTHING_READ = decode.ArgumentRead(None)
 
 
 @dataclass(slots=True)
@@ -48,6 +49,7 @@ class PendingIoctl:
     inputs: Fields | None
     run_entry: Fields | None
     guest_memory: GuestMemoryDigest | None = None
+    readable: int | None = None  # the argument's bytes readable at entry, when not all were
 
 
 class KvmCallDecoder:
@@ -66,17 +68,18 @@ class KvmCallDecoder:
         kinds = _FD_KINDS.get(target.kind) if target is not None else None
         spec = self._spec(request, kinds)
         vm = vm_of(target)
-        inputs = decode.read_inputs(spec, stop, arg, vm) if spec is not None else None
+        inputs = decode.read_inputs(spec, stop, arg, vm) if spec is not None else _NOTHING_READ
         run_entry = None
         memory = None
         if request == KVM_RUN and self._decode_runs and target is not None:
             run_entry = self._runs.read_entry(stop, target, mappings)
             stop.exit_can_wait = _failure_is_traced(target, arg, mappings)
             stop.run_address = _run_address_for_the_compiled_loop(target, mappings)
-            if vm is not None and not vm.memory_digested:  # before the guest's first instruction
-                vm.memory_digested = True
-                memory = guest_memory.digest(stop.tid, vm)
-        return PendingIoctl(fd, target, request, spec, arg, inputs, run_entry, memory)
+            if vm is not None:  # the first: before the guest's first instruction
+                memory = guest_memory.for_first_run(stop.tid, vm)
+        return PendingIoctl(
+            fd, target, request, spec, arg, inputs.fields, run_entry, memory, inputs.readable
+        )
 
     def exit(
         self,
@@ -91,16 +94,24 @@ class KvmCallDecoder:
     ) -> Ioctl:
         spec, target = pending.spec, pending.target
         vm = vm_of(target)
-        outputs = None
+        read = _NOTHING_READ
         if spec is not None:
-            outputs = decode.read_outputs(spec, stop, pending.arg, vm, failed=errno is not None)
+            read = decode.read_outputs(spec, stop, pending.arg, vm, failed=errno is not None)
+        outputs = read.fields
         new_role = None
         if errno is None and spec is not None:
             new_role = self._created(spec, pending, outputs, ret, fds, mappings=mappings)
             self._remember(spec, pending, target, ret)
         run_exit = None
         if pending.request == KVM_RUN and self._decode_runs and target is not None:
-            run_exit = self._runs.read_exit(stop, target, mappings)
+            entry = pending.run_entry or {}
+            run_exit = self._runs.read_exit(
+                stop,
+                target,
+                mappings,
+                errno=errno,
+                immediate_exit=bool(entry.get("immediate_exit")),
+            )
         return Ioctl(
             seq=seq,
             tid=stop.tid,
@@ -119,6 +130,7 @@ class KvmCallDecoder:
             run_entry=pending.run_entry,
             repeat=stop.repeat,
             guest_memory=pending.guest_memory,
+            readable=pending.readable if pending.readable is not None else read.readable,
         )
 
     def _spec(self, request: int, kinds: FdKind | None) -> IoctlSpec | None:

@@ -22,6 +22,7 @@ when set (KVM_RUN_X86_SMM, KVM_RUN_X86_BUS_LOCK).
 from __future__ import annotations
 
 import ctypes
+import errno as errno_codes
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from conformance.abi import _generated as abi
 from conformance.model.events import Fields, FieldValue
 from conformance.model.fd_roles import FdTable, KvmObject
 from conformance.tracer import fields as layout
+from conformance.tracer.errors import MemoryReadError
 from conformance.tracer.stops import SyscallStop
 
 PAGE_SIZE = 4096
@@ -50,18 +52,35 @@ _UNION_MEMBERS: dict[str, type[Any]] = {name: kind for name, kind, *_ in abi.kvm
 
 def _reason_members() -> dict[int, str]:
     names = {
-        "KVM_EXIT_UNKNOWN": "hw", "KVM_EXIT_EXCEPTION": "ex", "KVM_EXIT_IO": "io",
-        "KVM_EXIT_HYPERCALL": "hypercall", "KVM_EXIT_DEBUG": "debug", "KVM_EXIT_MMIO": "mmio",
-        "KVM_EXIT_FAIL_ENTRY": "fail_entry", "KVM_EXIT_INTERNAL_ERROR": "internal",
-        "KVM_EXIT_SYSTEM_EVENT": "system_event", "KVM_EXIT_TPR_ACCESS": "tpr_access",
-        "KVM_EXIT_IOAPIC_EOI": "eoi", "KVM_EXIT_HYPERV": "hyperv", "KVM_EXIT_X86_RDMSR": "msr",
-        "KVM_EXIT_X86_WRMSR": "msr", "KVM_EXIT_XEN": "xen", "KVM_EXIT_NOTIFY": "notify",
-        "KVM_EXIT_S390_SIEIC": "s390_sieic", "KVM_EXIT_S390_RESET": "s390_reset_flags",
-        "KVM_EXIT_S390_UCONTROL": "s390_ucontrol", "KVM_EXIT_DCR": "dcr", "KVM_EXIT_OSI": "osi",
-        "KVM_EXIT_PAPR_HCALL": "papr_hcall", "KVM_EXIT_S390_TSCH": "s390_tsch",
-        "KVM_EXIT_EPR": "epr", "KVM_EXIT_S390_STSI": "s390_stsi", "KVM_EXIT_ARM_NISV": "arm_nisv",
-        "KVM_EXIT_RISCV_SBI": "riscv_sbi", "KVM_EXIT_RISCV_CSR": "riscv_csr",
-    }  # fmt: skip
+        "KVM_EXIT_UNKNOWN": "hw",
+        "KVM_EXIT_EXCEPTION": "ex",
+        "KVM_EXIT_IO": "io",
+        "KVM_EXIT_HYPERCALL": "hypercall",
+        "KVM_EXIT_DEBUG": "debug",
+        "KVM_EXIT_MMIO": "mmio",
+        "KVM_EXIT_FAIL_ENTRY": "fail_entry",
+        "KVM_EXIT_INTERNAL_ERROR": "internal",
+        "KVM_EXIT_SYSTEM_EVENT": "system_event",
+        "KVM_EXIT_TPR_ACCESS": "tpr_access",
+        "KVM_EXIT_IOAPIC_EOI": "eoi",
+        "KVM_EXIT_HYPERV": "hyperv",
+        "KVM_EXIT_X86_RDMSR": "msr",
+        "KVM_EXIT_X86_WRMSR": "msr",
+        "KVM_EXIT_XEN": "xen",
+        "KVM_EXIT_NOTIFY": "notify",
+        "KVM_EXIT_S390_SIEIC": "s390_sieic",
+        "KVM_EXIT_S390_RESET": "s390_reset_flags",
+        "KVM_EXIT_S390_UCONTROL": "s390_ucontrol",
+        "KVM_EXIT_DCR": "dcr",
+        "KVM_EXIT_OSI": "osi",
+        "KVM_EXIT_PAPR_HCALL": "papr_hcall",
+        "KVM_EXIT_S390_TSCH": "s390_tsch",
+        "KVM_EXIT_EPR": "epr",
+        "KVM_EXIT_S390_STSI": "s390_stsi",
+        "KVM_EXIT_ARM_NISV": "arm_nisv",
+        "KVM_EXIT_RISCV_SBI": "riscv_sbi",
+        "KVM_EXIT_RISCV_CSR": "riscv_csr",
+    }
     return {getattr(abi, name): member for name, member in names.items() if hasattr(abi, name)}
 
 
@@ -134,16 +153,27 @@ class RunReader:
     def read_entry(
         self, stop: SyscallStop, vcpu: KvmObject, mappings: RunMappings
     ) -> Fields | None:
-        """At KVM_RUN entry: the answer to the previous exit, when it asked for one."""
-        answer = self._awaiting.pop(vcpu, None)
+        """At KVM_RUN entry: kvm_run's control bytes (request_interrupt_window, immediate_exit)
+        when either is set, and with them the answer to the previous exit when it asked for one.
+        The answer stays expected until a call reaches the guest: one that fails before it
+        (immediate_exit) leaves it for the next."""
+        answer = self._awaiting.get(vcpu)
         mapping = mappings.by_vcpu.get(vcpu)
-        if answer is None or mapping is None or mapping.run_address is None:
+        if mapping is None or mapping.run_address is None:
             return None
         base = mapping.run_address
-        pieces = stop.read_many(
-            [(base, _CONTROL.size), *((base + offset, size) for _, offset, size in answer.reads)]
-        )
+        reads = answer.reads if answer is not None else ()
+        try:
+            pieces = stop.read_many(
+                [(base, _CONTROL.size), *((base + offset, size) for _, offset, size in reads)]
+            )
+        except MemoryReadError:
+            return None  # kvm_run unmapped behind the tracer's back: the kernel will say
         request_window, immediate_exit = _CONTROL.unpack(pieces[0])
+        if answer is None:
+            if not request_window and not immediate_exit:
+                return None
+            return {"request_interrupt_window": request_window, "immediate_exit": immediate_exit}
         values: Fields = {}
         for (name, _, _), raw in zip(answer.reads, pieces[1:], strict=True):
             values[name] = (
@@ -157,12 +187,41 @@ class RunReader:
             answer.member: values,
         }
 
-    def read_exit(self, stop: SyscallStop, vcpu: KvmObject, mappings: RunMappings) -> Fields | None:
-        """At KVM_RUN exit: exit_reason (and flags when set) and the reason's payload."""
+    def read_exit(
+        self,
+        stop: SyscallStop,
+        vcpu: KvmObject,
+        mappings: RunMappings,
+        *,
+        errno: int | None,
+        immediate_exit: bool,
+    ) -> Fields | None:
+        """At KVM_RUN exit: exit_reason (and flags when set) and the reason's payload; None
+        when the call did not reach the guest, kvm_run then holding the previous exit.
+
+        A call that failed reached the guest only when the kernel says so: EINTR with
+        KVM_EXIT_INTR, which vcpu_run() sets when a signal ends a run. immediate_exit makes
+        kvm_arch_vcpu_ioctl_run() return EINTR before entering and before exit_reason is set;
+        every other failure (EINVAL, EFAULT, EIO...) comes before the guest too.
+        """
+        if errno is not None and (errno != errno_codes.EINTR or immediate_exit):
+            return None
         mapping = mappings.by_vcpu.get(vcpu)
         if mapping is None or mapping.run_address is None:
             return None
-        base = mapping.run_address
+        try:
+            return self._read_exit(stop, vcpu, mapping, mapping.run_address, errno is not None)
+        except MemoryReadError:
+            return None
+
+    def _read_exit(
+        self,
+        stop: SyscallStop,
+        vcpu: KvmObject,
+        mapping: _VcpuMapping,
+        base: int,
+        interrupted: bool,
+    ) -> Fields | None:
         ranges = [(base, HEADER_SIZE)]
         io_offset = self._io_data_offset.get(vcpu)
         if io_offset is not None:
@@ -172,6 +231,9 @@ class RunReader:
         if ring is not None:
             ranges.append((ring, _RING_INDICES.size))
         pieces = stop.read_many(ranges)
+        if interrupted and _STATUS.unpack_from(pieces[0])[0] != abi.KVM_EXIT_INTR:
+            return None  # EINTR without KVM_EXIT_INTR: the exit there is an earlier call's
+        self._awaiting.pop(vcpu, None)  # the guest ran: the kernel took the answer
         io_guess = pieces[1] if io_offset is not None else None
         exit_fields = self._decode_exit(stop, vcpu, base, pieces[0], io_guess)
         if ring is not None and vm is not None:

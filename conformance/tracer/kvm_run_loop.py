@@ -34,14 +34,23 @@ _RECORD_CHECK_FAILURE = 2
 _RECORD_EXIT_LIVE = 4
 
 
+_LAYOUT_FIELDS = (
+    "header_size",
+    "exit_reason",
+    "io",
+    "io_size",
+    "io_count",
+    "io_data_offset",
+    "exit_io",
+    "pio_offset",
+    "io_guess",
+    "kvm_run",
+    "ioctl_nr",
+)
+
+
 class _Layout(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_uint32)
-        for name in (
-            "header_size", "exit_reason", "io", "io_size", "io_count", "io_data_offset",
-            "exit_io", "pio_offset", "io_guess", "kvm_run", "ioctl_nr",
-        )
-    ]  # fmt: skip
+    _fields_ = [(name, ctypes.c_uint32) for name in _LAYOUT_FIELDS]
 
 
 class _Snapshot(ctypes.Structure):
@@ -152,8 +161,7 @@ class KvmRunLoop:
             getattr(library, name).argtypes = (ctypes.c_void_p,)
         for name in ("kvmc_register", "kvmc_adopt"):
             function = getattr(library, name)
-            function.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_uint64)  # fmt: skip
+            function.argtypes = (ctypes.c_void_p, *(ctypes.c_int,) * 3, ctypes.c_uint64)
         for name in ("kvmc_forget_process", "kvmc_mark_failure", "kvmc_set_signal_fd"):
             getattr(library, name).argtypes = (ctypes.c_void_p, ctypes.c_int)
         library.kvmc_wait.argtypes = (ctypes.c_void_p, ctypes.POINTER(_Result))

@@ -26,6 +26,7 @@ from typing import Protocol
 from conformance.tracer import ptrace_backend as backend
 from conformance.tracer.bpf_kvm_run import KvmRunRecorder
 from conformance.tracer.bpf_run_exits import BpfRunExits
+from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.kvm_run_loop import KvmRunLoop, RunRecord
@@ -58,6 +59,7 @@ class RunExits(Protocol):
 
 def late_run_exits(handler: TraceHandler, source: LateExitSource, pid: int) -> RunExits:
     if isinstance(source, KvmRunRecorder):
+        assert isinstance(handler, RegisteringHandler)  # tracing.py wraps the Recorder so
         return BpfRunExits(handler, source, pid)
     return LateRunExits(handler, source, pid)
 
@@ -156,15 +158,34 @@ class LateRunExits:
             self.compiled_loop_calls += record.repeat
         args = (record.fd, KVM_RUN, 0, 0, 0, 0)
         if not record.adopted:
-            entry = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,
-                                 memory=record.entry)  # fmt: skip
+            entry = RecordedStop(
+                tid=record.tid,
+                tgid=record.tgid,
+                nr=self._ioctl_number,
+                args=args,
+                instruction_pointer=0,
+                memory=record.entry,
+            )
             if not self._handler.on_syscall_entry(entry):
                 return
         if record.exit_live:  # the task is stopped at the stop returned with this record
-            stop = SyscallStop(record.tid, record.tgid, self._ioctl_number, args, 0)
+            stop = SyscallStop(
+                tid=record.tid,
+                tgid=record.tgid,
+                nr=self._ioctl_number,
+                args=args,
+                instruction_pointer=0,
+            )
             stop.return_value = self._failures.return_value(record.tid)
         else:
-            stop = RecordedStop(record.tid, record.tgid, self._ioctl_number, args, 0,
-                                repeat=record.repeat, memory=record.exit)  # fmt: skip
+            stop = RecordedStop(
+                tid=record.tid,
+                tgid=record.tgid,
+                nr=self._ioctl_number,
+                args=args,
+                instruction_pointer=0,
+                repeat=record.repeat,
+                memory=record.exit,
+            )
             stop.return_value = self._failures.take(record.tid) if record.check_failure else 0
         self._handler.on_syscall_exit(stop)

@@ -14,15 +14,30 @@ import ctypes
 import errno as errno_codes
 import os
 import struct
-from collections.abc import Sequence
+import sys
+import types
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from ptrace import PtraceError
-from ptrace.binding import func as _ptrace
-from ptrace.binding.linux_struct import siginfo, user_regs_struct
 
-from conformance.abi._generated import SYSCALL_NUMBERS
-from conformance.tracer.errors import (
+def _give_python_ptrace_our_libc() -> None:
+    """python-ptrace's ptrace.ctypes_libc finds the C library with ctypes.util.find_library,
+    which runs `ldconfig -p` in a subprocess and parses its output: ~20 ms of CPU (~50 ms of
+    wall time on a loaded host) of every trace's start-up. dlopen(NULL) is the C library the
+    interpreter already links, with the same ptrace(); the module is given that instead."""
+    module = types.ModuleType("ptrace.ctypes_libc")
+    module.libc = ctypes.CDLL(None, use_errno=True)  # type: ignore[attr-defined]
+    sys.modules.setdefault("ptrace.ctypes_libc", module)
+
+
+_give_python_ptrace_our_libc()
+
+from ptrace import PtraceError  # noqa: E402 (after our libc is given to python-ptrace)
+from ptrace.binding import func as _ptrace  # noqa: E402
+from ptrace.binding.linux_struct import siginfo, user_regs_struct  # noqa: E402
+
+from conformance.abi._generated import SYSCALL_NUMBERS  # noqa: E402
+from conformance.tracer.errors import (  # noqa: E402
     PtraceCallError,
     PtracePermissionError,
     TaskGoneError,
@@ -238,6 +253,27 @@ def pending_signals(pid: int) -> int:
             if key in ("ShdPnd", "SigPnd"):
                 mask |= int(value, 16)
     return mask
+
+
+# <linux/errno.h> (kernel-internal): a syscall's "restart me" results, which the kernel turns
+# into a rerun (or EINTR, for a handler without SA_RESTART) on its way back to user space.
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND = 512, 513, 514
+
+
+def restart_interrupted_syscall(tid: int, nr: int, errors: Collection[int]) -> bool:
+    """At a signal-delivery-stop on the way out of system call `nr`, which failed with one of
+    `errors` (the program has not seen it yet): set the registers so that resuming runs the call
+    again, as the kernel restarts one that returned ERESTARTNOINTR (rax = orig_rax, rip back
+    over `syscall`). False, and nothing changed, when the registers are not such a return (a
+    signal handler's frame was set up first: the program is to see what it was given)."""
+    regs = user_regs_struct()
+    _request("PTRACE_GETREGS", _ptrace.PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+    if regs.orig_rax != nr or ctypes.c_long(regs.rax).value not in {-error for error in errors}:
+        return False
+    regs.rax = regs.orig_rax
+    regs.rip -= SYSCALL_INSTRUCTION_SIZE
+    _request("PTRACE_SETREGS", _ptrace.PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+    return True
 
 
 # `syscall` is 0f 05 on x86-64; at a syscall stop rip points just past it.

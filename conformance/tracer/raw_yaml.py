@@ -9,8 +9,11 @@
 Threads are keyed by tid; fds are numbers (with their role beside them), addresses are host
 addresses, flags are numbers: what the kernel saw, for debugging the tracer or the normalizer.
 `in:` is what the kernel read at entry, `out:` what it wrote by exit; for KVM_RUN, `entry:` is
-what the VMM answered the previous exit with and `exit:` the exit. Byte strings are lists of
-bytes, ints that hold addresses or sizes are written in hex (the same rule as snapshots).
+kvm_run's control bytes and what the VMM answered the previous exit with, `exit:` the exit.
+Numbers follow the normalized document's rule (model/symbolic.py): counts, ids and small enums
+in decimal, addresses, sizes, masks and registers in hex; byte strings as there (a list of
+bytes up to 16, `hex:...` beyond). An errno is its name. A pointer argument is `NULL` or its
+address in hex; one the tracer could not read whole has `readable:`, the bytes it could.
 
 Streaming: each thread's lines go to a spool file as the events arrive, and close() writes the
 document, one thread after another, so memory stays flat however long the trace.
@@ -25,12 +28,16 @@ import tempfile
 from types import TracebackType
 from typing import IO, TextIO, get_args
 
-from conformance.model import events
+from conformance.abi.ioctls import IOCTLS
+from conformance.model import events, symbolic
 from conformance.model.document import RAW_SCHEMA, Entry, Hex, Value
 from conformance.model.flow_yaml import format_call, format_value
+from conformance.tracer import decode
 
+# The calls' own arguments that are addresses, sizes or masks (the rest: fds, counts, enums).
 _HEX_FIELDS = frozenset({"addr", "length", "offset", "old_addr", "old_length", "new_length"})
-_HEX_FIELDS |= {"new_addr", "prot", "flags", "arg"}
+_HEX_FIELDS |= {"new_addr", "prot", "flags"}
+_ADDRESS_RESULTS = (events.Mmap, events.Mremap)  # calls whose `ret` is an address
 
 
 class RawYamlWriter:
@@ -102,7 +109,9 @@ def raw_entry(event: events.Event) -> Entry:
     if isinstance(event, events.Ioctl):
         entry.update(fd=event.fd, fd_role=event.fd_role)
         entry["req"] = event.name or Hex(event.request)
-        entry["arg"] = Hex(event.arg)
+        entry["arg"] = ioctl_argument(event)
+        if event.readable is not None and event.arg != 0:  # NULL says it: none
+            entry["readable"] = Hex(event.readable)
         for key, fields in (
             ("in", event.inputs),
             ("entry", event.run_entry),
@@ -110,18 +119,20 @@ def raw_entry(event: events.Event) -> Entry:
             ("exit", event.run_exit),
         ):
             if fields is not None:
-                entry[key] = _value(fields, key)
+                entry[key] = _struct_value(fields, key, in_exit=key == "exit")
     else:
         for name in _PLAIN_FIELDS[type(event)]:
             value = getattr(event, name)
             if value is not None:
-                entry[name] = _value(value, name)
+                entry[name] = _plain_value(value, name)
         if not isinstance(event, events.Call):
             return entry
     if event.errno is not None:
-        entry["errno"] = event.errno
+        entry["errno"] = symbolic.errno_name(event.errno)
+    elif isinstance(event, _ADDRESS_RESULTS):
+        entry["ret"] = Hex(event.ret)
     else:
-        entry["ret"] = _value(event.ret, "ret")
+        entry["ret"] = event.ret
     if isinstance(event, events.Ioctl) and event.new_fd_role is not None:
         entry["new_fd_role"] = event.new_fd_role
     if isinstance(event, events.Ioctl) and event.guest_memory is not None:
@@ -146,16 +157,30 @@ _TASK_EVENTS = (events.TaskStarted, events.TaskExited, events.KvmRunSummary)
 _PLAIN_FIELDS = {kind: _plain_fields(kind) for kind in get_args(events.Event)}
 
 
-def _value(value: object, name: str) -> Value:
-    # Ordered by how often each kind comes: ints, then the mappings and bytes of decoded structs.
+def ioctl_argument(event: events.Ioctl) -> Value:
+    """The raw third argument: `NULL` for a null pointer, else hex (an integer argument too)."""
+    spec = IOCTLS.get(event.name or "")
+    if event.arg == 0 and spec is not None and decode.decodes_pointer(spec):
+        return symbolic.NULL
+    return Hex(event.arg)
+
+
+def _plain_value(value: object, name: str) -> Value:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
-        return Hex(value) if value > 0xFFFF or name in _HEX_FIELDS else value
+        return Hex(value) if name in _HEX_FIELDS else value
     if isinstance(value, dict):
-        return {(key := str(field)): _value(item, key) for field, item in value.items()}
-    if isinstance(value, bytes):
-        return [Hex(byte) for byte in value]
-    if isinstance(value, list):
-        return [_value(item, name) for item in value]
+        return {str(key): _plain_value(item, str(key)) for key, item in value.items()}
     return str(value)
+
+
+def _struct_value(value: events.FieldValue, name: str, *, in_exit: bool) -> Value:
+    # Ordered by how often each kind comes: ints, then the mappings and bytes of decoded structs.
+    if isinstance(value, int):
+        return symbolic.number(value, name, in_exit=in_exit)
+    if isinstance(value, dict):
+        return {key: _struct_value(item, key, in_exit=in_exit) for key, item in value.items()}
+    if isinstance(value, bytes):
+        return symbolic.byte_string(value)
+    return [_struct_value(item, name, in_exit=in_exit) for item in value]

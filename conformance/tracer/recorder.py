@@ -100,19 +100,17 @@ class Recorder:
         adopt_run_mappings(pid, process.fds, process.mappings)
         self.opened_kvm = self.opened_kvm or process.fds.has_kvm_objects()
 
-    def kvm_run_page(self, tid: int, fd: int) -> tuple[int, bool] | None:
-        """Where `fd`'s vCPU has its kvm_run in `tid`'s process, and whether its VM's coalesced
-        MMIO ring is read at exits too; None when `fd` is no vCPU there or kvm_run is not
-        mapped. What a reader of exits that does not stop at KVM_RUN must copy (bpf_vcpu_pages.py).
-        """
+    def vcpu(self, tid: int, fd: int) -> KvmObject | None:
+        """The vCPU `fd` names in `tid`'s process, if it names one."""
         process = self._processes.get(tid)
         vcpu = process.fds.get(fd) if process is not None else None
-        if process is None or vcpu is None or vcpu.kind != "vcpu":
-            return None
-        mapping = process.mappings.by_vcpu.get(vcpu)
-        if mapping is None or mapping.run_address is None:
-            return None
-        return mapping.run_address, vcpu.vm is not None and vcpu.vm.coalesced_mmio
+        return vcpu if vcpu is not None and vcpu.kind == "vcpu" else None
+
+    def run_address(self, tid: int, vcpu: KvmObject) -> int | None:
+        """Where `vcpu`'s kvm_run is mapped in `tid`'s process (None: it is not)."""
+        process = self._processes.get(tid)
+        mapping = process.mappings.by_vcpu.get(vcpu) if process is not None else None
+        return mapping.run_address if mapping is not None else None
 
     # --- session.TraceHandler -----------------------------------------------------------------
 
@@ -181,7 +179,8 @@ class Recorder:
         if name in ("open", "openat", "openat2"):
             path_arg, flags = (args[0], args[1]) if name == "open" else (args[1], args[2])
             if name == "openat2":
-                flags = int.from_bytes(stop.read(args[2], _OPENAT2_FLAGS_SIZE), "little")
+                # An unreadable struct open_how: the kernel fails the call with EFAULT.
+                flags = int.from_bytes(stop.read_prefix(args[2], _OPENAT2_FLAGS_SIZE), "little")
             path = read_c_string(stop, path_arg)
             directory_fd = _AT_CWD if name == "open" else signed_int(args[0])
             if _names_a_file_but_no_device(stop.tid, directory_fd, path):

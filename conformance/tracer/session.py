@@ -16,6 +16,12 @@ One stop per KVM_RUN (fast path, with a `KvmRunFailures`): when the handler mark
 as able to wait (`exit_can_wait`), the task runs on with PTRACE_CONT and the handler gets that
 exit at the task's next stop, or the compiled loop takes it over (late_run_exits.py).
 
+The tracer's own failure (a handler raising anything but TaskGoneError) never touches the
+program: the handler is dropped (`failure` says why) and the program runs on as untraced. The
+tasks are detached at their next stop, except on the fast path, whose seccomp filter would fail
+the selected syscalls with ENOSYS without a tracer: there the session stays, resuming every stop
+and reporting nothing. A spawned program is waited for either way (it dies with its tracer).
+
 Kill safety: the spawned child asks for SIGKILL when its parent thread dies (PR_SET_PDEATHSIG)
 before it stops itself for the tracer; once seized, PTRACE_O_EXITKILL kills every tracee if the
 tracer dies. The window between fork() and prctl() is closed by the child checking getppid().
@@ -108,11 +114,66 @@ class _Task:
     installing_filter: bool = False  # in seccomp()/prctl() for a filter of its own, until its exit
 
 
+class _UntilItFails:
+    """The session's handler, until it raises: then the failure is kept, `on_failure` told, and
+    every later call answers as if nothing were selected."""
+
+    def __init__(self, handler: TraceHandler, on_failure: Callable[[], None]) -> None:
+        self._handler: TraceHandler | None = handler
+        self.wrapped = handler  # for the eBPF recorder's exits, which call its own methods
+        self._on_failure = on_failure
+        self.failure: str | None = None
+
+    def _failed(self, error: Exception) -> None:
+        shown = str(error) if isinstance(error, TracerError) else f"{type(error).__name__}: {error}"
+        self.failure = shown
+        self._handler = None
+        self._on_failure()
+
+    def on_syscall_entry(self, stop: SyscallStop) -> bool:
+        try:
+            return self._handler is not None and self._handler.on_syscall_entry(stop)
+        except TaskGoneError:
+            raise
+        except Exception as error:  # any failure of ours must spare the program
+            self._failed(error)
+            return False
+
+    def on_syscall_exit(self, stop: SyscallStop) -> None:  # as often as entries: no getattr
+        try:
+            if self._handler is not None:
+                self._handler.on_syscall_exit(stop)
+        except TaskGoneError:
+            raise
+        except Exception as error:  # any failure of ours must spare the program
+            self._failed(error)
+
+    def on_new_task(self, parent_tid: int, child_tid: int, kind: TaskKind) -> None:
+        self._call("on_new_task", parent_tid, child_tid, kind)
+
+    def on_exec(self, tid: int) -> None:
+        self._call("on_exec", tid)
+
+    def on_task_exit(self, tid: int, status: int) -> None:
+        self._call("on_task_exit", tid, status)
+
+    def _call(self, method: str, *args: object) -> None:
+        if self._handler is None:
+            return
+        try:
+            getattr(self._handler, method)(*args)
+        except TaskGoneError:
+            raise
+        except Exception as error:  # any failure of ours must spare the program
+            self._failed(error)
+
+
 class TraceSession:
     """Spawn or attach to one program, then run() until every traced task has ended."""
 
     def __init__(self, handler: TraceHandler) -> None:
-        self._handler = handler
+        self._guard = _UntilItFails(handler, self._let_go)
+        self._handler: TraceHandler = self._guard
         self._tasks: dict[int, _Task] = {}
         # New tasks whose first stop came before their parent's fork/clone event.
         self._unannounced: set[int] = set()
@@ -122,6 +183,7 @@ class TraceSession:
         self._exec_error_pipe: int | None = None
         self._attached = False
         self._interrupted_by: int | None = None
+        self._detaching = False  # every task is detached at its next stop
         self._late_exits: RunExits | None = None
         self._stepping_processes: set[int] = set()  # their own filter is on them (see above)
         self._said: set[tuple[int, str]] = set()  # (pid, what): each notice once per process
@@ -132,8 +194,14 @@ class TraceSession:
         self._previous_handlers: dict[int, _SignalHandler] = {}
         self._released: ContinuingListeners | None = None  # tasks let go from the fast path
         self._no_new_privs = False  # the fast path's filter came with NO_NEW_PRIVS
+        self._killing = False  # _kill_all() was called
         self.seccomp_fast_path = False
         """True when the tracee stops only at selected syscalls (spawn with the fast path)."""
+
+    @property
+    def failure(self) -> str | None:
+        """What went wrong in the tracer, if it did: the trace stops there."""
+        return self._guard.failure
 
     def spawn(
         self,
@@ -243,7 +311,8 @@ class TraceSession:
             backend.wait_for_stop(pid)  # reaps it: SIGKILL ends it
             raise
         if run_failures is not None:
-            self._late_exits = late_run_exits(self._handler, run_failures, pid)
+            # The eBPF recorder's exits need the recorder's handler itself (its vCPU pages).
+            self._late_exits = late_run_exits(self._guard.wrapped, run_failures, pid)
         os.kill(pid, signal.SIGCONT)
         self.seccomp_fast_path = seccomp_fast_path
         self._tasks[pid] = _Task(tgid=pid, before_exec=True)
@@ -312,7 +381,19 @@ class TraceSession:
         if self._released is not None:
             self._released.close()  # a task let go still needs its answers: wait for its end
         self._raise_if_exec_failed()
+        if self._main_status is None and self._detaching and not self._attached:
+            self._main_status = _wait_for_end(self._main_pid)
         return TraceResult(self._main_pid, self._main_status, self._interrupted_by)
+
+    def _let_go(self) -> None:
+        """The handler failed: detach every task at its next stop (or, on the fast path, stay
+        and only resume them; see the module's docstring)."""
+        if self.seccomp_fast_path and not self._attached:
+            return
+        self._detaching = True
+        for tid in list(self._tasks):
+            with contextlib.suppress(TaskGoneError):
+                backend.interrupt(tid)
 
     def _loop(self) -> None:
         while self._tasks or self._unannounced:
@@ -359,7 +440,7 @@ class TraceSession:
         try:
             if task.exit_at_next_stop is not None:
                 self._deliver_waiting_exit(task, task.exit_at_next_stop)
-            if self._interrupted_by is not None and self._attached:
+            if self._detaching:
                 pending_signal = stop_signal if event == 0 and stop_signal != _SYSCALL_STOP else 0
                 backend.detach(tid, pending_signal)
                 del self._tasks[tid]
@@ -587,7 +668,10 @@ class TraceSession:
 
     def _on_unknown_stop(self, tid: int) -> None:
         """A new tracee's first stop, ahead of its parent's event: hold it until then."""
-        if self._interrupted_by is not None:
+        if self._detaching:
+            with contextlib.suppress(TaskGoneError):
+                backend.detach(tid, 0)
+        elif self._killing:  # every tracee is being killed: so is a new one
             _kill(tid)
         else:
             self._unannounced.add(tid)
@@ -615,12 +699,12 @@ class TraceSession:
 
     def _on_end(self, tid: int, status: int) -> None:
         self._unannounced.discard(tid)
+        if tid == self._main_pid:  # also once detached: it is still our child
+            self._main_status = status
         if self._tasks.pop(tid, None) is None:
             return  # not a tracee (another child of this process) or already forgotten
         if self._late_exits is not None:
             self._late_exits.forget(tid)
-        if tid == self._main_pid:
-            self._main_status = status
         self._handler.on_task_exit(tid, status)
 
     def _raise_if_exec_failed(self) -> None:
@@ -672,6 +756,7 @@ class TraceSession:
         if not self._tasks:
             pass  # not started yet: spawn() ends it; or ended already
         elif self._attached:
+            self._detaching = True
             for tid in list(self._tasks):
                 try:
                     backend.interrupt(tid)
@@ -708,8 +793,20 @@ class TraceSession:
         return False
 
     def _kill_all(self) -> None:
+        self._killing = True
         for tid in [*self._tasks, *self._unannounced]:
             _kill(tid)
+
+
+def _wait_for_end(pid: int) -> int | None:
+    """The wait status of our child `pid`, once it ends untraced (None: not ours any more)."""
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return None
 
 
 def _kill(tid: int) -> None:

@@ -39,6 +39,10 @@ class SyscallStop:
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return tracee_memory.read_many(self.tid, ranges)
 
+    def read_prefix(self, address: int, size: int) -> bytes:
+        """Up to `size` bytes: those before the first one the task cannot read."""
+        return tracee_memory.read_prefix(self.tid, address, size)
+
 
 @dataclass(slots=True)
 class RecordedStop(SyscallStop):
@@ -52,6 +56,12 @@ class RecordedStop(SyscallStop):
 
     def read_many(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return [self._copied(address, size) for address, size in ranges]
+
+    def read_prefix(self, address: int, size: int) -> bytes:
+        for base, data in self.memory.items():
+            if base <= address < base + len(data):
+                return data[address - base : address - base + size]
+        return b""
 
     def _copied(self, address: int, size: int) -> bytes:
         for base, data in self.memory.items():

@@ -16,11 +16,15 @@ def signed_int(value: int) -> int:
 
 def read_c_string(stop: SyscallStop, address: int) -> str:
     """A NUL-terminated string of the tracee, read page by page so no read crosses into an
-    unmapped page; cut at PATH_MAX. Not UTF-8 bytes are kept as surrogate escapes, as os does.
+    unmapped page; cut at PATH_MAX, or where the memory stops being readable (a NULL or bad
+    path, which the kernel answers with EFAULT). Not UTF-8 bytes are kept as surrogate
+    escapes, as os does.
     """
     collected = b""
     while len(collected) < _PATH_MAX:
-        chunk = stop.read(address, _PAGE_SIZE - address % _PAGE_SIZE)
+        chunk = stop.read_prefix(address, _PAGE_SIZE - address % _PAGE_SIZE)
+        if not chunk:
+            break
         end = chunk.find(b"\0")
         if end >= 0:
             collected += chunk[:end]

@@ -17,16 +17,18 @@ unless `verbose`. For reading, not parsing: the raw YAML stream is the machine f
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import TextIO
 
-from conformance.abi.ioctls import by_name
+from conformance.abi.ioctls import Direction, by_name
 from conformance.model import events, register_pages
 from conformance.model import symbolic as names
 from conformance.model.document import Value
 from conformance.tracer import decode, xlat
 
 _MSR_FIELD_PARENTS = frozenset({"msr", "entries"})
+_KERNEL_WRITES = (Direction.READ, Direction.READ_WRITE)
 DEFAULT_STRING_LIMIT = 32  # strace's default -s
 _AT_FDCWD = -100
 _STRING_ESCAPES = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\v"): "\\v", ord("\f"): "\\f"}
@@ -111,7 +113,7 @@ def _fd(fd: int, role: str | None) -> str:
 
 def _result(call: events.Call, role: str | None = None) -> str:
     if call.errno is not None:
-        return f"-1 {names.errno_name(call.errno)}"
+        return f"-1 {names.errno_name(call.errno)} ({os.strerror(call.errno)})"
     return _fd(call.ret, role) if role else str(call.ret)
 
 
@@ -134,17 +136,25 @@ def _open(event: events.OpenKvm) -> str:
 
 def _ioctl(event: events.Ioctl, options: TextOptions) -> str:
     request = event.name or f"{event.request:#x} /* unknown */"
-    struct_name = by_name(event.name).arg_type if event.name is not None else None
-    if event.inputs is not None:
+    spec = by_name(event.name) if event.name is not None else None
+    struct_name = spec.arg_type if spec is not None else None
+    # As strace: a pointer it could not read, or that the kernel was to write when the call
+    # failed (an E2BIG probe), is shown as the pointer.
+    as_pointer = event.readable is not None or (
+        event.errno is not None and spec is not None and spec.direction in _KERNEL_WRITES
+    )
+    if as_pointer:
+        argument = hex(event.arg) if event.arg or spec is None else "NULL"
+    elif event.inputs is not None:
         inputs = register_pages.decode_pages(struct_name, event.inputs)
         argument = _struct(inputs, event.name or "", options)
-    elif event.name is not None and not decode.decodes_pointer(by_name(event.name)):
-        argument = str(names.ioctl_argument(event.name, event.arg))
+    elif spec is not None and not decode.decodes_pointer(spec):
+        argument = str(names.ioctl_argument(spec.name, event.arg))
     else:
-        argument = hex(event.arg)
+        argument = hex(event.arg) if event.arg or spec is None else "NULL"
     line = f"ioctl({_fd(event.fd, event.fd_role)}, {request}, {argument}) = "
     line += _result(event, event.new_fd_role)
-    if event.outputs is not None:
+    if event.outputs is not None and not as_pointer:
         outputs = register_pages.decode_pages(struct_name, event.outputs)
         line += f" => {_struct(outputs, event.name or '', options)}"
     if event.run_entry is not None:

@@ -2,6 +2,11 @@
 
 The memory half of ptrace_backend.py (errors map through its error_for). A KVM_RUN exit costs
 one read here, so its buffers are reused rather than allocated per call.
+
+Memory the task does not have there (NULL, unmapped, PROT_NONE: EFAULT; an address range that
+wraps: EINVAL; ENOMEM, EIO) is a MemoryReadError, as a short read is: the tracee handed the
+kernel a bad pointer, which the kernel answers with EFAULT, and the caller records what it could
+read. A task that is gone (ESRCH) or may not be read (EPERM) is the tracer's own problem.
 """
 
 from __future__ import annotations
@@ -66,6 +71,27 @@ class _ReadBuffers:
 
 
 _read_buffers = _ReadBuffers()
+# What process_vm_readv says about the remote memory itself, not about the task or the tracer.
+_BAD_MEMORY = frozenset(
+    {errno_codes.EFAULT, errno_codes.EINVAL, errno_codes.ENOMEM, errno_codes.EIO}
+)
+
+
+def read_prefix(pid: int, address: int, size: int) -> bytes:
+    """Up to `size` bytes at `address`: all of them, or those before the first byte the task
+    cannot read (the kernel copies page by page and stops at the first fault); b"" when the
+    first byte is unreadable."""
+    buffers = _read_buffers
+    buffers.prepare(((address, size),), size)
+    copied = _process_vm_readv(pid, buffers.local_pointer, 1, buffers.remote, 1, 0)
+    if copied < 0:
+        errno = ctypes.get_errno()
+        if errno in _BAD_MEMORY:
+            return b""
+        if errno != errno_codes.ENOSYS:
+            raise error_for("process_vm_readv", pid, errno)
+        return _read_proc_mem_prefix(pid, address, size)
+    return ctypes.string_at(buffers.local.base, copied)
 
 
 def read_many(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
@@ -78,6 +104,8 @@ def read_many(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     copied = _process_vm_readv(pid, buffers.local_pointer, 1, buffers.remote, len(ranges), 0)
     if copied < 0:
         errno = ctypes.get_errno()
+        if errno in _BAD_MEMORY:
+            raise MemoryReadError(f"task {pid}: {ranges!r}: {errno_codes.errorcode[errno]}")
         if errno != errno_codes.ENOSYS:
             raise error_for("process_vm_readv", pid, errno)
         return _read_proc_mem(pid, ranges)
@@ -96,11 +124,7 @@ def read_many(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
 
 def _read_proc_mem(pid: int, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     """Fallback for kernels built without process_vm_readv (CONFIG_CROSS_MEMORY_ATTACH=n)."""
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        pieces = [os.pread(fd, size, address) for address, size in ranges]
-    finally:
-        os.close(fd)
+    pieces = [_read_proc_mem_prefix(pid, address, size) for address, size in ranges]
     for (address, size), piece in zip(ranges, pieces, strict=True):
         if len(piece) != size:
             raise MemoryReadError(f"task {pid}: read {len(piece)} of {size} bytes at {address:#x}")
@@ -117,3 +141,15 @@ def write_memory(pid: int, address: int, data: bytes) -> None:
         os.close(descriptor)
     if written != len(data):
         raise MemoryReadError(f"task {pid}: wrote {written} of {len(data)} bytes at {address:#x}")
+
+
+def _read_proc_mem_prefix(pid: int, address: int, size: int) -> bytes:
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, size, address)
+    except OSError as error:
+        if error.errno in _BAD_MEMORY:
+            return b""
+        raise
+    finally:
+        os.close(fd)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from conformance.model.events import Event, KvmRunMode
 from conformance.tracer.bpf_kvm_run import KvmRunRecorder, KvmRunRecordsLost
 from conformance.tracer.bpf_vcpu_pages import RegisteringHandler
-from conformance.tracer.errors import TracerError
+from conformance.tracer.errors import TracerError, TracerFailure
 from conformance.tracer.kvm_calls import KVM_RUN
 from conformance.tracer.kvm_run_failures import KvmRunFailures
 from conformance.tracer.late_run_exits import LateExitSource
@@ -130,10 +130,16 @@ def trace(
         )
         recorder.started(pid)
         result = session.run()
-        recorder.finish()
+        _raise_if_failed(session, argv[0], result)
+        _finish(recorder, argv[0], result)
         late.check_nothing_lost()
     return TraceOutcome(
-        result, session.seccomp_fast_path, recorder.opened_kvm, counter.count, argv[0], kvm_run,
+        result=result,
+        fast_path_used=session.seccomp_fast_path,
+        opened_kvm=recorder.opened_kvm,
+        events=counter.count,
+        command=argv[0],
+        kvm_run_mode=kvm_run,
         one_stop_kvm_run=isinstance(late.source, KvmRunFailures),
         one_stop_unavailable=late.one_stop_unavailable,
         compiled_loop_calls=session.compiled_loop_calls,
@@ -141,7 +147,7 @@ def trace(
         ebpf_unavailable=late.ebpf_unavailable,
         recorded_calls=session.recorded_calls,
         throttle_stops=session.throttle_stops,
-    )  # fmt: skip
+    )
 
 
 def attach(
@@ -166,10 +172,41 @@ def attach(
     )
     recorder.adopt(pid)  # after seizing: the threads are being stopped, the fds hold still
     result = session.run()
-    recorder.finish()
+    _raise_if_failed(session, _command_of(pid), result)
+    _finish(recorder, _command_of(pid), result)
     return TraceOutcome(
-        result, False, recorder.opened_kvm, counter.count, _command_of(pid), kvm_run
+        result=result,
+        fast_path_used=False,
+        opened_kvm=recorder.opened_kvm,
+        events=counter.count,
+        command=_command_of(pid),
+        kvm_run_mode=kvm_run,
     )
+
+
+def _raise_if_failed(session: TraceSession, command: str, result: TraceResult) -> None:
+    """TracerFailure once the program has gone on without us, saying how it ended."""
+    if session.failure is None:
+        return
+    if result.wait_status is None:
+        ended = f"{command} (pid {result.pid}) was detached and runs on untraced"
+    else:
+        how = "untraced" if not session.seccomp_fast_path else "with nothing more recorded"
+        ended = f"{command} ran on {how} and exited with status {result.shell_status}"
+    raise TracerFailure(f"the tracer failed: {session.failure}; the trace stops there; {ended}")
+
+
+def _finish(recorder: Recorder, command: str, result: TraceResult) -> None:
+    """The recorder's last events (summary mode's counters); its failure is the tracer's."""
+    try:
+        recorder.finish()
+    except TracerError:
+        raise
+    except Exception as error:
+        raise TracerFailure(
+            f"the tracer failed at the trace's end: {type(error).__name__}: {error}; "
+            f"{command} exited with status {result.shell_status}"
+        ) from error
 
 
 @dataclass

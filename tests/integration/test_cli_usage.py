@@ -90,7 +90,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], int, str]]:
     page = tmp_path / "page.html"
     page.write_text("<html><body>a report</body></html>\n")
     broken = tmp_path / "broken.yaml"
-    broken.write_text("schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: [\n")
+    broken.write_text("schema: kvm-conformance/2\nsource: {}\nthreads:\n  main:\n  - {call: [\n")
     missing = str(tmp_path / "missing.yaml")
     return [
         (["kvm-conformance", "abi", "--bogus"], EXIT_USAGE, "unrecognized arguments: --bogus"),

@@ -51,7 +51,7 @@ def test_a_missing_snapshot_fails_then_update_creates_it_and_the_next_run_passes
     created.assert_outcomes(passed=1)
     created.stdout.fnmatch_lines(["*kvm-conformance snapshots*", "1 created (memory-setup)"])
     written = (pytester.path / "expected" / "memory-setup.yaml").read_text()
-    assert written.startswith("schema: kvm-conformance/1\n")
+    assert written.startswith("schema: kvm-conformance/2\n")
     assert "scenario: memory-setup" in written
 
     again = pytester.runpytest()
@@ -88,7 +88,7 @@ def test_a_malformed_snapshot_fails_naming_its_file_and_line(pytester: pytest.Py
     expected = pytester.path / "expected"
     expected.mkdir()
     (expected / "memory-setup.yaml").write_text(
-        "schema: kvm-conformance/1\nsource: {}\nthreads: [\n"
+        "schema: kvm-conformance/2\nsource: {}\nthreads: [\n"
     )
 
     result = pytester.runpytest()

@@ -15,6 +15,8 @@ from conformance.cli.main import main
 from conformance.lint import Finding, Severity, lint
 from conformance.model.calls import entries, section
 from conformance.model.document import TraceDocument
+from conformance.model.host_profile import HostProfile
+from conformance.model.host_symbols import resolve_call
 from conformance.model.scenarios import SCENARIOS
 from conformance.normalize.normalizer import Normalizer
 from conformance.tracer import trace
@@ -100,7 +102,8 @@ def test_kvm_gives_a_new_vcpu_rdx_0x600_whatever_its_cpuid_says() -> None:
     document = variant("KVMC010", "wrong")
     calls = {call.name: call.entry for call in document.threads["main"]}
     rdx = section(calls["KVM_GET_REGS"], "out")["rdx"]
-    [leaf_1] = [e for e in entries(section(calls["KVM_SET_CPUID2"], "in")) if e["function"] == 1]
+    cpuid = resolve_call(calls["KVM_SET_CPUID2"], HostProfile.of(document))  # entries: host
+    [leaf_1] = [e for e in entries(section(cpuid, "in")) if e["function"] == 1]
     assert rdx == 0x600 and leaf_1["eax"] != 0x600
 
 

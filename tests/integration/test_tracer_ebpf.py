@@ -7,6 +7,7 @@ tiny-bios. Pinned and without ASLR where it matters, as test_tracer_fastpath.py 
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -83,6 +84,22 @@ def test_the_recorder_equals_one_stop_on_qemu_running_a_guest() -> None:
     assert "KVM_EXIT_IO" in recorded and "coalesced_mmio" in recorded
 
 
+def test_a_vms_first_kvm_run_is_seen_by_the_vmm_once_with_its_own_result() -> None:
+    """The recorder stops a VM's first KVM_RUN with a signal to digest the memory before the
+    guest runs, and runs the interrupted call again. A first call made with immediate_exit set
+    fails with EINTR untraced: traced, the VMM sees that one EINTR (its exit status says what
+    each call returned), the memory digest is the stopped trace's, and so is everything else."""
+    argv = [sys.executable, str(_TRACEES / "first_run_interrupted.py")]
+    untraced = subprocess.run(argv, check=False).returncode
+    recorded, stopped = _both(argv)
+    assert recorded == stopped
+    assert recorded.startswith(f"exit status {untraced}\n")
+    assert untraced == 10 * errno.EINTR + errno.EINTR
+    assert "guest_memory" in recorded and recorded.count("errno: EINTR") == stopped.count(
+        "errno: EINTR"
+    )
+
+
 def test_a_half_full_ring_stops_the_vmm_until_the_tracer_has_read_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -143,6 +160,25 @@ def test_a_task_in_another_pid_namespace_is_refused_by_name() -> None:
             trace(argv, lambda event: None, stdout=devnull.fileno())
         outcome = trace(argv, lambda event: None, ebpf=False, stdout=devnull.fileno())
     assert outcome.exit_status == 0 and outcome.one_stop_kvm_run
+
+
+def test_a_tracer_in_a_pid_namespace_of_its_own_records_as_a_stop_does() -> None:
+    """In a container the tracer's PID namespace is not the initial one: the programs then name
+    tasks as that namespace does (bpf_get_ns_current_pid_tgid; in the initial one they take the
+    kernel's own ids, which are the same there), and record what a stop per KVM_RUN sees."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from test_tracer_fastpath import _scenario, normalized; "
+        "recorded = normalized(_scenario('hello'), fast_path=True, ebpf=True); "
+        "stopped = normalized(_scenario('hello'), fast_path=True, ebpf=False); "
+        "print(recorded == stopped, 'KVM_EXIT_IO' in recorded)"
+    )
+    completed = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", script,
+         str(Path(__file__).parent)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert completed.stdout.split() == ["True", "True"], completed.stderr[-2000:]
 
 
 def test_the_recorder_merges_identical_exits_in_the_kernel_and_loses_none() -> None:

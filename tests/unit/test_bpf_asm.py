@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.tracer import bpf_asm, bpf_kvm_run, bpf_programs, bpf_sys
+from conformance.tracer import bpf_asm, bpf_kvm_run, bpf_program_parts, bpf_sys
 from conformance.tracer.bpf_asm import (
     R0,
     R1,
@@ -217,7 +217,8 @@ int main(void) {
            offsetof(union bpf_attr, raw_tracepoint.prog_fd));
     printf("%zu %zu %zu %zu\n", offsetof(struct pt_regs, rdx), offsetof(struct pt_regs, rsi),
            offsetof(struct pt_regs, rdi), offsetof(struct pt_regs, orig_rax));
-    printf("%d %d %d %d %d %d %d\n", BPF_FUNC_map_lookup_elem, BPF_FUNC_get_ns_current_pid_tgid,
+    printf("%d %d %d %d %d %d %d %d\n", BPF_FUNC_map_lookup_elem,
+           BPF_FUNC_get_ns_current_pid_tgid, BPF_FUNC_get_current_pid_tgid,
            BPF_FUNC_probe_read_user, BPF_FUNC_probe_read_kernel, BPF_FUNC_ringbuf_output,
            BPF_FUNC_send_signal_thread, BPF_FUNC_ringbuf_query);
     printf("%d %d %d %d %d\n", BPF_RB_NO_WAKEUP, BPF_RB_AVAIL_DATA, BPF_RINGBUF_HDR_SZ,
@@ -234,7 +235,7 @@ def test_the_copied_constants_are_the_installed_headers(tmp_path: Path) -> None:
     subprocess.run(["gcc", "-o", str(tmp_path / "probe"), str(source)], check=True)
     printed = subprocess.run([str(tmp_path / "probe")], capture_output=True, text=True,
                              check=True).stdout.split()  # fmt: skip
-    k, s = bpf_programs, bpf_sys
+    k, s = bpf_program_parts, bpf_sys
     ours = [
         s._NR_BPF, s._BPF_MAP_CREATE, s._BPF_MAP_LOOKUP_ELEM, s._BPF_MAP_UPDATE_ELEM,
         s._BPF_MAP_DELETE_ELEM, s._BPF_PROG_LOAD, s._BPF_PROG_TEST_RUN,
@@ -243,10 +244,11 @@ def test_the_copied_constants_are_the_installed_headers(tmp_path: Path) -> None:
         s.PROG_RAW_TRACEPOINT, s.NO_PREALLOC,
         s._ATTR_SIZE, s._MAP_NAME_OFFSET, s._PROG_NAME_OFFSET, s._TEST_RUN.size - 8,
         s._RAW_TRACEPOINT_OPEN.size - 4,
-        k._REGS_DX, k._REGS_SI, k._REGS_DI, k._REGS_ORIG_AX,
-        k._MAP_LOOKUP_ELEM, k._GET_NS_CURRENT_PID_TGID, k._PROBE_READ_USER, k._PROBE_READ_KERNEL,
-        k._RINGBUF_OUTPUT, k._SEND_SIGNAL_THREAD, k._RINGBUF_QUERY,
-        k._RB_NO_WAKEUP, k._RB_AVAIL_DATA, s.RINGBUF_HEADER_SIZE, bpf_asm._PSEUDO_MAP_FD,
+        k.REGS_DX, k.REGS_SI, k.REGS_DI, k.REGS_ORIG_AX,
+        k.MAP_LOOKUP_ELEM, k.GET_NS_CURRENT_PID_TGID, k.GET_CURRENT_PID_TGID, k.PROBE_READ_USER,
+        k.PROBE_READ_KERNEL,
+        k.RINGBUF_OUTPUT, k.SEND_SIGNAL_THREAD, k.RINGBUF_QUERY,
+        k.RB_NO_WAKEUP, k.RB_AVAIL_DATA, s.RINGBUF_HEADER_SIZE, bpf_asm._PSEUDO_MAP_FD,
         bpf_asm._ATOMIC_ADD,
     ]  # fmt: skip
     assert [int(word) for word in printed] == ours

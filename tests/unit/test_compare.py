@@ -21,7 +21,7 @@ from conformance.report.diff import render_comparison
 from conformance.snapshot.store import SnapshotError, load_document
 
 EXPECTED = """\
-schema: kvm-conformance/1
+schema: kvm-conformance/2
 source: {tool: kvm-conformance-vmm}
 threads:
   main:
@@ -186,7 +186,7 @@ def test_fuzz_mutated_snapshots_load_and_compare_or_name_file_and_line(
 
 
 CPUID_TRACE = """\
-schema: kvm-conformance/1
+schema: kvm-conformance/2
 source: {{tool: kvm-conformance-vmm}}
 threads:
   main:

@@ -43,7 +43,7 @@ REFERENCE = ROOT / "conformance" / "qemu" / "references" / "tiny-bios.yaml"
 EXAMPLES = int(os.environ.get("KVM_CONFORMANCE_FUZZ_EXAMPLES", "10000"))
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
-HEADER = "schema: kvm-conformance/1\nsource:\n  scenario: fuzz\n  tool: qemu\nthreads:\n"
+HEADER = "schema: kvm-conformance/2\nsource:\n  scenario: fuzz\n  tool: qemu\nthreads:\n"
 
 # What a mutation puts where a value was: other types, ints YAML 1.1 reads but the format does
 # not, ints past 64 bits, tags, anchors and aliases, control characters, deep nesting.

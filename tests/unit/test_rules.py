@@ -110,7 +110,7 @@ def test_cli_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
     ]
     clean = tmp_path / "clean.yaml"
     clean.write_text(
-        "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n"
+        "schema: kvm-conformance/2\nsource: {}\nthreads:\n  main:\n"
         "  - {call: open, path: /dev/kvm, flags: [O_RDWR], ret: kvm}\n"
     )
     assert main(["lint", "--config", str(config), str(clean)]) == 0
@@ -119,7 +119,7 @@ def test_cli_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_warnings_alone_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "warned.yaml"
     trace.write_text(
-        "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n"
+        "schema: kvm-conformance/2\nsource: {}\nthreads:\n  main:\n"
         "  - {call: ioctl, fd: kvm, req: KVM_CREATE_VM, arg: 0, ret: vm}\n"
         "  - {call: ioctl, fd: vm, req: KVM_SET_TSS_ADDR, arg: 0xfffbd000}\n"
     )
@@ -235,7 +235,7 @@ def test_json_names_rule_thread_call_and_incidents() -> None:
 
 
 def _trace(calls: str) -> list[tuple[str, str, int, Severity]]:
-    text = "schema: kvm-conformance/1\nsource: {}\nthreads:\n" + calls
+    text = "schema: kvm-conformance/2\nsource: {}\nthreads:\n" + calls
     config = LintConfig({"KVMC008": "these snippets leave out the capability checks"})
     found = lint(load_document(text, "t"), config)
     return [(f.rule_id, f.thread, f.index, f.severity) for f in found]

@@ -32,7 +32,7 @@ from conformance.snapshot.store import (
 )
 
 SAMPLE = """\
-schema: kvm-conformance/1
+schema: kvm-conformance/2
 source:
   scenario: memory-setup
   tool: kvm-conformance-vmm
@@ -117,58 +117,58 @@ def test_format_call_is_one_line() -> None:
     ("text", "line", "words"),
     [
         ("", 1, "empty file"),
-        ("schema: kvm-conformance/2\nsource: {}\nthreads: {}\n", 1, "newer kvm-conformance"),
-        ("schema: other/1\nsource: {}\nthreads: {}\n", 1, "expected 'schema: kvm-conformance/1'"),
-        ("schema: kvm-conformance/1\nsource: {}\n", 1, "missing top-level key 'threads'"),
-        ("schema: kvm-conformance/1\nsource: {}\nthreads: {}\nextra: 1\n", 4, "unknown top-level"),
+        ("schema: kvm-conformance/3\nsource: {}\nthreads: {}\n", 1, "newer kvm-conformance"),
+        ("schema: other/1\nsource: {}\nthreads: {}\n", 1, "expected 'schema: kvm-conformance/2'"),
+        ("schema: kvm-conformance/2\nsource: {}\n", 1, "missing top-level key 'threads'"),
+        ("schema: kvm-conformance/2\nsource: {}\nthreads: {}\nextra: 1\n", 4, "unknown top-level"),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main: {call: x}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  main: {call: x}\n",
             4,
             "thread 'main': expected a list",
         ),
-        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {fd: vm}\n", 5, "'call:"),
+        ("schema: kvm-conformance/2\nsource: {}\nthreads:\n  main:\n  - {fd: vm}\n", 5, "'call:"),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: ioctl}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  main:\n  - {call: ioctl}\n",
             5,
             "'fd'",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  main:\n  - {call: open, in: 3}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  main:\n  - {call: open, in: 3}\n",
             5,
             "main[0] in: expected a mapping",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: open, repeat: 0}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  m:\n  - {call: open, repeat: 0}\n",
             5,
             "m[0] repeat: expected a positive integer, found 0",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, arg: 1.5}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  m:\n  - {call: x, arg: 1.5}\n",
             5,
             "unsupported value",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, arg: null}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  m:\n  - {call: x, arg: null}\n",
             5,
             "unsupported value",
         ),
         (
-            "schema: kvm-conformance/1\nsource: {}\nthreads:\n  m:\n  - {call: x, call: y}\n",
+            "schema: kvm-conformance/2\nsource: {}\nthreads:\n  m:\n  - {call: x, call: y}\n",
             5,
             "duplicate key",
         ),
-        ("schema: kvm-conformance/1\nsource: {a: &x 1, b: *x}\nthreads: {}\n", 2, "anchors"),
-        ("schema: kvm-conformance/1\nsource: {a: 1, b: *x}\nthreads: {}\n", 2, "aliases"),
+        ("schema: kvm-conformance/2\nsource: {a: &x 1, b: *x}\nthreads: {}\n", 2, "anchors"),
+        ("schema: kvm-conformance/2\nsource: {a: 1, b: *x}\nthreads: {}\n", 2, "aliases"),
         (
-            "schema: kvm-conformance/1\nsource: !!python/name:os.system x\nthreads: {}\n",
+            "schema: kvm-conformance/2\nsource: !!python/name:os.system x\nthreads: {}\n",
             2,
             "YAML tags (tag:yaml.org,2002:python/name:os.system) are not allowed",
         ),
-        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n  m: [\n", 5, "malformed YAML"),
-        ("schema: kvm-conformance/1\nsource: {a: 0b_}\nthreads: {}\n", 2, "malformed integer"),
-        ("schema: kvm-conformance/1\nsource: {}\nthreads:\n\x07\n", 4, "0x0007 is not allowed"),
+        ("schema: kvm-conformance/2\nsource: {}\nthreads:\n  m: [\n", 5, "malformed YAML"),
+        ("schema: kvm-conformance/2\nsource: {a: 0b_}\nthreads: {}\n", 2, "malformed integer"),
+        ("schema: kvm-conformance/2\nsource: {}\nthreads:\n\x07\n", 4, "0x0007 is not allowed"),
         (
-            "schema: kvm-conformance/1\nsource: " + "[" * 40 + "]" * 40 + "\nthreads: {}\n",
+            "schema: kvm-conformance/2\nsource: " + "[" * 40 + "]" * 40 + "\nthreads: {}\n",
             2,
             "nested deeper",
         ),
@@ -183,7 +183,7 @@ def test_malformed_files_name_file_line_and_expectation(text: str, line: int, wo
 
 def test_non_utf8_file_is_reported_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_bytes(b"schema: kvm-conformance/1\nsource: {a: \xff}\n")
+    path.write_bytes(b"schema: kvm-conformance/2\nsource: {a: \xff}\n")
     with pytest.raises(SnapshotError) as caught:
         read_document(path)
     assert (caught.value.path, caught.value.line) == (path, 2)
