@@ -131,7 +131,9 @@ TRACEES = [
     Tracee("closes_fds", "closes_fds", trace_shows=("KVM_RUN", "KVM_CREATE_VM")),
     Tracee("setuid_exec", "setuid_exec", ("{setuid_copy}",), expected_end=4),
     Tracee("ctrl_c", "sigint", trace_shows=("KVM_RUN",), ctrl_c=READY_LINE),
-    # Bad pointer arguments and KVM_RUN's control bytes: rows for the decoding tests' programs.
+    # Bad pointer arguments and KVM_RUN's control bytes: the decoding tests' programs.
+    Tracee("bad_pointers", "../bad_pointers", trace_shows=("KVM_SET_CPUID2", "EFAULT")),
+    Tracee("run_controls", "../run_controls", trace_shows=("KVM_RUN",)),
 ]
 _QEMU = shutil.which("qemu-system-x86_64")
 QEMU_TRACEES = [
