@@ -179,6 +179,9 @@ class TraceSession:
         self._unannounced: set[int] = set()
         self._selection: seccomp.SyscallSelection | None = None
         self._main_pid = 0
+        # The attached program's name, read while it is stopped (at the seize, at each exec):
+        # once it has ended its parent may have reaped it, and /proc no longer has it.
+        self.program_name = ""
         self._main_status: int | None = None
         self._exec_error_pipe: int | None = None
         self._attached = False
@@ -337,6 +340,7 @@ class TraceSession:
         self._previous_handlers = self._install_termination_handlers()
         self._attached = True
         self._main_pid = pid
+        self.program_name = _command_of(pid)
         seen: set[int] = set()
         try:
             while new := set(backend.thread_ids(pid)) - seen:
@@ -694,6 +698,8 @@ class TraceSession:
             self._tasks[tid] = self._tasks.pop(former_tid, task)
             self._handler.on_task_exit(former_tid, 0)
         self._tasks[tid].before_exec = False
+        if tid == self._main_pid and self._attached:
+            self.program_name = _command_of(tid)
         self._handler.on_exec(tid)
         self._resume(tid, self._tasks[tid])
 
@@ -822,5 +828,5 @@ def _command_of(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
             return comm.read().strip()
-    except FileNotFoundError:
-        return "gone"
+    except (FileNotFoundError, ProcessLookupError):  # ended, or reaped as it was read
+        return f"process {pid}"

@@ -172,14 +172,14 @@ def attach(
     )
     recorder.adopt(pid)  # after seizing: the threads are being stopped, the fds hold still
     result = session.run()
-    _raise_if_failed(session, _command_of(pid), result)
-    _finish(recorder, _command_of(pid), result)
+    _raise_if_failed(session, session.program_name, result)
+    _finish(recorder, session.program_name, result)
     return TraceOutcome(
         result=result,
         fast_path_used=False,
         opened_kvm=recorder.opened_kvm,
         events=counter.count,
-        command=_command_of(pid),
+        command=session.program_name,
         kvm_run_mode=kvm_run,
     )
 
@@ -267,14 +267,6 @@ def _one_cpu(pin: bool) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, allowed)
-
-
-def _command_of(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
-            return comm.read().strip()
-    except FileNotFoundError:
-        return f"process {pid}"
 
 
 class _CountingCallback:
