@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import yaml
@@ -158,6 +158,25 @@ def test_bad_pointers_are_recorded_and_the_program_runs_as_untraced(
 
 def test_bad_pointers_through_an_attached_tracer(bad_pointers: str) -> None:
     native = _native([bad_pointers])
+    tracee, output, starter = _waiting_until_traced(bad_pointers)
+    events: list[Event] = []
+    starter.start()
+    with pytest.warns(RuntimeWarning):
+        outcome = attach(tracee.pid, events.append)
+    starter.join()
+    printed = output.read()
+    assert outcome.exit_status == 0 and "ready\n" + printed == "ready\n" + native.stdout
+    for name, case, errno, event in _calls(events, printed):
+        assert (event.name, event.errno or 0) == (name, errno), (case, event)
+        if case in ("null", "unmapped", "prot_none"):
+            assert event.readable == 0
+
+
+def _waiting_until_traced(
+    bad_pointers: str,
+) -> tuple[subprocess.Popen[str], IO[str], threading.Thread]:
+    """bad_pointers started in its `wait` mode (it prints `ready` and waits for a line), its
+    stdout, and a thread that, once started, lets it go when a tracer has attached to it."""
     tracee = subprocess.Popen(
         [bad_pointers, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -172,18 +191,7 @@ def test_bad_pointers_through_an_attached_tracer(bad_pointers: str) -> None:
         stdin.write("go\n")
         stdin.close()
 
-    events: list[Event] = []
-    starter = threading.Thread(target=go_once_traced)
-    starter.start()
-    with pytest.warns(RuntimeWarning):
-        outcome = attach(tracee.pid, events.append)
-    starter.join()
-    printed = tracee.stdout.read()
-    assert outcome.exit_status == 0 and "ready\n" + printed == "ready\n" + native.stdout
-    for name, case, errno, event in _calls(events, printed):
-        assert (event.name, event.errno or 0) == (name, errno), (case, event)
-        if case in ("null", "unmapped", "prot_none"):
-            assert event.readable == 0
+    return tracee, tracee.stdout, threading.Thread(target=go_once_traced)
 
 
 def _tracer_of(pid: int) -> int:
@@ -331,29 +339,16 @@ def test_a_tracer_failure_exits_125_and_says_so(bad_pointers: str) -> None:
 
 def test_an_attached_tracers_failure_detaches_and_the_program_runs_on(bad_pointers: str) -> None:
     native = _native([bad_pointers])
-    tracee = subprocess.Popen(
-        [bad_pointers, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert tracee.stdin is not None and tracee.stdout is not None
-    assert tracee.stdout.readline() == "ready\n"
-    stdin = tracee.stdin
-
-    def go_once_traced() -> None:
-        deadline = time.monotonic() + 10
-        while _tracer_of(tracee.pid) == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        stdin.write("go\n")
-        stdin.close()
+    tracee, output, starter = _waiting_until_traced(bad_pointers)
 
     def fail_at_the_first_ioctl(event: Event) -> None:
         if isinstance(event, Ioctl):
             raise OSError(28, "No space left on device")
 
-    starter = threading.Thread(target=go_once_traced)
     starter.start()
     with pytest.warns(RuntimeWarning), pytest.raises(TracerFailure) as failure:
         attach(tracee.pid, fail_at_the_first_ioctl)
     starter.join()
     assert "was detached and runs on untraced" in str(failure.value)
-    assert tracee.stdout.read() == native.stdout  # every line, untraced after the failure
+    assert output.read() == native.stdout  # every line, untraced after the failure
     assert tracee.wait(timeout=10) == 0
